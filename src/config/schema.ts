@@ -1,0 +1,88 @@
+import { isIP } from 'node:net';
+import { hostname as osHostname } from 'node:os';
+import { z } from 'zod';
+
+/** "host:port" or "[v6]:port"; a host name is allowed too (resolved by listen()). */
+const LISTEN_ADDRESS = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/;
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+export function parseListenAddress(value: string): ListenAddress | undefined {
+  const match = LISTEN_ADDRESS.exec(value);
+  if (!match) return undefined;
+  const host = match[1] ?? match[2];
+  const port = Number(match[3]);
+  if (port < 1 || port > 65535) return undefined;
+  if (match[1] !== undefined && isIP(host) !== 6) return undefined;
+  return { host, port };
+}
+
+const port = z.int().min(1).max(65535);
+const positiveInt = z.int().positive();
+
+const listenAddress = z
+  .string()
+  .refine((value) => parseListenAddress(value) !== undefined, {
+    message: 'expected "host:port" or "[ipv6]:port" with a port from 1 to 65535',
+  });
+
+const hostPort = z.strictObject({
+  host: z.string().min(1),
+  port: port.default(25),
+});
+
+const fileSource = z.strictObject({
+  name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'expected letters, digits, ".", "_" or "-"'),
+  type: z.literal('file'),
+  path: z.string().min(1),
+});
+
+const limits = z.strictObject({
+  /** Bytes; Postfix's message_size_limit. */
+  messageSize: positiveInt.default(10_240_000),
+  /** Recipients per transaction; Postfix's smtpd_recipient_limit. */
+  recipients: positiveInt.default(1000),
+  /** Received headers a message may carry; Postfix's hopcount_limit. */
+  hops: positiveInt.default(50),
+  /** Concurrent SMTP sessions. */
+  connections: positiveInt.default(500),
+  /** Seconds a session may stay silent; Postfix's smtpd_timeout. */
+  idleTimeout: positiveInt.default(300),
+  /** Seconds SIGTERM waits for sessions in DATA before closing them with 421. */
+  shutdownTimeout: positiveInt.default(30),
+});
+
+const tls = z.strictObject({
+  key: z.string().min(1),
+  cert: z.string().min(1),
+});
+
+const log = z.strictObject({
+  level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
+});
+
+export const configSchema = z.strictObject({
+  hostname: z
+    .string()
+    .regex(/^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$/, 'expected a host name')
+    .default(() => osHostname()),
+  listen: z.array(listenAddress).min(1).default(['127.0.0.1:2525']),
+  spool: z.string().min(1).default('./spool'),
+  primary: hostPort,
+  sources: z
+    .array(z.discriminatedUnion('type', [fileSource]))
+    .min(1)
+    .refine((sources) => new Set(sources.map((s) => s.name)).size === sources.length, {
+      message: 'source names must be unique',
+    }),
+  limits: limits.default(() => limits.parse({})),
+  tls: tls.optional(),
+  log: log.default(() => log.parse({})),
+});
+
+export type Config = z.infer<typeof configSchema>;
+export type SourceConfig = Config['sources'][number];
+export type Limits = Config['limits'];

@@ -1,0 +1,103 @@
+import { SmtpReply } from './replies.js';
+
+const CR = 0x0d;
+const LF = 0x0a;
+const HEADER_END = Buffer.from('\r\n\r\n');
+/** Header bytes kept for the hop count and Message-ID; a larger header block is read no further. */
+const HEADER_CAPTURE_LIMIT = 256 * 1024;
+
+export interface InspectorLimits {
+  messageSize: number;
+  hops: number;
+}
+
+/**
+ * Watches the DATA bytes as they stream to disk, without holding the message:
+ * counts the size, refuses bare CR or LF (only CRLF may end a line, so nothing
+ * after a lone LF can be read as a second message by the primary: SMTP smuggling),
+ * and reads the header block for the Received count and the Message-ID.
+ */
+export class MessageInspector {
+  size = 0;
+  messageId: string | undefined;
+  private afterCR = false;
+  private header: Buffer[] = [];
+  private headerBytes = 0;
+  private headerDone = false;
+  private refusal: SmtpReply | undefined;
+
+  constructor(private readonly limits: InspectorLimits) {}
+
+  /** The first reason to refuse the message, once there is one; it never goes away. */
+  get problem(): SmtpReply | undefined {
+    return this.refusal;
+  }
+
+  inspect(chunk: Buffer): void {
+    this.size += chunk.length;
+    if (this.refusal) return; // only the byte count matters any more
+    if (this.size > this.limits.messageSize) {
+      this.refuse(new SmtpReply(552, '5.3.4', `Message size exceeds fixed limit of ${this.limits.messageSize} bytes`));
+    } else if (this.hasBareLineEnding(chunk)) {
+      this.refuse(new SmtpReply(550, '5.6.0', 'Bare CR or LF in message data: lines must end with CRLF'));
+    } else if (!this.headerDone) {
+      this.captureHeader(chunk);
+    }
+  }
+
+  /** Call at the end of DATA: checks what needs the whole message. */
+  finish(): void {
+    if (this.refusal) return;
+    if (this.afterCR) {
+      this.refuse(new SmtpReply(550, '5.6.0', 'Bare CR or LF in message data: lines must end with CRLF'));
+      return;
+    }
+    if (!this.headerDone) this.endHeader(Buffer.concat(this.header));
+  }
+
+  private refuse(reply: SmtpReply): void {
+    this.refusal = reply;
+    this.header = [];
+  }
+
+  /** Every LF must follow a CR and every CR precede an LF, across chunk boundaries. */
+  private hasBareLineEnding(chunk: Buffer): boolean {
+    let lineFeeds = 0;
+    for (let at = chunk.indexOf(LF); at !== -1; at = chunk.indexOf(LF, at + 1)) {
+      const precededByCR = at === 0 ? this.afterCR : chunk[at - 1] === CR;
+      if (!precededByCR) return true;
+      lineFeeds++;
+    }
+    let carriageReturns = this.afterCR ? 1 : 0;
+    for (let at = chunk.indexOf(CR); at !== -1; at = chunk.indexOf(CR, at + 1)) carriageReturns++;
+    this.afterCR = chunk.length > 0 ? chunk[chunk.length - 1] === CR : this.afterCR;
+    // Each LF consumed one CR; what is left is at most the CR ending this chunk.
+    return carriageReturns - lineFeeds !== (this.afterCR ? 1 : 0);
+  }
+
+  private captureHeader(chunk: Buffer): void {
+    this.header.push(chunk);
+    this.headerBytes += chunk.length;
+    const block = this.header.length === 1 ? chunk : Buffer.concat(this.header);
+    this.header = [block];
+    const end = block.subarray(0, 2).equals(HEADER_END.subarray(0, 2)) ? 0 : block.indexOf(HEADER_END);
+    if (end !== -1) this.endHeader(block.subarray(0, end));
+    else if (this.headerBytes >= HEADER_CAPTURE_LIMIT) this.endHeader(block);
+  }
+
+  private endHeader(block: Buffer): void {
+    this.headerDone = true;
+    this.header = [];
+    const lines = block.toString('latin1').replace(/\r\n(?=[ \t])/g, '').split('\r\n');
+    let received = 0;
+    for (const line of lines) {
+      if (/^received:/i.test(line)) received++;
+      else if (this.messageId === undefined && /^message-id:/i.test(line)) {
+        this.messageId = Buffer.from(line.slice('message-id:'.length).trim(), 'latin1').toString('utf8').slice(0, 998);
+      }
+    }
+    if (received > this.limits.hops) {
+      this.refuse(new SmtpReply(554, '5.4.6', `Too many hops: ${received} Received headers, the limit is ${this.limits.hops} (mail loop?)`));
+    }
+  }
+}

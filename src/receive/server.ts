@@ -1,0 +1,213 @@
+import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
+import { SMTPServer, type SMTPServerDataStream, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
+import { parseListenAddress, type Config } from '../config/schema.js';
+import type { Directory } from '../directory/directory.js';
+import type { IncomingMessage, Spool } from '../spool/spool.js';
+import { MessageInspector } from './inspect.js';
+import { asciiAddress } from '../directory/names.js';
+import { checkRecipient, normalizeRecipient } from './policy.js';
+import { receivedHeader } from './received.js';
+import { SmtpReply } from './replies.js';
+
+export interface ReceiveOptions {
+  config: Config;
+  directory: Directory;
+  spool: Spool;
+  log: Logger;
+}
+
+const STORAGE_FAILURE = () => new SmtpReply(452, '4.3.1', 'Insufficient system storage, try again later');
+
+/**
+ * The SMTP side: smtp-server on every `listen` address, with this MX's policy at
+ * each step. It answers 250 to DATA only once the spool says the message is durable.
+ */
+export class ReceiveServer {
+  private readonly servers: SMTPServer[] = [];
+  private readonly sessions = new Set<string>();
+  private readonly inData = new Set<string>();
+  private closing = false;
+
+  constructor(private readonly options: ReceiveOptions) {}
+
+  /** Starts listening; resolves with the bound addresses (port 0 picks a free one). */
+  async listen(): Promise<AddressInfo[]> {
+    const { config } = this.options;
+    const smtpOptions = this.smtpOptions();
+    const bound: AddressInfo[] = [];
+    for (const entry of config.listen) {
+      const { host, port } = parseListenAddress(entry)!;
+      const server = new SMTPServer(smtpOptions);
+      server.on('error', (error) => this.options.log.warn({ err: error }, 'smtp error'));
+      this.servers.push(server);
+      await new Promise<void>((resolve, reject) => {
+        const failed = (error: Error) => reject(new Error(`cannot listen on ${entry}: ${error.message}`));
+        server.server.once('error', failed);
+        server.listen(port, host, () => {
+          server.server.off('error', failed);
+          resolve();
+        });
+      });
+      bound.push(server.server.address() as AddressInfo);
+    }
+    this.options.log.info({ listen: bound.map((a) => `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`) }, 'listening');
+    return bound;
+  }
+
+  /**
+   * Graceful stop: no new connections, sessions not in DATA get 421 now, sessions
+   * in DATA get their answer; after `shutdownTimeout` everything left gets 421.
+   */
+  async close(): Promise<void> {
+    this.closing = true;
+    const closed = this.servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
+    for (const server of this.servers) {
+      for (const connection of server.connections) {
+        if (!this.inData.has(connection.session.id)) connection.send(421, '4.3.2 Service shutting down, try again later');
+      }
+    }
+    await Promise.all(closed);
+  }
+
+  private smtpOptions(): SMTPServerOptions {
+    const { config } = this.options;
+    const tls = config.tls && { key: readFileSync(config.tls.key), cert: readFileSync(config.tls.cert) };
+    return {
+      name: config.hostname,
+      banner: 'alternc-secondarymx',
+      size: config.limits.messageSize,
+      maxRecipients: config.limits.recipients,
+      socketTimeout: config.limits.idleTimeout * 1000,
+      closeTimeout: config.limits.shutdownTimeout * 1000,
+      authOptional: true,
+      disabledCommands: tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
+      hideENHANCEDSTATUSCODES: false,
+      hideDSN: true,
+      disableReverseLookup: true,
+      logger: false,
+      ...tls,
+      onConnect: (session, callback) => callback(this.admit(session)),
+      onClose: (session) => {
+        this.sessions.delete(session.id);
+      },
+      onMailFrom: (_address, _session, callback) => callback(this.closing ? shuttingDown() : null),
+      onRcptTo: (address, session, callback) => callback(this.recipient(address.address, session)),
+      onData: (stream, session, callback) => {
+        this.inData.add(session.id);
+        this.receive(stream, session).then(
+          (reply) => callback(null, reply),
+          (error: unknown) => callback(error instanceof SmtpReply ? error : this.internalError(error, session)),
+        ).finally(() => this.inData.delete(session.id));
+      },
+    };
+  }
+
+  private admit(session: SMTPServerSession): SmtpReply | null {
+    if (this.closing) return shuttingDown();
+    if (this.sessions.size >= this.options.config.limits.connections) {
+      this.options.log.warn({ client: session.remoteAddress, limit: this.options.config.limits.connections }, 'connection limit reached');
+      return new SmtpReply(421, '4.7.0', `${this.options.config.hostname} Too many connections, try again later`);
+    }
+    this.sessions.add(session.id);
+    return null;
+  }
+
+  private recipient(address: string, session: SMTPServerSession): SmtpReply | null {
+    try {
+      checkRecipient(address, this.options.directory.current);
+      return null;
+    } catch (error) {
+      if (!(error instanceof SmtpReply)) throw error;
+      this.options.log.info(
+        { client: session.remoteAddress, from: senderOf(session), to: address, reply: `${error.responseCode} ${error.message}` },
+        'recipient refused',
+      );
+      return error;
+    }
+  }
+
+  /** Streams DATA into the spool; resolves with the 250 text once the message is durable. */
+  private async receive(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {
+    const { config, spool, log } = this.options;
+    const arrival = new Date();
+    const recipients = [...new Set(session.envelope.rcptTo.map((r) => normalizeRecipient(r.address)))];
+    const inspector = new MessageInspector(config.limits);
+    let message: IncomingMessage | undefined;
+    let storageError: unknown;
+    const dropMessage = async (error?: unknown) => {
+      storageError ??= error;
+      await message?.discard();
+      message = undefined;
+    };
+    try {
+      message = await spool.receive();
+      await message.write(Buffer.from(receivedHeader(session, recipients, config.hostname, message.id, arrival)));
+    } catch (error) {
+      await dropMessage(error);
+    }
+    try {
+      for await (const chunk of stream as AsyncIterable<Buffer>) {
+        inspector.inspect(chunk);
+        if (!message) continue; // refused already: read on to the final dot, keep nothing
+        if (inspector.problem) await dropMessage();
+        else await message.write(chunk).catch(dropMessage);
+      }
+    } catch (error) {
+      await dropMessage();
+      log.info({ client: session.remoteAddress, from: senderOf(session), size: inspector.size }, 'connection lost during DATA, nothing queued');
+      throw error;
+    }
+    inspector.finish();
+    if (inspector.problem) await dropMessage();
+    if (storageError) log.error({ err: storageError, client: session.remoteAddress }, 'spool: cannot write the message');
+    const refusal = inspector.problem ?? (message ? undefined : STORAGE_FAILURE());
+    if (refusal || !message) {
+      log.info({ client: session.remoteAddress, from: senderOf(session), to: recipients, size: inspector.size, reply: `${refusal!.responseCode} ${refusal!.message}` }, 'message refused');
+      throw refusal;
+    }
+    const queued = message;
+    const envelope = await queued
+      .commit({
+        arrival: arrival.toISOString(),
+        sender: asciiAddress(senderOf(session)),
+        recipients: recipients.map((address) => ({ address, state: 'pending' as const })),
+        bodyType: session.envelope.bodyType === '8bitmime' ? '8bitmime' : '7bit',
+        smtpUtf8: Boolean(session.envelope.smtpUtf8),
+        client: { address: session.remoteAddress, helo: session.hostNameAppearsAs || '' },
+        ...(inspector.messageId === undefined ? {} : { messageId: inspector.messageId }),
+      })
+      .catch((error: unknown) => {
+        log.error({ err: error, queueId: queued.id }, 'spool: commit failed, message not queued');
+        throw STORAGE_FAILURE();
+      });
+    log.info(
+      {
+        queueId: envelope.id,
+        client: envelope.client.address,
+        helo: envelope.client.helo,
+        from: envelope.sender,
+        to: recipients,
+        nrcpt: recipients.length,
+        size: envelope.size,
+        messageId: envelope.messageId,
+      },
+      'queued',
+    );
+    return `2.0.0 Ok: queued as ${envelope.id}`;
+  }
+
+  private internalError(error: unknown, session: SMTPServerSession): SmtpReply {
+    this.options.log.error({ err: error, client: session.remoteAddress }, 'internal error while receiving');
+    return new SmtpReply(451, '4.3.0', 'Local error in processing, try again later');
+  }
+}
+
+function shuttingDown(): SmtpReply {
+  return new SmtpReply(421, '4.3.2', 'Service shutting down, try again later');
+}
+
+function senderOf(session: SMTPServerSession): string {
+  return session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
+}

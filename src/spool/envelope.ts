@@ -1,0 +1,62 @@
+import { QUEUE_ID } from './queue-id.js';
+
+export type RecipientState = 'pending' | 'delivered' | 'failed';
+
+export interface Recipient {
+  /** As accepted at RCPT: local part as sent, domain in punycode. */
+  address: string;
+  state: RecipientState;
+}
+
+/** Everything about a spooled message except its bytes; stored as JSON beside them. */
+export interface Envelope {
+  version: 1;
+  id: string;
+  /** ISO 8601 arrival time. */
+  arrival: string;
+  /** MAIL FROM; '' is the null sender. */
+  sender: string;
+  recipients: Recipient[];
+  /** Bytes of the spooled message, our Received header included. */
+  size: number;
+  bodyType: '7bit' | '8bitmime';
+  smtpUtf8: boolean;
+  client: { address: string; helo: string };
+  messageId?: string;
+}
+
+export class CorruptEnvelopeError extends Error {}
+
+const STATES: ReadonlySet<string> = new Set(['pending', 'delivered', 'failed']);
+
+/** Parses and checks a stored envelope; anything unexpected is corruption, not a crash. */
+export function parseEnvelope(text: string, expectedId: string): Envelope {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw new CorruptEnvelopeError(`not JSON: ${(error as Error).message}`);
+  }
+  const problem = envelopeProblem(value as Partial<Envelope> | null, expectedId);
+  if (problem) throw new CorruptEnvelopeError(problem);
+  return value as Envelope;
+}
+
+function envelopeProblem(envelope: Partial<Envelope> | null, expectedId: string): string | undefined {
+  if (!envelope || typeof envelope !== 'object') return 'not an object';
+  if (envelope.version !== 1) return `unknown version ${String(envelope.version)}`;
+  if (envelope.id !== expectedId || !QUEUE_ID.test(expectedId)) return `id ${String(envelope.id)} does not match its file name`;
+  if (typeof envelope.sender !== 'string' || typeof envelope.arrival !== 'string') return 'sender or arrival missing';
+  if (typeof envelope.size !== 'number') return 'size missing';
+  const recipients = envelope.recipients;
+  if (!Array.isArray(recipients) || recipients.length === 0) return 'no recipients';
+  if (!recipients.every((r) => typeof r?.address === 'string' && STATES.has(r?.state))) return 'bad recipient entry';
+  return undefined;
+}
+
+/** A message's overall state, as `queue list` shows it. */
+export function messageState(envelope: Envelope): string {
+  const states = new Set(envelope.recipients.map((r) => r.state));
+  if (states.has('pending')) return 'queued';
+  return states.has('failed') ? 'failed' : 'delivered';
+}

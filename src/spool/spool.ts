@@ -1,0 +1,233 @@
+import { constants } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { DirectorySync, writeFileSynced } from './durable.js';
+import { CorruptEnvelopeError, parseEnvelope, type Envelope } from './envelope.js';
+import { newQueueId, QUEUE_ID } from './queue-id.js';
+
+/*
+ * Layout under the spool directory:
+ *   tmp/<id>.msg, tmp/<id>.env   being written; never acknowledged, removed at start
+ *   queue/<id>.msg               the message bytes, immutable once queued
+ *   queue/<id>.env               the envelope (JSON); its presence is the commit point
+ *   corrupt/                     files recovery could not make sense of, kept for a human
+ *   serve.pid                    held by the running `serve`
+ */
+
+export class SpoolLockedError extends Error {}
+
+/** What the receiver knows when it commits a message; the spool adds id, size and version. */
+export type EnvelopeFields = Omit<Envelope, 'version' | 'id' | 'size'>;
+
+export class Spool {
+  readonly tmpDir: string;
+  readonly queueDir: string;
+  readonly corruptDir: string;
+  private readonly queueSync: DirectorySync;
+
+  private constructor(readonly root: string) {
+    this.tmpDir = join(root, 'tmp');
+    this.queueDir = join(root, 'queue');
+    this.corruptDir = join(root, 'corrupt');
+    this.queueSync = new DirectorySync(this.queueDir);
+  }
+
+  /** Opens the spool for reading only (`queue list`): creates nothing, removes nothing. */
+  static forReading(root: string): Spool {
+    return new Spool(root);
+  }
+
+  /** Opens the spool for the daemon: takes the lock, creates the layout, runs recovery. */
+  static async openForServing(root: string, log: Logger): Promise<Spool> {
+    const spool = new Spool(root);
+    for (const dir of [root, spool.tmpDir, spool.queueDir, spool.corruptDir]) {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+    }
+    await spool.lock();
+    await spool.recover(log);
+    return spool;
+  }
+
+  private get pidFile(): string {
+    return join(this.root, 'serve.pid');
+  }
+
+  private async lock(): Promise<void> {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        const handle = await open(this.pidFile, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+        await handle.writeFile(`${process.pid}\n`);
+        await handle.close();
+        return;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      }
+      const holder = Number.parseInt(await readFile(this.pidFile, 'utf8').catch(() => ''), 10);
+      if (Number.isInteger(holder) && holder > 0 && processIsAlive(holder)) {
+        throw new SpoolLockedError(
+          `spool ${this.root} is in use by process ${holder} (another secondarymx serve); ` +
+            `if that process is not secondarymx, remove ${this.pidFile}`,
+        );
+      }
+      await rm(this.pidFile, { force: true }); // stale: its process is gone
+    }
+    throw new SpoolLockedError(`cannot take the lock ${this.pidFile}`);
+  }
+
+  async unlock(): Promise<void> {
+    await rm(this.pidFile, { force: true });
+  }
+
+  /**
+   * Start-up recovery: removes what was never acknowledged (everything in tmp/, a
+   * queued .msg whose .env never landed) and moves unreadable envelopes to corrupt/.
+   */
+  private async recover(log: Logger): Promise<void> {
+    const leftovers = await readdir(this.tmpDir);
+    await Promise.all(leftovers.map((name) => rm(join(this.tmpDir, name), { force: true })));
+    const names = new Set(await readdir(this.queueDir));
+    let orphans = 0;
+    let corrupt = 0;
+    for (const name of names) {
+      const match = /^(.*)\.(msg|env)$/.exec(name);
+      const id = match?.[1] ?? '';
+      if (!match || !QUEUE_ID.test(id)) {
+        await this.quarantine(name, 'unexpected file in queue', log);
+        corrupt++;
+      } else if (match[2] === 'msg' && !names.has(`${id}.env`)) {
+        await unlink(join(this.queueDir, name));
+        orphans++;
+      } else if (match[2] === 'env') {
+        const problem = names.has(`${id}.msg`) ? await this.envelopeProblem(id) : 'message file missing';
+        if (problem) {
+          await this.quarantine(`${id}.env`, problem, log);
+          if (names.has(`${id}.msg`)) await this.quarantine(`${id}.msg`, problem, log);
+          corrupt++;
+        }
+      }
+    }
+    log.info({ removedTemp: leftovers.length, removedUnacknowledged: orphans, corrupt }, 'spool recovered');
+  }
+
+  private async envelopeProblem(id: string): Promise<string | undefined> {
+    try {
+      await this.readEnvelope(id);
+      return undefined;
+    } catch (error) {
+      if (error instanceof CorruptEnvelopeError) return error.message;
+      throw error;
+    }
+  }
+
+  private async quarantine(name: string, reason: string, log: Logger): Promise<void> {
+    await rename(join(this.queueDir, name), join(this.corruptDir, name));
+    log.error({ file: name, reason, movedTo: this.corruptDir }, 'corrupt spool file set aside');
+  }
+
+  async readEnvelope(id: string): Promise<Envelope> {
+    return parseEnvelope(await readFile(join(this.queueDir, `${id}.env`), 'utf8'), id);
+  }
+
+  /** Every queued message, oldest first. Unreadable envelopes are reported, not thrown. */
+  async list(): Promise<{ envelopes: Envelope[]; unreadable: { id: string; reason: string }[] }> {
+    const names = (await readdir(this.queueDir)).filter((name) => name.endsWith('.env')).sort();
+    const envelopes: Envelope[] = [];
+    const unreadable: { id: string; reason: string }[] = [];
+    for (const name of names) {
+      const id = name.slice(0, -'.env'.length);
+      try {
+        envelopes.push(await this.readEnvelope(id));
+      } catch (error) {
+        // ENOENT: delivered and removed between readdir and read.
+        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') unreadable.push({ id, reason: (error as Error).message });
+      }
+    }
+    return { envelopes, unreadable };
+  }
+
+  /** Starts receiving a message into tmp/. */
+  async receive(): Promise<IncomingMessage> {
+    const id = newQueueId();
+    const handle = await open(join(this.tmpDir, `${id}.msg`), 'wx', 0o600);
+    return new IncomingMessage(id, handle, this);
+  }
+
+  /** Moves a fully written message into the queue; resolves once it is durable. */
+  async commitMessage(id: string, envelope: Envelope): Promise<void> {
+    const queuedMessage = join(this.queueDir, `${id}.msg`);
+    const queuedEnvelope = join(this.queueDir, `${id}.env`);
+    try {
+      await rename(join(this.tmpDir, `${id}.msg`), queuedMessage);
+      await writeFileSynced(join(this.tmpDir, `${id}.env`), queuedEnvelope, JSON.stringify(envelope));
+      await this.queueSync.sync();
+    } catch (error) {
+      // Not acknowledged: take it back out so that the sender's retry is not a duplicate.
+      await Promise.all([queuedEnvelope, queuedMessage, join(this.tmpDir, `${id}.env`)].map((path) => rm(path, { force: true })));
+      throw error;
+    }
+  }
+
+  async discardTemp(id: string): Promise<void> {
+    await rm(join(this.tmpDir, `${id}.msg`), { force: true });
+  }
+}
+
+/** A message being written to tmp/. Either commit() or discard() ends it. */
+export class IncomingMessage {
+  private bytes = 0;
+  private closed = false;
+
+  constructor(
+    readonly id: string,
+    private readonly handle: FileHandle,
+    private readonly spool: Spool,
+  ) {}
+
+  get size(): number {
+    return this.bytes;
+  }
+
+  async write(chunk: Buffer): Promise<void> {
+    let offset = 0;
+    while (offset < chunk.length) {
+      const { bytesWritten } = await this.handle.write(chunk, offset, chunk.length - offset);
+      offset += bytesWritten;
+    }
+    this.bytes += chunk.length;
+  }
+
+  /** fsyncs the data, then queues it: the caller may acknowledge once this resolves. */
+  async commit(fields: EnvelopeFields): Promise<Envelope> {
+    try {
+      await this.handle.sync();
+      await this.close();
+      const envelope: Envelope = { version: 1, id: this.id, size: this.bytes, ...fields };
+      await this.spool.commitMessage(this.id, envelope);
+      return envelope;
+    } catch (error) {
+      await this.discard();
+      throw error;
+    }
+  }
+
+  async discard(): Promise<void> {
+    await this.close().catch(() => undefined);
+    await this.spool.discardTemp(this.id);
+  }
+
+  private async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.handle.close();
+  }
+}
+
+function processIsAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
