@@ -15,7 +15,7 @@ export function parseListenAddress(value: string): ListenAddress | undefined {
   if (!match) return undefined;
   const host = match[1] ?? match[2];
   const port = Number(match[3]);
-  if (port < 1 || port > 65535) return undefined;
+  if (port > 65535) return undefined; // 0: the system picks a free port (logged at start)
   if (match[1] !== undefined && isIP(host) !== 6) return undefined;
   return { host, port };
 }
@@ -26,7 +26,7 @@ const positiveInt = z.int().positive();
 const listenAddress = z
   .string()
   .refine((value) => parseListenAddress(value) !== undefined, {
-    message: 'expected "host:port" or "[ipv6]:port" with a port from 1 to 65535',
+    message: 'expected "host:port" or "[ipv6]:port" with a port up to 65535',
   });
 
 const hostPort = z.strictObject({

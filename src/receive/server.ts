@@ -29,6 +29,7 @@ export class ReceiveServer {
   private readonly sessions = new Set<string>();
   private readonly inData = new Set<string>();
   private closing = false;
+  private bound: AddressInfo[] = [];
 
   constructor(private readonly options: ReceiveOptions) {}
 
@@ -36,7 +37,7 @@ export class ReceiveServer {
   async listen(): Promise<AddressInfo[]> {
     const { config } = this.options;
     const smtpOptions = this.smtpOptions();
-    const bound: AddressInfo[] = [];
+    const bound = this.bound;
     for (const entry of config.listen) {
       const { host, port } = parseListenAddress(entry)!;
       const server = new SMTPServer(smtpOptions);
@@ -54,6 +55,10 @@ export class ReceiveServer {
     }
     this.options.log.info({ listen: bound.map((a) => `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`) }, 'listening');
     return bound;
+  }
+
+  get addresses(): readonly AddressInfo[] {
+    return this.bound;
   }
 
   /**

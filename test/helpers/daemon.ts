@@ -1,0 +1,79 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { parseConfig } from '../../src/config/load.js';
+import { createLogger } from '../../src/log.js';
+import { startDaemon, type Daemon } from '../../src/serve.js';
+
+/** The directory most tests use. */
+export const DOMAINS = `
+# d1: recipient-checked
+d1.example
+alice@d1.example
+Bob.Smith@d1.example
+postmaster@d1.example
+# d2: catch-all
+@d2.example
+# d3: domain only
+d3.example
+# IDN, written in Unicode
+bücher.example
+info@bücher.example
+`;
+
+export interface TestDaemon {
+  port: number;
+  dir: string;
+  spoolDir: string;
+  daemon: Daemon;
+  /** Parsed pino lines logged so far. */
+  logs: Array<Record<string, unknown>>;
+  stop(): Promise<void>;
+}
+
+/** Writes a config (YAML text, with DOMAINS as domains.txt) to a fresh temp folder. */
+export function writeTestConfig(yaml: string, domains = DOMAINS): { dir: string; file: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'secondarymx-test-'));
+  writeFileSync(join(dir, 'domains.txt'), domains);
+  const file = join(dir, 'secondarymx.yaml');
+  writeFileSync(file, yaml);
+  return { dir, file };
+}
+
+export function baseConfig(extra = ''): string {
+  return `hostname: mx2.test.example
+listen: ["127.0.0.1:0"]
+spool: ./spool
+primary: { host: 127.0.0.1, port: 25 }
+sources:
+  - { name: local, type: file, path: domains.txt }
+${extra}`;
+}
+
+/** Starts the daemon in this process on an ephemeral loopback port. */
+export async function startTestDaemon(options: { extra?: string; domains?: string; spoolDir?: string } = {}): Promise<TestDaemon> {
+  const { dir, file } = writeTestConfig(baseConfig(options.extra), options.domains);
+  const config = parseConfig(baseConfig(options.extra), file);
+  if (options.spoolDir) config.spool = options.spoolDir;
+  const logs: Array<Record<string, unknown>> = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      for (const line of chunk.toString().split('\n').filter(Boolean)) logs.push(JSON.parse(line) as Record<string, unknown>);
+      callback();
+    },
+  });
+  const daemon = await startDaemon({ file, config }, createLogger('debug', sink));
+  const port = daemon.server.addresses[0].port;
+  return {
+    port,
+    dir,
+    spoolDir: config.spool,
+    daemon,
+    logs,
+    async stop() {
+      await daemon.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,152 @@
+import { connect, type Socket } from 'node:net';
+
+export interface Reply {
+  code: number;
+  /** The enhanced status code of the last line, '' when there is none. */
+  enhanced: string;
+  /** Every line of the reply, as received. */
+  lines: string[];
+  /** Text of the last line after the code (and enhanced code). */
+  text: string;
+}
+
+/** A raw SMTP client: sends exactly the bytes a test gives it, reads replies line by line. */
+export class SmtpClient {
+  private buffer = '';
+  private readonly waiting: Array<() => void> = [];
+  private closed = false;
+
+  private constructor(private readonly socket: Socket) {
+    socket.setEncoding('latin1');
+    socket.on('data', (data: string) => {
+      this.buffer += data;
+      this.wake();
+    });
+    socket.on('close', () => {
+      this.closed = true;
+      this.wake();
+    });
+    socket.on('error', () => undefined);
+  }
+
+  static async connect(port: number, host = '127.0.0.1'): Promise<SmtpClient> {
+    const socket = connect(port, host);
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+    return new SmtpClient(socket);
+  }
+
+  /** Connects and reads the greeting, then says EHLO; returns the EHLO reply. */
+  static async session(port: number, ehlo = 'client.example'): Promise<{ client: SmtpClient; ehlo: Reply }> {
+    const client = await SmtpClient.connect(port);
+    const greeting = await client.reply();
+    if (greeting.code !== 220) throw new Error(`greeting: ${greeting.lines.join(' | ')}`);
+    return { client, ehlo: await client.command(`EHLO ${ehlo}`) };
+  }
+
+  private wake(): void {
+    for (const resolve of this.waiting.splice(0)) resolve();
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  write(data: string | Buffer): void {
+    this.socket.write(data);
+  }
+
+  async command(line: string): Promise<Reply> {
+    this.write(`${line}\r\n`);
+    return this.reply();
+  }
+
+  /** Sends a message body (already dot-stuffed, without the final dot) and ends DATA. */
+  async data(body: string | Buffer): Promise<Reply> {
+    this.write(body);
+    this.write('.\r\n');
+    return this.reply();
+  }
+
+  /** MAIL, RCPT(s), DATA and the body; throws unless every step before the body succeeded. */
+  async sendMail(from: string, to: string[], body: string | Buffer): Promise<Reply> {
+    const steps = [await this.command(`MAIL FROM:<${from}>`)];
+    for (const rcpt of to) steps.push(await this.command(`RCPT TO:<${rcpt}>`));
+    steps.push(await this.command('DATA'));
+    const failed = steps.find((reply, i) => (i === steps.length - 1 ? reply.code !== 354 : reply.code !== 250));
+    if (failed) throw new Error(`transaction failed: ${failed.lines.join(' | ')}`);
+    return this.data(body);
+  }
+
+  async reply(timeoutMs = 10_000): Promise<Reply> {
+    const deadline = Date.now() + timeoutMs;
+    const lines: string[] = [];
+    for (;;) {
+      const end = this.buffer.indexOf('\r\n');
+      if (end !== -1) {
+        const line = this.buffer.slice(0, end);
+        this.buffer = this.buffer.slice(end + 2);
+        lines.push(line);
+        if (line[3] !== '-') return parseReply(lines);
+        continue;
+      }
+      if (this.closed) throw new Error(`connection closed while waiting for a reply (got ${JSON.stringify(lines)})`);
+      if (Date.now() >= deadline) throw new Error(`no reply within ${timeoutMs} ms (got ${JSON.stringify(lines)})`);
+      await this.nextEvent(deadline);
+    }
+  }
+
+  /** Waits for data, close, or the deadline, whichever comes first. */
+  private nextEvent(deadline: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
+      this.waiting.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  /** Resolves when the server has closed the connection. */
+  async closedByServer(timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.closed) {
+      if (Date.now() >= deadline) throw new Error('server did not close the connection');
+      await this.nextEvent(deadline);
+    }
+  }
+
+  async quit(): Promise<void> {
+    if (!this.closed) {
+      await this.command('QUIT').catch(() => undefined);
+      this.socket.destroy();
+    }
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+}
+
+function parseReply(lines: string[]): Reply {
+  const last = lines[lines.length - 1];
+  const code = Number(last.slice(0, 3));
+  const match = /^\d{3}[ -]([245]\.\d{1,3}\.\d{1,3}) /.exec(last);
+  return { code, enhanced: match?.[1] ?? '', lines, text: last.slice(4).replace(/^[245]\.\d{1,3}\.\d{1,3} /, '') };
+}
+
+/** A small RFC 5322 message with CRLF line ends. */
+export function message(subject: string, body = 'Hello.', extraHeaders: string[] = []): string {
+  return [
+    'From: Sender <sender@remote.example>',
+    'To: someone@d1.example',
+    `Subject: ${subject}`,
+    `Message-ID: <${subject.replace(/\W/g, '')}@remote.example>`,
+    ...extraHeaders,
+    '',
+    body,
+    '',
+  ].join('\r\n');
+}
