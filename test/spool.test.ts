@@ -1,0 +1,159 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { createLogger } from '../src/log.js';
+import { newQueueId } from '../src/spool/queue-id.js';
+import { Spool, SpoolLockedError } from '../src/spool/spool.js';
+import { startTestDaemon } from './helpers/daemon.js';
+import { message, SmtpClient } from './helpers/smtp-client.js';
+
+const silent = createLogger('silent');
+
+function contents(spoolDir: string): Record<string, string[]> {
+  const list = (dir: string) => readdirSync(join(spoolDir, dir)).sort();
+  return { tmp: list('tmp'), queue: list('queue'), corrupt: list('corrupt') };
+}
+
+function capturingLogger(): { log: ReturnType<typeof createLogger>; lines: Array<Record<string, unknown>> } {
+  const lines: Array<Record<string, unknown>> = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      for (const line of chunk.toString().split('\n').filter(Boolean)) lines.push(JSON.parse(line) as Record<string, unknown>);
+      callback();
+    },
+  });
+  return { log: createLogger('info', sink), lines };
+}
+
+const isRoot = process.getuid?.() === 0;
+
+describe('spool: storage failures', () => {
+  it('answers 452 4.3.1 when the disk is full, leaves no partial file, and accepts again once there is room', async function () {
+    if (!isRoot) this.skip(); // mounting a small tmpfs needs root; CI runs as root
+    const mountPoint = mkdtempSync(join(tmpdir(), 'secondarymx-full-'));
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k,mode=0700', 'tmpfs', mountPoint]);
+    const mx = await startTestDaemon({ spoolDir: mountPoint, extra: 'limits: { messageSize: 5000000 }' });
+    try {
+      const { client } = await SmtpClient.session(mx.port);
+      const body = `${'y'.repeat(998)}\r\n`.repeat(400); // ~400 KB, more than the filesystem holds
+      const full = await client.sendMail('s@remote.example', ['alice@d1.example'], message('too big for the disk', body));
+      assert.deepEqual([full.code, full.enhanced], [452, '4.3.1']);
+      assert.deepEqual(contents(mountPoint), { tmp: [], queue: [], corrupt: [] });
+      const ok = await client.sendMail('s@remote.example', ['alice@d1.example'], message('fits'));
+      assert.equal(ok.code, 250);
+      assert.equal(contents(mountPoint).queue.length, 2);
+      await client.quit();
+    } finally {
+      await mx.stop();
+      execFileSync('umount', [mountPoint]);
+      rmSync(mountPoint, { recursive: true, force: true });
+    }
+  });
+
+  it('answers 452 4.3.1 when the spool cannot create files, and recovers by itself', async () => {
+    const mx = await startTestDaemon();
+    const tmp = join(mx.spoolDir, 'tmp');
+    try {
+      const { client } = await SmtpClient.session(mx.port);
+      renameSync(tmp, `${tmp}.away`);
+      writeFileSync(tmp, 'not a directory'); // every create in tmp/ now fails with ENOTDIR
+      const broken = await client.sendMail('s@remote.example', ['alice@d1.example'], message('no spool'));
+      assert.deepEqual([broken.code, broken.enhanced], [452, '4.3.1']);
+      assert.deepEqual(readdirSync(join(mx.spoolDir, 'queue')), []);
+      assert.ok(mx.logs.some((line) => line.msg === 'spool: cannot write the message'));
+      rmSync(tmp);
+      renameSync(`${tmp}.away`, tmp);
+      assert.equal((await client.sendMail('s@remote.example', ['alice@d1.example'], message('spool back'))).code, 250);
+      await client.quit();
+    } finally {
+      await mx.stop();
+    }
+  });
+});
+
+describe('spool: start-up recovery', () => {
+  let root: string;
+  beforeEach(() => {
+    root = mkdtempSync(join(tmpdir(), 'secondarymx-spool-'));
+    for (const dir of ['tmp', 'queue', 'corrupt']) mkdirSync(join(root, dir));
+  });
+  afterEach(() => rmSync(root, { recursive: true, force: true }));
+
+  function envelopeFor(id: string): string {
+    return JSON.stringify({
+      version: 1,
+      id,
+      arrival: new Date().toISOString(),
+      sender: 's@remote.example',
+      recipients: [{ address: 'alice@d1.example', state: 'pending' }],
+      size: 5,
+      bodyType: '7bit',
+      smtpUtf8: false,
+      client: { address: '127.0.0.1', helo: 'x' },
+    });
+  }
+
+  it('keeps every acknowledged message, removes unacknowledged writes and sets corrupt files aside', async () => {
+    const [good, orphan, badJson, noMessage] = [1, 2, 3, 4].map((n) => newQueueId(Date.now() + n));
+    writeFileSync(join(root, 'tmp', `${newQueueId()}.msg`), 'half written');
+    writeFileSync(join(root, 'queue', `${good}.msg`), 'hello');
+    writeFileSync(join(root, 'queue', `${good}.env`), envelopeFor(good));
+    writeFileSync(join(root, 'queue', `${orphan}.msg`), 'renamed, envelope never written');
+    writeFileSync(join(root, 'queue', `${badJson}.msg`), 'hello');
+    writeFileSync(join(root, 'queue', `${badJson}.env`), '{"version": 1, "id": "trunc');
+    writeFileSync(join(root, 'queue', `${noMessage}.env`), envelopeFor(noMessage));
+    writeFileSync(join(root, 'queue', 'stray.txt'), '?');
+    const { log, lines } = capturingLogger();
+
+    const spool = await Spool.openForServing(root, log);
+    try {
+      assert.deepEqual(contents(root), {
+        tmp: [],
+        queue: [`${good}.env`, `${good}.msg`],
+        corrupt: [`${badJson}.env`, `${badJson}.msg`, `${noMessage}.env`, 'stray.txt'].sort(),
+      });
+      const { envelopes } = await spool.list();
+      assert.deepEqual(envelopes.map((e) => e.id), [good]);
+      const setAside = lines.filter((line) => line.msg === 'corrupt spool file set aside').map((line) => line.file);
+      assert.deepEqual(setAside.sort(), [`${badJson}.env`, `${badJson}.msg`, `${noMessage}.env`, 'stray.txt'].sort());
+      assert.equal(readFileSync(join(root, 'corrupt', `${badJson}.env`), 'utf8'), '{"version": 1, "id": "trunc');
+    } finally {
+      await spool.unlock();
+    }
+  });
+
+  it('refuses a second daemon on the same spool and takes over a stale lock', async () => {
+    const first = await Spool.openForServing(root, silent);
+    await assert.rejects(Spool.openForServing(root, silent), SpoolLockedError);
+    await first.unlock();
+    writeFileSync(join(root, 'serve.pid'), '999999999\n'); // no such process
+    const second = await Spool.openForServing(root, silent);
+    assert.equal(readFileSync(join(root, 'serve.pid'), 'utf8'), `${process.pid}\n`);
+    await second.unlock();
+  });
+
+  it('writes queue files readable by the service user only', async () => {
+    const spool = await Spool.openForServing(root, silent);
+    try {
+      const incoming = await spool.receive();
+      await incoming.write(Buffer.from('hello\r\n'));
+      const envelope = await incoming.commit({
+        arrival: new Date().toISOString(),
+        sender: '',
+        recipients: [{ address: 'alice@d1.example', state: 'pending' }],
+        bodyType: '7bit',
+        smtpUtf8: false,
+        client: { address: '127.0.0.1', helo: 'x' },
+      });
+      const mode = (name: string) => execFileSync('stat', ['-c', '%a', join(root, 'queue', name)]).toString().trim();
+      assert.equal(mode(`${envelope.id}.msg`), '600');
+      assert.equal(mode(`${envelope.id}.env`), '600');
+      assert.equal(envelope.size, 7);
+    } finally {
+      await spool.unlock();
+    }
+  });
+});
