@@ -1,0 +1,49 @@
+import assert from 'node:assert/strict';
+import { ConfigError, describeConfig, parseConfig } from '../src/config/load.js';
+import type { Config } from '../src/config/schema.js';
+import { baseConfig } from './helpers/daemon.js';
+
+describe('config', () => {
+  it('fills in the documented defaults and resolves paths against the config folder', () => {
+    const config = parseConfig(baseConfig(), '/etc/secondarymx/secondarymx.yaml');
+    assert.deepEqual(config.limits, { messageSize: 10_240_000, recipients: 1000, hops: 50, connections: 500, idleTimeout: 300, shutdownTimeout: 30 });
+    assert.equal(config.spool, '/etc/secondarymx/spool');
+    assert.equal(config.sources[0].path, '/etc/secondarymx/domains.txt');
+    assert.deepEqual(config.primary, { host: '127.0.0.1', port: 25 });
+    assert.equal(config.tls, undefined);
+  });
+
+  it('accepts IPv6 listen addresses in brackets and refuses them without', () => {
+    assert.deepEqual(parseConfig(baseConfig().replace('"127.0.0.1:0"', '"[::1]:25", "0.0.0.0:2525"'), '/x.yaml').listen, ['[::1]:25', '0.0.0.0:2525']);
+    assert.throws(() => parseConfig(baseConfig().replace('"127.0.0.1:0"', '"::1:25"'), '/x.yaml'), /listen\[0\]/);
+    assert.throws(() => parseConfig(baseConfig().replace('"127.0.0.1:0"', '"[::1]:70000"'), '/x.yaml'), /listen\[0\]/);
+  });
+
+  it('reports every problem, each with the file, line and key', () => {
+    const yaml = baseConfig('limits: { hops: 0, recipients: -1 }\nspeling: 1');
+    assert.throws(
+      () => parseConfig(yaml, '/x.yaml'),
+      (error: unknown) =>
+        error instanceof ConfigError &&
+        error.exitCode === 78 &&
+        /\/x\.yaml:7: limits\.hops: /.test(error.message) &&
+        /\/x\.yaml:7: limits\.recipients: /.test(error.message) &&
+        /\/x\.yaml:8: speling: unknown key/.test(error.message),
+    );
+  });
+
+  it('refuses duplicate source names and duplicate keys', () => {
+    const twice = baseConfig().replace(/sources:\n.*\n/, 'sources:\n  - { name: a, type: file, path: x }\n  - { name: a, type: file, path: y }\n');
+    assert.throws(() => parseConfig(twice, '/x.yaml'), /sources: source names must be unique/);
+    assert.throws(() => parseConfig(`${baseConfig()}hostname: again.example\n`, '/x.yaml'), /invalid YAML: Map keys must be unique/);
+  });
+
+  it('masks passwords and URL credentials when describing the config', () => {
+    const config = parseConfig(baseConfig(), '/x.yaml') as Config & { sources: unknown[] };
+    const withSecrets = { ...config, sources: [{ name: 'db', type: 'mysql', url: 'mysql://mx:s3cret@db.example/alternc', password: 'hunter2' }] };
+    const text = describeConfig(withSecrets as unknown as Config);
+    assert.ok(!text.includes('s3cret') && !text.includes('hunter2'), text);
+    assert.match(text, /url: mysql:\/\/mx:\*{8}@db\.example\/alternc/);
+    assert.match(text, /password: "\*{8}"|password: \*{8}/);
+  });
+});
