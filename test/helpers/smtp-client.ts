@@ -18,6 +18,7 @@ export class SmtpClient {
 
   private constructor(private readonly socket: Socket) {
     socket.setEncoding('latin1');
+    socket.setNoDelay(true);
     socket.on('data', (data: string) => {
       this.buffer += data;
       this.wake();
@@ -65,16 +66,18 @@ export class SmtpClient {
 
   /** Sends a message body (already dot-stuffed, without the final dot) and ends DATA. */
   async data(body: string | Buffer): Promise<Reply> {
-    this.write(body);
-    this.write('.\r\n');
+    // One write, as MTAs do: a separate small write for the dot would wait for the
+    // server's delayed ACK (Nagle), adding 40 ms to every message.
+    this.write(Buffer.concat([Buffer.from(body), Buffer.from('.\r\n')]));
     return this.reply();
   }
 
-  /** MAIL, RCPT(s), DATA and the body; throws unless every step before the body succeeded. */
+  /** MAIL, RCPT(s) and DATA pipelined (RFC 2920), then the body; throws unless every step before the body succeeded. */
   async sendMail(from: string, to: string[], body: string | Buffer): Promise<Reply> {
-    const steps = [await this.command(`MAIL FROM:<${from}>`)];
-    for (const rcpt of to) steps.push(await this.command(`RCPT TO:<${rcpt}>`));
-    steps.push(await this.command('DATA'));
+    const commands = [`MAIL FROM:<${from}>`, ...to.map((rcpt) => `RCPT TO:<${rcpt}>`), 'DATA'];
+    this.write(commands.map((command) => `${command}\r\n`).join(''));
+    const steps: Reply[] = [];
+    for (let i = 0; i < commands.length; i++) steps.push(await this.reply());
     const failed = steps.find((reply, i) => (i === steps.length - 1 ? reply.code !== 354 : reply.code !== 250));
     if (failed) throw new Error(`transaction failed: ${failed.lines.join(' | ')}`);
     return this.data(body);
