@@ -3,6 +3,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SmtpClient, message } from './helpers/smtp-client.js';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
+import { waitFor } from './helpers/wait.js';
 
 function queued(spoolDir: string): string[] {
   return readdirSync(join(spoolDir, 'queue')).sort();
@@ -240,11 +241,3 @@ describe('receive: connection limit', () => {
     }
   });
 });
-
-export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}

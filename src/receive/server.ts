@@ -161,8 +161,8 @@ export class ReceiveServer {
       }
     } catch (error) {
       await dropMessage();
-      log.info({ client: session.remoteAddress, from: senderOf(session), size: inspector.size }, 'connection lost during DATA, nothing queued');
-      throw error;
+      log.info({ client: session.remoteAddress, from: senderOf(session), size: inspector.size, reason: (error as Error).message }, 'connection lost during DATA, nothing queued');
+      throw new SmtpReply(451, '4.4.2', 'Connection lost during DATA'); // nobody is left to read it
     }
     inspector.finish();
     if (inspector.problem) await dropMessage();
