@@ -2,9 +2,12 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigError, describeConfig, loadConfig } from './config/load.js';
-import { SourceFormatError } from './directory/sources/file.js';
+import { printQueue } from './commands/queue.js';
+import { statusCommand } from './commands/status.js';
+import { syncCommand } from './commands/sync.js';
+import type { Config } from './config/schema.js';
+import { pullFile } from './directory/sources/file.js';
 import { createLogger } from './log.js';
-import { printQueue } from './queue-list.js';
 import { serve } from './serve.js';
 
 const EX_USAGE = 64;
@@ -12,19 +15,25 @@ const EX_USAGE = 64;
 const USAGE = `usage: secondarymx <command> [--config FILE]
 
 commands:
-  serve              run the backup MX (SMTP receive into the spool) until SIGTERM/SIGINT
+  serve              run the backup MX (SMTP receive into the spool, directory sync) until SIGTERM/SIGINT
   check              validate the config and print the effective config (secrets masked)
+  sync [--force] [--json]
+                     sync the directory now (through the running daemon, or on its own);
+                     --force applies pulls the shrink guard held back
+  status [--json]    daemon, directory, per-source sync state and spool summary
   queue list [--json]
                      list the spooled messages, whether or not the daemon runs
 
 options:
   --config FILE      config file (default: $SECONDARYMX_CONFIG, ./config/secondarymx.yaml,
                      /etc/secondarymx/secondarymx.yaml, the first that exists)
-  --json             machine-readable output (queue list)
+  --force            with sync: apply a pull even if it shrank by more than sync.maxShrink
+  --json             machine-readable output (sync, status, queue list)
   -h, --help         this help
   -v, --version      print the version
 
-exit codes: 0 ok, 1 runtime error, 64 usage error, 78 configuration error`;
+exit codes: 0 ok, 1 runtime error, 64 usage error, 75 sync: some source kept its old data,
+            78 configuration error`;
 
 class UsageError extends Error {}
 
@@ -35,6 +44,7 @@ async function main(argv: string[]): Promise<number> {
     options: {
       config: { type: 'string' },
       json: { type: 'boolean', default: false },
+      force: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
       version: { type: 'boolean', short: 'v', default: false },
     },
@@ -61,9 +71,16 @@ async function main(argv: string[]): Promise<number> {
     case 'check': {
       expectNoMore(rest);
       const loaded = loadConfig(values.config);
+      await checkFileSources(loaded.config);
       process.stdout.write(`# ${loaded.file}: ok\n${describeConfig(loaded.config)}`);
       return 0;
     }
+    case 'sync':
+      expectNoMore(rest);
+      return syncCommand(loadConfig(values.config).config, { force: values.force, json: values.json });
+    case 'status':
+      expectNoMore(rest);
+      return statusCommand(loadConfig(values.config).config, values.json);
     case 'queue': {
       const [subcommand, ...more] = rest;
       if (subcommand !== 'list') throw new UsageError(subcommand ? `unknown queue command: ${subcommand}` : 'queue needs a command: list');
@@ -77,6 +94,18 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** Domain files are local: a bad line is a configuration error `check` can name. */
+async function checkFileSources(config: Config): Promise<void> {
+  for (const source of config.sources) {
+    if (source.type !== 'file') continue;
+    try {
+      await pullFile(source.path);
+    } catch (error) {
+      throw new ConfigError(`sources: ${source.name}: ${(error as Error).message}`);
+    }
+  }
+}
+
 function packageVersion(): string {
   const file = new URL('../package.json', import.meta.url);
   return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as { version: string }).version : 'unknown';
@@ -87,7 +116,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (error: unknown) => {
-    if (error instanceof ConfigError || error instanceof SourceFormatError) {
+    if (error instanceof ConfigError) {
       process.stderr.write(`secondarymx: config error: ${error.message}\n`);
       process.exitCode = 78;
     } else if (error instanceof UsageError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {

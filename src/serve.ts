@@ -1,6 +1,12 @@
+import { join } from 'node:path';
+import { schedule, type ScheduledTask } from 'node-cron';
 import type { Logger } from 'pino';
 import type { LoadedConfig } from './config/load.js';
-import { Directory, loadSnapshot } from './directory/directory.js';
+import { ControlServer, controlSocketPath } from './control/server.js';
+import type { StatusReport } from './control/status.js';
+import { Directory } from './directory/directory.js';
+import { DirectoryStore } from './directory/store.js';
+import { Syncer, type SyncReport } from './directory/sync.js';
 import { ReceiveServer } from './receive/server.js';
 import { Spool } from './spool/spool.js';
 
@@ -9,30 +15,73 @@ export interface Daemon {
   server: ReceiveServer;
   directory: Directory;
   spool: Spool;
+  syncer: Syncer;
+  /** The sync run at start (the directory served until then is the persisted one). */
+  firstSync: Promise<SyncReport>;
   stop(): Promise<void>;
+}
+
+export function directoryStore(spoolRoot: string): DirectoryStore {
+  return new DirectoryStore(join(spoolRoot, 'directory'));
 }
 
 export async function startDaemon({ file, config }: LoadedConfig, log: Logger): Promise<Daemon> {
   log.info({ config: file, hostname: config.hostname, spool: config.spool }, 'starting');
-  const directory = new Directory(await loadSnapshot(config.sources, log));
   const spool = await Spool.openForServing(config.spool, log);
-  const server = new ReceiveServer({ config, directory, spool, log });
+  const directory = new Directory();
+  const store = directoryStore(config.spool);
+  const cleanups: Array<() => Promise<void> | void> = [() => spool.unlock()];
+  const stop = async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup();
+  };
   try {
-    await server.listen();
+    await store.ensure();
+    await store.removeLeftovers();
+    const syncer = await Syncer.open(config, store, log, (snapshot) => directory.replace(snapshot));
+    cleanups.push(() => syncer.settled());
+    const server = new ReceiveServer({ config, directory, spool, log });
+    cleanups.push(() => server.close());
+    const listen = (await server.listen()).map((a) => (a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`));
+    const startedAt = new Date().toISOString();
+    const status = async (): Promise<StatusReport> => {
+      const snapshot = directory.current;
+      return {
+        daemon: { running: true, pid: process.pid, listen, startedAt },
+        directory: {
+          domains: snapshot.domainCount,
+          addresses: snapshot.addressCount,
+          complete: snapshot.complete,
+          missingSources: snapshot.missingSources,
+          conflicts: snapshot.conflicts,
+        },
+        sources: syncer.sourceStates(),
+        spool: await spool.summary(),
+      };
+    };
+    const control = new ControlServer(
+      controlSocketPath(config.spool),
+      {
+        'GET /status': status,
+        'POST /sync': (query) => syncer.run({ force: query.get('force') === '1' }),
+      },
+      log,
+    );
+    await control.listen();
+    cleanups.push(() => control.close());
+    const firstSync = syncer.run();
+    const cronLog = log.child({ component: 'node-cron' });
+    const task: ScheduledTask = schedule(config.sync.schedule, () => syncer.run(), {
+      name: 'directory-sync',
+      noOverlap: true,
+      // An overlap is expected with a slow source (the Syncer shares the running sync anyway).
+      logger: { info: (m) => cronLog.debug(m), warn: (m) => cronLog.debug(m), error: (m) => cronLog.error(m), debug: (m) => cronLog.debug(m) },
+    });
+    cleanups.push(() => task.destroy());
+    return { server, directory, spool, syncer, firstSync, stop };
   } catch (error) {
-    await server.close();
-    await spool.unlock();
+    await stop();
     throw error;
   }
-  return {
-    server,
-    directory,
-    spool,
-    async stop() {
-      await server.close();
-      await spool.unlock();
-    },
-  };
 }
 
 /** `secondarymx serve`: runs until SIGTERM or SIGINT, then stops gracefully. */

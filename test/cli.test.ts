@@ -13,8 +13,8 @@ interface QueueRow {
   recipients: Array<{ address: string; state: string }>;
 }
 
-function queueJson(configFile: string): QueueRow[] {
-  const result = runCli(['queue', 'list', '--json', '--config', configFile]);
+async function queueJson(configFile: string): Promise<QueueRow[]> {
+  const result = await runCli(['queue', 'list', '--json', '--config', configFile]);
   assert.equal(result.status, 0, result.stderr);
   return JSON.parse(result.stdout) as QueueRow[];
 }
@@ -35,20 +35,20 @@ describe('cli: the daemon as a process', () => {
     client.destroy();
     const id = /queued as (\w+)/.exec(reply.text)![1];
 
-    const offline = queueJson(file);
+    const offline = await queueJson(file);
     assert.deepEqual(offline.map((row) => [row.id, row.sender, row.state]), [[id, 'sender@remote.example', 'queued']]);
 
     const second = await spawnDaemon(file); // recovery runs, the stale lock is taken over
     try {
       const recovered = second.logs.find((line) => line.msg === 'spool recovered');
       assert.equal(recovered?.corrupt, 0);
-      const online = queueJson(file);
+      const online = await queueJson(file);
       assert.deepEqual(online.map((row) => row.id), [id]);
       assert.deepEqual(online[0].recipients, [
         { address: 'alice@d1.example', state: 'pending' },
         { address: 'x@d2.example', state: 'pending' },
       ]);
-      const text = runCli(['queue', 'list', '--config', file]);
+      const text = await runCli(['queue', 'list', '--config', file]);
       assert.match(text.stdout, new RegExp(`^${id} +\\d+ \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ queued +sender@remote\\.example$`, 'm'));
       assert.match(text.stdout, /^ +alice@d1\.example \(pending\)$/m);
       assert.match(text.stdout, /in 1 message\.$/m);
@@ -73,13 +73,13 @@ describe('cli: the daemon as a process', () => {
     const afterwards = await sending.command('MAIL FROM:<s@remote.example>');
     assert.equal(afterwards.code, 421);
     assert.deepEqual(await daemon.exited, { code: 0, signal: null });
-    assert.equal(queueJson(file).length, 1);
+    assert.equal((await queueJson(file)).length, 1);
   });
 
   it('refuses to serve a spool that another daemon is serving', async () => {
     const daemon = await spawnDaemon(file);
     try {
-      const second = runCli(['serve', '--config', file]);
+      const second = await runCli(['serve', '--config', file]);
       assert.equal(second.status, 1);
       assert.match(second.stderr, new RegExp(`spool .* is in use by process ${daemon.child.pid}`));
     } finally {
@@ -104,10 +104,10 @@ describe('cli: configuration errors and commands', () => {
     ['invalid YAML', 'listen: [unclosed', /secondarymx\.yaml:\d+:\d+: invalid YAML/],
   ];
   for (const [what, yaml, pattern] of cases) {
-    it(`exits 78 naming the file and the key for ${what}`, () => {
+    it(`exits 78 naming the file and the key for ${what}`, async () => {
       writeFileSync(file, yaml);
       for (const command of ['check', 'serve']) {
-        const result = runCli([command, '--config', file]);
+        const result = await runCli([command, '--config', file]);
         assert.equal(result.status, 78, result.stderr);
         assert.match(result.stderr, pattern);
         assert.ok(result.stderr.includes(file), result.stderr);
@@ -115,33 +115,33 @@ describe('cli: configuration errors and commands', () => {
     });
   }
 
-  it('exits 78 naming the file and line of a bad domain list entry, and does not start', () => {
+  it('check exits 78 naming the file and line of a bad domain list entry', async () => {
     writeFileSync(join(dir, 'domains.txt'), 'd1.example\nalice@d1.example\nnot a domain\n');
-    const result = runCli(['serve', '--config', file]);
+    const result = await runCli(['check', '--config', file]);
     assert.equal(result.status, 78);
-    assert.match(result.stderr, /domains\.txt:3: one entry per line expected: "not a domain"/);
+    assert.match(result.stderr, /sources: local: .*domains\.txt:3: one entry per line expected: "not a domain"/);
   });
 
-  it('check prints the effective config with defaults and absolute paths', () => {
-    const result = runCli(['check', '--config', file]);
+  it('check prints the effective config with defaults and absolute paths', async () => {
+    const result = await runCli(['check', '--config', file]);
     assert.equal(result.status, 0, result.stderr);
     assert.match(result.stdout, /messageSize: 10240000/);
     assert.match(result.stdout, new RegExp(`spool: ${join(dir, 'spool')}`));
     assert.match(result.stdout, new RegExp(`path: ${join(dir, 'domains.txt')}`));
   });
 
-  it('finds the config by --config, then $SECONDARYMX_CONFIG, then ./config/secondarymx.yaml', () => {
+  it('finds the config by --config, then $SECONDARYMX_CONFIG, then ./config/secondarymx.yaml', async () => {
     mkdirSync(join(dir, 'config'));
     writeFileSync(join(dir, 'config', 'secondarymx.yaml'), baseConfig().replace('mx2.test.example', 'from-cwd.example'));
     writeFileSync(join(dir, 'domains.txt'), 'd1.example\n');
     writeFileSync(join(dir, 'config', 'domains.txt'), 'd1.example\n');
     const env = (value: string) => ({ ...process.env, SECONDARYMX_CONFIG: value });
-    assert.match(runCli(['check'], { cwd: dir, env: env('') }).stdout, /hostname: from-cwd\.example/);
-    assert.match(runCli(['check'], { cwd: dir, env: env(file) }).stdout, /hostname: mx2\.test\.example/);
+    assert.match((await runCli(['check'], { cwd: dir, env: env('') })).stdout, /hostname: from-cwd\.example/);
+    assert.match((await runCli(['check'], { cwd: dir, env: env(file) })).stdout, /hostname: mx2\.test\.example/);
     const other = join(dir, 'other.yaml');
     writeFileSync(other, baseConfig().replace('mx2.test.example', 'explicit.example'));
-    assert.match(runCli(['check', '--config', other], { cwd: dir, env: env(file) }).stdout, /hostname: explicit\.example/);
-    const missing = runCli(['check'], { cwd: join(dir, 'config'), env: env('') });
+    assert.match((await runCli(['check', '--config', other], { cwd: dir, env: env(file) })).stdout, /hostname: explicit\.example/);
+    const missing = await runCli(['check'], { cwd: join(dir, 'config'), env: env('') });
     if (missing.status !== 0) {
       // Unless this machine has /etc/secondarymx/secondarymx.yaml, nothing is found.
       assert.equal(missing.status, 78);
@@ -149,28 +149,28 @@ describe('cli: configuration errors and commands', () => {
     }
   });
 
-  it('answers usage errors with exit 64 and the usage text', () => {
+  it('answers usage errors with exit 64 and the usage text', async () => {
     for (const args of [[], ['frobnicate'], ['queue'], ['queue', 'list', 'extra'], ['check', '--bogus']]) {
-      const result = runCli(args);
+      const result = await runCli(args);
       assert.equal(result.status, 64, `${args.join(' ')}: ${result.stderr}`);
       assert.match(result.stderr, /usage: secondarymx <command>/);
     }
-    assert.equal(runCli(['--help']).status, 0);
+    assert.equal((await runCli(['--help'])).status, 0);
   });
 
-  it('queue list says the queue is empty, and fails clearly when the spool does not exist', () => {
+  it('queue list says the queue is empty, and fails clearly when the spool does not exist', async () => {
     mkdirSync(join(dir, 'spool'));
-    const empty = runCli(['queue', 'list', '--config', file]);
+    const empty = await runCli(['queue', 'list', '--config', file]);
     assert.deepEqual([empty.status, empty.stdout], [0, 'Mail queue is empty\n']);
     rmSync(join(dir, 'spool'), { recursive: true });
-    const missing = runCli(['queue', 'list', '--config', file]);
+    const missing = await runCli(['queue', 'list', '--config', file]);
     assert.equal(missing.status, 1);
     assert.match(missing.stderr, /spool .*spool does not exist/);
   });
 
-  it('ships an example config that check accepts', () => {
+  it('ships an example config that check accepts', async () => {
     const example = new URL('../config/secondarymx.example.yaml', import.meta.url).pathname;
-    const result = runCli(['check', '--config', example]);
+    const result = await runCli(['check', '--config', example]);
     assert.equal(result.status, 0, result.stderr);
     assert.match(readFileSync(example, 'utf8'), /listen: \["127\.0\.0\.1:2525"\]/);
   });

@@ -8,7 +8,7 @@ describe('config', () => {
     const config = parseConfig(baseConfig(), '/etc/secondarymx/secondarymx.yaml');
     assert.deepEqual(config.limits, { messageSize: 10_240_000, recipients: 1000, hops: 50, connections: 500, idleTimeout: 300, shutdownTimeout: 30 });
     assert.equal(config.spool, '/etc/secondarymx/spool');
-    assert.equal(config.sources[0].path, '/etc/secondarymx/domains.txt');
+    assert.deepEqual(config.sources[0], { name: 'local', type: 'file', path: '/etc/secondarymx/domains.txt' });
     assert.deepEqual(config.primary, { host: '127.0.0.1', port: 25 });
     assert.equal(config.tls, undefined);
   });

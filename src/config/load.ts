@@ -103,7 +103,11 @@ function resolvePaths(config: Config, base: string): Config {
   return {
     ...config,
     spool: resolve(base, config.spool),
-    sources: config.sources.map((source) => ({ ...source, path: resolve(base, source.path) })),
+    sources: config.sources.map((source) => {
+      if (source.type === 'file') return { ...source, path: resolve(base, source.path) };
+      if (source.type === 'mysql' && typeof source.ssl === 'object') return { ...source, ssl: { ca: resolve(base, source.ssl.ca) } };
+      return source;
+    }),
     tls: config.tls && { key: resolve(base, config.tls.key), cert: resolve(base, config.tls.cert) },
   };
 }

@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import { hostname as osHostname } from 'node:os';
+import { validate } from 'node-cron';
 import { z } from 'zod';
 
 /** "host:port" or "[v6]:port"; a host name is allowed too (resolved by listen()). */
@@ -34,10 +35,62 @@ const hostPort = z.strictObject({
   port: port.default(25),
 });
 
+const sourceName = z.string().regex(/^[A-Za-z0-9_.-]+$/, 'expected letters, digits, ".", "_" or "-"');
+/** Seconds a pull may take before it counts as failed. */
+const sourceTimeout = positiveInt.default(30);
+
 const fileSource = z.strictObject({
-  name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'expected letters, digits, ".", "_" or "-"'),
+  name: sourceName,
   type: z.literal('file'),
   path: z.string().min(1),
+  primary: hostPort.optional(),
+});
+
+const mysqlSource = z
+  .strictObject({
+    name: sourceName,
+    type: z.literal('mysql'),
+    /** mysql://user:password@host:port/database; or the separate keys below. */
+    url: z
+      .string()
+      .refine((value) => /^mysql:\/\/[^/]+\/[^/?]+/.test(value), { message: 'expected mysql://user:password@host:port/database' })
+      .optional(),
+    host: z.string().min(1).optional(),
+    port: port.optional(),
+    user: z.string().min(1).optional(),
+    password: z.string().optional(),
+    database: z.string().min(1).optional(),
+    /** true: TLS with the system CAs; or the file of the CA that signed the server's certificate. */
+    ssl: z.union([z.boolean(), z.strictObject({ ca: z.string().min(1) })]).default(false),
+    timeout: sourceTimeout,
+    primary: hostPort.optional(),
+  })
+  .refine((source) => Boolean(source.url) !== Boolean(source.host), {
+    message: 'give either url or host (with user, password, database)',
+  })
+  .refine((source) => Boolean(source.url) || Boolean(source.user && source.database), {
+    message: 'user and database are required with host',
+  });
+
+const mxlistSource = z.strictObject({
+  name: sourceName,
+  type: z.literal('mxlist'),
+  /** The panel's admin/mxlist.php. */
+  url: z.url({ protocol: /^https?$/ }),
+  login: z.string().min(1),
+  password: z.string(),
+  timeout: sourceTimeout,
+  primary: hostPort.optional(),
+});
+
+const sync = z.strictObject({
+  /** node-cron expression (5 fields, or 6 with seconds first). */
+  schedule: z
+    .string()
+    .refine((value) => validate(value), { message: 'expected a cron expression such as "*/10 * * * *"' })
+    .default('*/10 * * * *'),
+  /** Percent of a source's domains or addresses one pull may drop before it is held back. */
+  maxShrink: z.number().min(0).max(100).default(25),
 });
 
 const limits = z.strictObject({
@@ -73,11 +126,12 @@ export const configSchema = z.strictObject({
   spool: z.string().min(1).default('./spool'),
   primary: hostPort,
   sources: z
-    .array(z.discriminatedUnion('type', [fileSource]))
+    .array(z.discriminatedUnion('type', [fileSource, mysqlSource, mxlistSource]))
     .min(1)
     .refine((sources) => new Set(sources.map((s) => s.name)).size === sources.length, {
       message: 'source names must be unique',
     }),
+  sync: sync.default(() => sync.parse({})),
   limits: limits.default(() => limits.parse({})),
   tls: tls.optional(),
   log: log.default(() => log.parse({})),
@@ -85,4 +139,6 @@ export const configSchema = z.strictObject({
 
 export type Config = z.infer<typeof configSchema>;
 export type SourceConfig = Config['sources'][number];
+export type MysqlSourceConfig = Extract<SourceConfig, { type: 'mysql' }>;
+export type MxlistSourceConfig = Extract<SourceConfig, { type: 'mxlist' }>;
 export type Limits = Config['limits'];

@@ -21,6 +21,8 @@ export function checkRecipient(address: string, directory: DirectorySnapshot): A
   const lookup = directory.lookup(localKey, asciiDomain);
   switch (lookup.verdict) {
     case 'unknown-domain':
+      // A source that never loaded may own this domain: a 5xx could bounce real mail.
+      if (!directory.complete) throw new SmtpReply(451, '4.3.0', `<${address}>: directory not fully loaded yet, try again later`);
       throw new SmtpReply(550, '5.7.1', `<${address}>: relay access denied`);
     case 'unknown-address':
       throw new SmtpReply(550, '5.1.1', `<${address}>: recipient address rejected: user unknown`);

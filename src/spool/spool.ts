@@ -1,5 +1,5 @@
-import { constants } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
+import { constants, readFileSync } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { DirectorySync, writeFileSynced } from './durable.js';
@@ -50,7 +50,13 @@ export class Spool {
   }
 
   private get pidFile(): string {
-    return join(this.root, 'serve.pid');
+    return pidFileOf(this.root);
+  }
+
+  /** The pid of a live `serve` holding this spool, if any. */
+  static runningDaemonPid(root: string): number | undefined {
+    const holder = Number.parseInt(readFileIfAny(pidFileOf(root)), 10);
+    return Number.isInteger(holder) && holder > 0 && processIsAlive(holder) ? holder : undefined;
   }
 
   private async lock(): Promise<void> {
@@ -63,8 +69,8 @@ export class Spool {
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
       }
-      const holder = Number.parseInt(await readFile(this.pidFile, 'utf8').catch(() => ''), 10);
-      if (Number.isInteger(holder) && holder > 0 && processIsAlive(holder)) {
+      const holder = Spool.runningDaemonPid(this.root);
+      if (holder) {
         throw new SpoolLockedError(
           `spool ${this.root} is in use by process ${holder} (another secondarymx serve); ` +
             `if that process is not secondarymx, remove ${this.pidFile}`,
@@ -146,6 +152,14 @@ export class Spool {
     return { envelopes, unreadable };
   }
 
+  /** Queued messages and their bytes, from file sizes only (cheap enough for every `status`). */
+  async summary(): Promise<{ messages: number; bytes: number }> {
+    const names = await readdir(this.queueDir).catch(() => [] as string[]);
+    const queued = names.filter((name) => name.endsWith('.env')).map((name) => `${name.slice(0, -'.env'.length)}.msg`);
+    const sizes = await Promise.all(queued.map((name) => stat(join(this.queueDir, name)).then((s) => s.size, () => 0)));
+    return { messages: queued.length, bytes: sizes.reduce((sum, size) => sum + size, 0) };
+  }
+
   /** Starts receiving a message into tmp/. */
   async receive(): Promise<IncomingMessage> {
     const id = newQueueId();
@@ -220,6 +234,18 @@ export class IncomingMessage {
     if (this.closed) return;
     this.closed = true;
     await this.handle.close();
+  }
+}
+
+function pidFileOf(root: string): string {
+  return join(root, 'serve.pid');
+}
+
+function readFileIfAny(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return '';
   }
 }
 

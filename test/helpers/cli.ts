@@ -1,4 +1,4 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 
@@ -11,14 +11,19 @@ export interface CliResult {
   stderr: string;
 }
 
-export function runCli(args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): CliResult {
-  const result = spawnSync(process.execPath, [CLI, ...args], {
+/** Runs the CLI to completion (asynchronously: a daemon in this process must stay able to answer it). */
+export function runCli(args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+  const child = spawn(process.execPath, [CLI, ...args], {
     cwd: options.cwd,
     env: options.env ?? { ...process.env, SECONDARYMX_CONFIG: '' },
-    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
     timeout: 20_000,
   });
-  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (data: string) => (stdout += data));
+  child.stderr.setEncoding('utf8').on('data', (data: string) => (stderr += data));
+  return new Promise((resolve) => child.on('close', (status) => resolve({ status, stdout, stderr })));
 }
 
 export interface RunningDaemon {
@@ -28,7 +33,7 @@ export interface RunningDaemon {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-/** Spawns `secondarymx serve` and resolves once it listens (port 0 in the config picks one). */
+/** Spawns `secondarymx serve`; resolves once it listens (port 0 in the config picks one) and its first sync is done. */
 export async function spawnDaemon(configFile: string): Promise<RunningDaemon> {
   const child = spawn(process.execPath, [CLI, 'serve', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Array<Record<string, unknown>> = [];
@@ -40,10 +45,12 @@ export async function spawnDaemon(configFile: string): Promise<RunningDaemon> {
     child.once('exit', (code, signal) => resolve({ code, signal }));
   });
   const port = await new Promise<number>((resolve, reject) => {
+    let listening: number | undefined;
     createInterface({ input: child.stdout! }).on('line', (line) => {
       const entry = JSON.parse(line) as Record<string, unknown>;
       logs.push(entry);
-      if (entry.msg === 'listening') resolve(Number(String((entry.listen as string[])[0]).split(':').pop()));
+      if (entry.msg === 'listening') listening = Number(String((entry.listen as string[])[0]).split(':').pop());
+      if (entry.msg === 'sync finished' && listening !== undefined) resolve(listening);
     });
     void exited.then(({ code }) => reject(new Error(`daemon exited with ${code} before listening: ${stderr}`)));
   });

@@ -25,6 +25,8 @@ info@bücher.example
 export interface TestDaemon {
   port: number;
   dir: string;
+  /** The config file (the CLI can be pointed at it to talk to this daemon). */
+  file: string;
   spoolDir: string;
   daemon: Daemon;
   /** Parsed pino lines logged so far. */
@@ -41,21 +43,26 @@ export function writeTestConfig(yaml: string, domains = DOMAINS): { dir: string;
   return { dir, file };
 }
 
-export function baseConfig(extra = ''): string {
+export const FILE_SOURCE = '  - { name: local, type: file, path: domains.txt }';
+
+/** A test config: loopback, ephemeral port, spool in the config's folder. */
+export function baseConfig(extra = '', sources = FILE_SOURCE): string {
   return `hostname: mx2.test.example
 listen: ["127.0.0.1:0"]
 spool: ./spool
 primary: { host: 127.0.0.1, port: 25 }
 sources:
-  - { name: local, type: file, path: domains.txt }
+${sources}
 ${extra}`;
 }
 
 /** Starts the daemon in this process on an ephemeral loopback port. */
-export async function startTestDaemon(options: { extra?: string; domains?: string; spoolDir?: string } = {}): Promise<TestDaemon> {
-  const { dir, file } = writeTestConfig(baseConfig(options.extra), options.domains);
-  const config = parseConfig(baseConfig(options.extra), file);
-  if (options.spoolDir) config.spool = options.spoolDir;
+export async function startTestDaemon(
+  options: { extra?: string; sources?: string; domains?: string; spoolDir?: string } = {},
+): Promise<TestDaemon> {
+  const yaml = baseConfig(options.extra, options.sources).replace('spool: ./spool', `spool: ${options.spoolDir ?? './spool'}`);
+  const { dir, file } = writeTestConfig(yaml, options.domains);
+  const config = parseConfig(yaml, file);
   const logs: Array<Record<string, unknown>> = [];
   const sink = new Writable({
     write(chunk: Buffer, _encoding, callback) {
@@ -64,10 +71,12 @@ export async function startTestDaemon(options: { extra?: string; domains?: strin
     },
   });
   const daemon = await startDaemon({ file, config }, createLogger('debug', sink));
+  await daemon.firstSync;
   const port = daemon.server.addresses[0].port;
   return {
     port,
     dir,
+    file,
     spoolDir: config.spool,
     daemon,
     logs,

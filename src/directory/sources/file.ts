@@ -1,8 +1,6 @@
 import { readFile } from 'node:fs/promises';
-import { normalizeDomain, normalizeLocalPart, splitAddress } from '../names.js';
-import type { DomainEntry, SourceList } from '../snapshot.js';
-
-export class SourceFormatError extends Error {}
+import type { SourceList } from '../snapshot.js';
+import { SourceError, SourceListBuilder } from '../source-list.js';
 
 /**
  * Reads a domain list: one entry a line, `#` starts a comment.
@@ -11,53 +9,36 @@ export class SourceFormatError extends Error {}
  *   @example.org       the domain's catch-all
  * Any bad line rejects the whole file: a half-read list is never applied.
  */
-export async function readFileSource(path: string): Promise<SourceList> {
+export async function pullFile(path: string): Promise<SourceList> {
   let text: string;
   try {
     text = await readFile(path, 'utf8');
   } catch (error) {
-    throw new SourceFormatError(`${path}: cannot read: ${(error as Error).message}`);
+    throw new SourceError(`${path}: cannot read: ${(error as Error).message}`);
   }
   return parseDomainList(text, path);
 }
 
 export function parseDomainList(text: string, path: string): SourceList {
-  const list: SourceList = new Map();
-  const entryFor = (domain: string): DomainEntry => {
-    let entry = list.get(domain);
-    if (!entry) {
-      entry = { recipientCheck: false, catchAll: false, localParts: new Set() };
-      list.set(domain, entry);
-    }
-    return entry;
-  };
-  const lines = text.split(/\r?\n/);
-  lines.forEach((raw, index) => {
+  const builder = new SourceListBuilder();
+  text.split(/\r?\n/).forEach((raw, index) => {
     const line = raw.replace(/(^|\s)#.*$/, '').trim();
     if (!line) return;
-    const fail = (why: string): never => {
-      throw new SourceFormatError(`${path}:${index + 1}: ${why}: ${JSON.stringify(raw.trim())}`);
-    };
-    if (/\s/.test(line)) fail('one entry per line expected');
-    if (!line.includes('@')) {
-      const domain = normalizeDomain(line) ?? fail('not a valid domain');
-      entryFor(domain);
-      return;
+    try {
+      if (/\s/.test(line)) throw new SourceError('one entry per line expected');
+      const at = line.lastIndexOf('@');
+      if (at === -1) builder.domain(line);
+      else if (at === 0) builder.catchAll(line.slice(1));
+      else if (line.indexOf('@') !== at) throw new SourceError('not a valid address');
+      else builder.address(line.slice(0, at), line.slice(at + 1));
+    } catch (error) {
+      if (!(error instanceof SourceError)) throw error;
+      throw new SourceError(`${path}:${index + 1}: ${error.message.replace(/: ".*"$/, '')}: ${JSON.stringify(raw.trim())}`);
     }
-    if (line.startsWith('@')) {
-      const domain = normalizeDomain(line.slice(1)) ?? fail('not a valid catch-all domain');
-      const entry = entryFor(domain);
-      entry.recipientCheck = true;
-      entry.catchAll = true;
-      return;
-    }
-    const parts = splitAddress(line) ?? fail('not a valid address');
-    if (parts.local.includes('@')) fail('not a valid address');
-    const domain = normalizeDomain(parts.domain) ?? fail('not a valid domain in address');
-    const local = normalizeLocalPart(parts.local) ?? fail('not a valid local part');
-    const entry = entryFor(domain);
-    entry.recipientCheck = true;
-    entry.localParts.add(local);
   });
-  return list;
+  try {
+    return builder.build();
+  } catch (error) {
+    throw new SourceError(`${path}: ${(error as Error).message}`);
+  }
 }

@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
-import { messageState, type Envelope } from './spool/envelope.js';
-import { Spool } from './spool/spool.js';
+import { messageState, type Envelope } from '../spool/envelope.js';
+import { Spool } from '../spool/spool.js';
 
 /** `secondarymx queue list`: reads the spool directly, so it works with or without the daemon. */
 export async function printQueue(spoolRoot: string, json: boolean): Promise<number> {

@@ -1,0 +1,43 @@
+import type { Config } from '../config/schema.js';
+import { callDaemon } from '../control/client.js';
+import { Syncer, type SyncReport } from '../directory/sync.js';
+import { createLogger } from '../log.js';
+import { directoryStore } from '../serve.js';
+import { Spool } from '../spool/spool.js';
+import { formatTable } from './table.js';
+
+/** sysexits.h EX_TEMPFAIL: some source kept its previous data; try again later. */
+export const EX_TEMPFAIL = 75;
+
+/** `secondarymx sync [--force]`: through the running daemon, or on its own when none runs. */
+export async function syncCommand(config: Config, options: { force: boolean; json: boolean }): Promise<number> {
+  let report = await callDaemon<SyncReport>(config.spool, 'POST', `/sync${options.force ? '?force=1' : ''}`);
+  const via = report ? 'daemon' : 'standalone';
+  if (!report) {
+    const pid = Spool.runningDaemonPid(config.spool);
+    if (pid) throw new Error(`the daemon (pid ${pid}) holds ${config.spool} but its control socket does not answer`);
+    const syncer = await Syncer.open(config, directoryStore(config.spool), createLogger('error', process.stderr), () => undefined);
+    report = await syncer.run({ force: options.force });
+  }
+  process.stdout.write(options.json ? `${JSON.stringify({ via, ...report }, null, 2)}\n` : formatSync(report, via));
+  return report.sources.every((source) => source.result === 'updated') ? 0 : EX_TEMPFAIL;
+}
+
+export function formatSync(report: SyncReport, via: string): string {
+  const rows = report.sources.map((s) => [
+    s.name,
+    s.type,
+    s.result,
+    s.domains,
+    s.addresses,
+    `+${s.added.domains}/-${s.removed.domains}`,
+    `+${s.added.addresses}/-${s.removed.addresses}`,
+    s.reason ? `kept old data: ${s.reason}` : '',
+  ]);
+  const { directory } = report;
+  const summary =
+    `sync (${via}${report.forced ? ', forced' : ''}): directory ${directory.domains} domains, ${directory.addresses} addresses` +
+    `${directory.complete ? '' : ' (incomplete: a source has never loaded)'}\n`;
+  const conflicts = directory.conflicts.map((c) => `conflict: ${c.domain} is listed by ${c.keptBy} and ${c.claimedBy}; ${c.keptBy} keeps it\n`);
+  return summary + formatTable(['source', 'type', 'result', 'domains', 'addresses', 'domains±', 'addresses±', 'note'], rows) + conflicts.join('');
+}

@@ -1,0 +1,11 @@
+import type { Conflict } from '../directory/snapshot.js';
+import type { SourceState } from '../directory/store.js';
+
+/** What `secondarymx status` shows; the daemon answers it, or the CLI builds it offline. */
+export interface StatusReport {
+  daemon: { running: boolean; pid?: number; listen?: string[]; startedAt?: string };
+  /** Only from a running daemon: the snapshot being served. */
+  directory?: { domains: number; addresses: number; complete: boolean; missingSources: readonly string[]; conflicts: readonly Conflict[] };
+  sources: Array<SourceState & { name: string }>;
+  spool: { messages: number; bytes: number };
+}

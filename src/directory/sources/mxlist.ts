@@ -1,0 +1,57 @@
+import { createHash } from 'node:crypto';
+import type { MxlistSourceConfig } from '../../config/schema.js';
+import type { SourceList } from '../snapshot.js';
+import { SourceError, SourceListBuilder } from '../source-list.js';
+
+/**
+ * The panel's admin/mxlist.php: the domains with gesmx = 1, over HTTP Basic auth.
+ * Asked with ?json=1 ({"integrity": md5 of the domains concatenated, "items": [...]});
+ * a panel that answers with the plain form (one domain a line, each ending in "\n")
+ * is read as such. Domains only: none of them can be recipient-checked.
+ */
+export async function pullMxlist(source: MxlistSourceConfig): Promise<SourceList> {
+  const url = new URL(source.url);
+  url.searchParams.set('json', '1');
+  let response: Response;
+  try {
+    response = await fetch(url, {
+      headers: { authorization: `Basic ${Buffer.from(`${source.login}:${source.password}`).toString('base64')}` },
+      redirect: 'error',
+      signal: AbortSignal.timeout(source.timeout * 1000),
+    });
+  } catch (error) {
+    const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+    throw new SourceError(`cannot fetch ${source.url}: ${cause?.code ?? cause?.message ?? (error as Error).message}`);
+  }
+  if (response.status === 401) throw new SourceError(`${source.url}: 401 Unauthorized: check login and password (the panel's "Secondary MX" account)`);
+  if (!response.ok) throw new SourceError(`${source.url}: HTTP ${response.status} ${response.statusText}`);
+  return parseMxlist(await response.text());
+}
+
+export function parseMxlist(body: string): SourceList {
+  const builder = new SourceListBuilder();
+  for (const domain of domainsOf(body)) builder.domain(domain);
+  return builder.build();
+}
+
+function domainsOf(body: string): string[] {
+  let json: unknown;
+  try {
+    json = JSON.parse(body);
+  } catch {
+    return plainDomains(body);
+  }
+  const { integrity, items } = (json ?? {}) as { integrity?: unknown; items?: unknown };
+  const list = Array.isArray(items) ? items : items && typeof items === 'object' ? Object.values(items) : undefined;
+  if (typeof integrity !== 'string' || !list || !list.every((item) => typeof item === 'string')) {
+    throw new SourceError('JSON answer without "integrity" and "items"');
+  }
+  const digest = createHash('md5').update(list.join('')).digest('hex');
+  if (digest !== integrity.toLowerCase()) throw new SourceError(`integrity check failed: md5 of the items is ${digest}, the panel says ${integrity}`);
+  return list as string[];
+}
+
+function plainDomains(body: string): string[] {
+  if (body.length > 0 && !body.endsWith('\n')) throw new SourceError('plain answer does not end with a newline: truncated?');
+  return body.split('\n').filter((line) => line.trim() !== '').map((line) => line.trim());
+}

@@ -1,0 +1,218 @@
+import type { Logger } from 'pino';
+import type { Config, SourceConfig } from '../config/schema.js';
+import { buildSnapshot, countList, type Conflict, type DirectorySnapshot, type SourceList } from './snapshot.js';
+import { SourceError } from './source-list.js';
+import { pullFile } from './sources/file.js';
+import { pullMxlist } from './sources/mxlist.js';
+import { pullMysql } from './sources/mysql.js';
+import type { DirectoryStore, SourceState } from './store.js';
+
+export interface Counts {
+  domains: number;
+  addresses: number;
+}
+
+export interface SourceReport {
+  name: string;
+  type: SourceConfig['type'];
+  /** updated: the new pull is in use; kept: the previous data stays (reason says why). */
+  result: 'updated' | 'kept';
+  reason?: string;
+  /** The data in use after this sync. */
+  domains: number;
+  addresses: number;
+  added: Counts;
+  removed: Counts;
+  durationMs: number;
+}
+
+export interface SyncReport {
+  forced: boolean;
+  startedAt: string;
+  sources: SourceReport[];
+  directory: { domains: number; addresses: number; complete: boolean; conflicts: readonly Conflict[] };
+}
+
+function pull(source: SourceConfig): Promise<SourceList> {
+  switch (source.type) {
+    case 'file':
+      return pullFile(source.path);
+    case 'mysql':
+      return pullMysql(source);
+    case 'mxlist':
+      return pullMxlist(source);
+  }
+}
+
+/**
+ * Keeps the directory current: pulls every source, refuses what looks broken
+ * (failed, empty, shrunk by more than sync.maxShrink), keeps each source's last good
+ * list, persists it, and hands every new snapshot to `apply`. Runs never overlap.
+ */
+export class Syncer {
+  private readonly lists = new Map<string, SourceList>();
+  private state: Record<string, SourceState> = {};
+  private running: Promise<SyncReport> | undefined;
+
+  private constructor(
+    private readonly config: Config,
+    private readonly store: DirectoryStore,
+    private readonly log: Logger,
+    private readonly apply: (snapshot: DirectorySnapshot) => void,
+  ) {}
+
+  /** Loads the persisted lists (the directory to serve while sources are down). */
+  static async open(config: Config, store: DirectoryStore, log: Logger, apply: (snapshot: DirectorySnapshot) => void): Promise<Syncer> {
+    const syncer = new Syncer(config, store, log, apply);
+    await store.ensure();
+    syncer.state = await store.loadState();
+    for (const source of config.sources) {
+      try {
+        const list = await store.loadList(source.name);
+        if (list) syncer.lists.set(source.name, list);
+      } catch (error) {
+        log.error({ source: source.name, err: error }, 'persisted directory of this source is unreadable; waiting for its next pull');
+      }
+    }
+    syncer.publish();
+    return syncer;
+  }
+
+  /** The sync history of each configured source, for `status`. */
+  sourceStates(): Array<SourceState & { name: string }> {
+    return this.config.sources.map((source) => ({
+      name: source.name,
+      ...(this.state[source.name] ?? { type: source.type, domains: 0, addresses: 0 }),
+      type: source.type,
+    }));
+  }
+
+  /** Resolves when no sync is running (for a clean stop). */
+  async settled(): Promise<void> {
+    while (this.running) await this.running.catch(() => undefined);
+  }
+
+  /** One sync. While one runs, a plain request shares it; a forced one runs right after it. */
+  run(options: { force?: boolean } = {}): Promise<SyncReport> {
+    const force = Boolean(options.force);
+    if (this.running && !force) return this.running;
+    const previous = this.running;
+    const run = (async () => {
+      await previous?.catch(() => undefined);
+      return this.runOnce(force);
+    })();
+    const tracked: Promise<SyncReport> = run.finally(() => {
+      if (this.running === tracked) this.running = undefined;
+    });
+    this.running = tracked;
+    return tracked;
+  }
+
+  private async runOnce(force: boolean): Promise<SyncReport> {
+    const startedAt = new Date().toISOString();
+    const sources = await Promise.all(this.config.sources.map((source) => this.syncSource(source, force, startedAt)));
+    const snapshot = this.publish();
+    await this.store.saveState(this.state).catch((error: unknown) => this.log.error({ err: error }, 'cannot persist the sync state'));
+    const report: SyncReport = {
+      forced: force,
+      startedAt,
+      sources,
+      directory: { domains: snapshot.domainCount, addresses: snapshot.addressCount, complete: snapshot.complete, conflicts: snapshot.conflicts },
+    };
+    for (const conflict of snapshot.conflicts) {
+      this.log.warn(conflict, `domain ${conflict.domain} is listed by ${conflict.keptBy} and ${conflict.claimedBy}: ${conflict.keptBy} (listed first) keeps it`);
+    }
+    this.log.info({ ...report.directory, conflicts: snapshot.conflicts.length, kept: sources.filter((s) => s.result === 'kept').map((s) => s.name) }, 'sync finished');
+    return report;
+  }
+
+  private async syncSource(source: SourceConfig, force: boolean, attemptAt: string): Promise<SourceReport> {
+    const started = Date.now();
+    const previous = this.lists.get(source.name);
+    const before = previous ? countList(previous) : { domains: 0, addresses: 0 };
+    const report = (result: SourceReport['result'], reason: string | undefined, diff: { added: Counts; removed: Counts }): SourceReport => {
+      const inUse = this.lists.get(source.name);
+      const counts = inUse ? countList(inUse) : { domains: 0, addresses: 0 };
+      this.state[source.name] = {
+        ...this.state[source.name],
+        type: source.type,
+        lastAttempt: attemptAt,
+        ...(result === 'updated' ? { lastSuccess: attemptAt, lastError: undefined } : { lastError: reason }),
+        ...counts,
+      };
+      return { name: source.name, type: source.type, result, ...(reason ? { reason } : {}), ...counts, ...diff, durationMs: Date.now() - started };
+    };
+    const none = { added: { domains: 0, addresses: 0 }, removed: { domains: 0, addresses: 0 } };
+    let list: SourceList;
+    try {
+      list = await pull(source);
+    } catch (error) {
+      const reason = error instanceof SourceError ? error.message : `internal error: ${(error as Error).message}`;
+      this.log.warn({ source: source.name, reason, kept: before }, 'source failed, its previous data stays in use');
+      return report('kept', reason, none);
+    }
+    const after = countList(list);
+    const shrink = previous && !force ? shrinkBeyond(before, after, this.config.sync.maxShrink) : undefined;
+    if (shrink) {
+      const reason = `${shrink}, over sync.maxShrink ${this.config.sync.maxShrink}%; run "secondarymx sync --force" to apply it`;
+      this.log.warn({ source: source.name, reason, kept: before, pulled: after }, 'source shrank too much, its previous data stays in use');
+      return report('kept', reason, none);
+    }
+    const diff = previous ? diffLists(previous, list) : { added: after, removed: { domains: 0, addresses: 0 } };
+    try {
+      await this.store.saveList(source.name, list);
+    } catch (error) {
+      const reason = `cannot persist the new list: ${(error as Error).message}`;
+      this.log.error({ source: source.name, err: error }, 'source pulled but not persisted, its previous data stays in use');
+      return report('kept', reason, none);
+    }
+    this.lists.set(source.name, list);
+    const changed = diff.added.domains + diff.added.addresses + diff.removed.domains + diff.removed.addresses > 0;
+    this.log.info({ source: source.name, ...after, added: diff.added, removed: diff.removed, ms: Date.now() - started }, 'source synced');
+    if (changed || !previous) this.warnUnchecked(source, list);
+    return report('updated', undefined, diff);
+  }
+
+  private warnUnchecked(source: SourceConfig, list: SourceList): void {
+    const unchecked = [...list].filter(([, entry]) => !entry.recipientCheck).map(([domain]) => domain);
+    if (unchecked.length === 0) return;
+    this.log.warn(
+      { source: source.name, count: unchecked.length, domains: unchecked.slice(0, 20) },
+      source.type === 'mxlist'
+        ? 'mxlist sources list domains only: these domains are not recipient-checked (backscatter risk)'
+        : 'domains with no address list accept any local part: no recipient check, backscatter risk',
+    );
+  }
+
+  private publish(): DirectorySnapshot {
+    const snapshot = buildSnapshot(this.config.sources.map((source) => ({ name: source.name, list: this.lists.get(source.name) })));
+    this.apply(snapshot);
+    return snapshot;
+  }
+}
+
+/** Describes a drop of more than `maxPercent` of domains or addresses, or undefined. */
+function shrinkBeyond(before: Counts, after: Counts, maxPercent: number): string | undefined {
+  for (const key of ['domains', 'addresses'] as const) {
+    if (before[key] === 0) continue;
+    const dropped = ((before[key] - after[key]) / before[key]) * 100;
+    if (dropped > maxPercent) return `${key} would drop by ${dropped.toFixed(1)}% (${before[key]} → ${after[key]})`;
+  }
+  return undefined;
+}
+
+function diffLists(before: SourceList, after: SourceList): { added: Counts; removed: Counts } {
+  const added = { domains: 0, addresses: 0 };
+  const removed = { domains: 0, addresses: 0 };
+  const tally = (from: SourceList, to: SourceList, into: Counts) => {
+    for (const [domain, entry] of from) {
+      const other = to.get(domain);
+      if (!other) into.domains++;
+      if (entry.catchAll && !other?.catchAll) into.addresses++;
+      for (const local of entry.localParts) if (!other?.localParts.has(local)) into.addresses++;
+    }
+  };
+  tally(after, before, added);
+  tally(before, after, removed);
+  return { added, removed };
+}
