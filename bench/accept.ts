@@ -3,34 +3,14 @@
  * a temp folder on this disk, and real SMTP sessions sending 4 KB messages.
  *   A: many concurrent sessions, one message per connection (senders retrying to the backup MX)
  *   B: fewer sessions, many messages per connection (a big sender flushing its queue)
- * Prints one line per figure and writes bench/last-run.json.
  */
-import { readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { spawnDaemon, type RunningDaemon } from '../test/helpers/cli.js';
 import { baseConfig, writeTestConfig } from '../test/helpers/daemon.js';
 import { message, SmtpClient } from '../test/helpers/smtp-client.js';
-
-interface Figure {
-  name: string;
-  value: number;
-  unit: string;
-  parameters: Record<string, number | string>;
-}
+import { cpuSeconds, rssMb, type Report } from './figures.js';
 
 const BODY = `${'The quick brown fox jumps over the lazy dog. '.repeat(2).trim()}\r\n`.repeat(45); // ~4 KB
-const CLOCK_TICKS = 100; // USER_HZ on Linux
-
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS; // utime + stime
-}
-
-function rssMb(pid: number): number {
-  const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return Number(match?.[1] ?? 0) / 1024;
-}
-
 async function sendOnOneConnection(port: number, count: number, seq: () => number): Promise<void> {
   const { client } = await SmtpClient.session(port, 'bench.example');
   for (let i = 0; i < count; i++) {
@@ -60,13 +40,7 @@ async function run(daemon: RunningDaemon, sessions: number, perSession: number, 
   return { rate: total / seconds, cpuMs: (cpu * 1000) / total };
 }
 
-async function main(): Promise<void> {
-  const figures: Figure[] = [];
-  const report = (figure: Figure) => {
-    figures.push(figure);
-    const params = Object.entries(figure.parameters).map(([k, v]) => `${k}=${v}`).join(' ');
-    console.log(`${figure.name}: ${figure.value.toFixed(figure.value < 10 ? 2 : 0)} ${figure.unit} (${params})`);
-  };
+export async function acceptBenchmarks(report: Report): Promise<void> {
   const cases = [
     { name: 'accept A', sessions: 100, perSession: 1, total: Number(process.env.BENCH_ACCEPT_A ?? 3000) },
     { name: 'accept B', sessions: 20, perSession: 1_000_000, total: Number(process.env.BENCH_ACCEPT_B ?? 3000) },
@@ -87,12 +61,4 @@ async function main(): Promise<void> {
       rmSync(dir, { recursive: true, force: true });
     }
   }
-  const out = new URL('./last-run.json', import.meta.url).pathname;
-  writeFileSync(out, `${JSON.stringify({ date: new Date().toISOString(), figures }, null, 2)}\n`);
-  console.log(`figures written to ${join('bench', 'last-run.json')}`);
 }
-
-main().catch((error: unknown) => {
-  console.error(error);
-  process.exitCode = 1;
-});

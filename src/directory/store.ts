@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DirectorySync, writeFileSynced } from '../spool/durable.js';
 import { newQueueId } from '../spool/queue-id.js';
@@ -17,13 +17,13 @@ export interface SourceState {
   addresses: number;
 }
 
-const RECIPIENT_CHECK = 1;
-const CATCH_ALL = 2;
-type StoredDomain = [domain: string, flags: number, localParts: string[]];
+const LIST_HEADER = 'secondarymx-directory 1';
+const LIST_END = '# end';
 
 /**
- * The last good list of every source, under <spool>/directory/: <source>.json holds
- * the data (rewritten only when a pull is applied), state.json the sync history.
+ * The last good list of every source, under <spool>/directory/: <source>.list holds
+ * the data (rewritten only when a pull is applied, streamed line by line so a million
+ * addresses are never one string), state.json the sync history.
  * Writes go to a unique temp name, are fsynced, renamed, and the folder fsynced.
  */
 export class DirectoryStore {
@@ -45,28 +45,53 @@ export class DirectoryStore {
 
   /** The persisted list of a source; undefined when there is none. Throws when unreadable. */
   async loadList(source: string): Promise<SourceList | undefined> {
-    let text: string;
+    const file = this.listFile(source);
+    let handle;
     try {
-      text = await readFile(this.listFile(source), 'utf8');
+      handle = await open(file, 'r');
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw error;
     }
-    const stored = JSON.parse(text) as { version: number; domains: StoredDomain[] };
-    if (stored.version !== 1 || !Array.isArray(stored.domains)) throw new Error(`${this.listFile(source)}: unknown format`);
     const list = new Map<string, DomainEntry>();
-    for (const [domain, flags, localParts] of stored.domains) {
-      list.set(domain, { recipientCheck: (flags & RECIPIENT_CHECK) !== 0, catchAll: (flags & CATCH_ALL) !== 0, localParts: new Set(localParts) });
+    let lineNumber = 0;
+    let complete = false;
+    try {
+      for await (const line of handle.readLines({ encoding: 'utf8' })) {
+        lineNumber++;
+        if (lineNumber === 1) {
+          if (line !== LIST_HEADER) throw new Error(`${file}: not a ${LIST_HEADER} file`);
+          continue;
+        }
+        if (line === LIST_END) {
+          complete = true;
+          break;
+        }
+        const [domain, flags, ...localParts] = line.split(' ');
+        list.set(domain, { recipientCheck: flags.includes('r'), catchAll: flags.includes('c'), localParts: new Set(localParts) });
+      }
+    } finally {
+      await handle.close();
     }
+    if (!complete) throw new Error(`${file}: truncated (no end marker after line ${lineNumber})`);
     return list;
   }
 
+  /** One line a domain: "<domain> <flags> <local> <local> …"; neither contains a space. */
   async saveList(source: string, list: SourceList): Promise<void> {
-    const domains: StoredDomain[] = [];
-    for (const [domain, entry] of list) {
-      domains.push([domain, (entry.recipientCheck ? RECIPIENT_CHECK : 0) | (entry.catchAll ? CATCH_ALL : 0), [...entry.localParts]]);
+    function* lines(): Iterable<string> {
+      let chunk = `${LIST_HEADER}\n`;
+      for (const [domain, entry] of list) {
+        const flags = `-${entry.recipientCheck ? 'r' : ''}${entry.catchAll ? 'c' : ''}`;
+        chunk += entry.localParts.size > 0 ? `${domain} ${flags} ${[...entry.localParts].join(' ')}\n` : `${domain} ${flags}\n`;
+        if (chunk.length > 65536) {
+          yield chunk;
+          chunk = '';
+        }
+      }
+      yield `${chunk}${LIST_END}\n`;
     }
-    await this.write(this.listFile(source), JSON.stringify({ version: 1, domains }));
+    await this.write(this.listFile(source), lines());
   }
 
   async loadState(): Promise<Record<string, SourceState>> {
@@ -82,10 +107,10 @@ export class DirectoryStore {
   }
 
   private listFile(source: string): string {
-    return join(this.root, `${source}.json`);
+    return join(this.root, `${source}.list`);
   }
 
-  private async write(target: string, data: string): Promise<void> {
+  private async write(target: string, data: string | Iterable<string>): Promise<void> {
     await writeFileSynced(`${target}.${newQueueId()}.tmp`, target, data);
     await this.folderSync.sync();
   }

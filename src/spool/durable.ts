@@ -1,4 +1,4 @@
-import { open, rename, type FileHandle } from 'node:fs/promises';
+import { open, rename, writeFile, type FileHandle } from 'node:fs/promises';
 
 /** Makes the directory's entries (creations, renames) durable. */
 export async function fsyncDirectory(path: string): Promise<void> {
@@ -38,10 +38,10 @@ export class DirectorySync {
 }
 
 /** Writes `data` to `temp`, fsyncs it and renames it to `target` (the caller syncs the directory). */
-export async function writeFileSynced(temp: string, target: string, data: string | Buffer, mode = 0o600): Promise<void> {
+export async function writeFileSynced(temp: string, target: string, data: string | Buffer | Iterable<string>, mode = 0o600): Promise<void> {
   const handle: FileHandle = await open(temp, 'w', mode);
   try {
-    await handle.writeFile(data);
+    await writeFile(handle, data);
     await handle.sync();
   } finally {
     await handle.close();

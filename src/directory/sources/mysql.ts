@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { createConnection, type ConnectionOptions, type RowDataPacket } from 'mysql2/promise';
+import { createConnection, type Connection, type ConnectionOptions } from 'mysql2';
 import type { MysqlSourceConfig } from '../../config/schema.js';
 import type { SourceList } from '../snapshot.js';
 import { SourceError, SourceListBuilder } from '../source-list.js';
@@ -21,31 +21,31 @@ const ADDRESSES =
   'SELECT a.domain_id, a.address FROM address a JOIN domaines d ON d.id = a.domain_id WHERE d.gesmx = 1 AND a.enabled = 1';
 
 export async function pullMysql(source: MysqlSourceConfig): Promise<SourceList> {
-  const options = await connectionOptions(source);
-  let connection;
+  const connection = createConnection(await connectionOptions(source));
+  connection.on('error', () => undefined); // a late socket error after destroy() must not crash the daemon
   try {
-    connection = await createConnection(options);
+    await new Promise<void>((resolve, reject) => connection.connect((error) => (error ? reject(error) : resolve())));
   } catch (error) {
+    connection.destroy();
     throw new SourceError(`cannot connect to MySQL: ${describe(error)}`);
   }
   try {
     // Both queries see one consistent snapshot of the database.
-    await connection.query('START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY');
-    const timeout = source.timeout * 1000;
-    const [domainRows] = await connection.query<RowDataPacket[]>({ sql: DOMAINS, rowsAsArray: true, timeout });
+    await connection.promise().query('START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY');
     const builder = new SourceListBuilder();
     const byId = new Map<number, string>();
-    for (const [id, domain] of domainRows as unknown as Array<[number, string]>) {
+    const timeout = source.timeout * 1000;
+    // Rows are streamed, not buffered: a million addresses never sit in memory twice.
+    for await (const [id, domain] of streamRows<[number, string]>(connection, DOMAINS, timeout)) {
       builder.checkedDomain(domain);
       byId.set(Number(id), domain);
     }
-    const [addressRows] = await connection.query<RowDataPacket[]>({ sql: ADDRESSES, rowsAsArray: true, timeout });
-    for (const [domainId, local] of addressRows as unknown as Array<[number, string]>) {
+    for await (const [domainId, local] of streamRows<[number, string]>(connection, ADDRESSES, timeout)) {
       const domain = byId.get(Number(domainId))!;
       if (local === '') builder.catchAll(domain);
       else builder.address(local, domain);
     }
-    await connection.query('COMMIT');
+    await connection.promise().query('COMMIT');
     return builder.build();
   } catch (error) {
     if (error instanceof SourceError) throw error;
@@ -53,6 +53,10 @@ export async function pullMysql(source: MysqlSourceConfig): Promise<SourceList> 
   } finally {
     connection.destroy();
   }
+}
+
+function streamRows<Row>(connection: Connection, sql: string, timeout: number): AsyncIterable<Row> {
+  return connection.query({ sql, rowsAsArray: true, timeout }).stream({ highWaterMark: 1000 });
 }
 
 async function connectionOptions(source: MysqlSourceConfig): Promise<ConnectionOptions> {
