@@ -2,7 +2,9 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigError, describeConfig, loadConfig } from './config/load.js';
-import { printQueue } from './commands/queue.js';
+import { flushCommand } from './commands/flush.js';
+import { editCommand, printQueue, showCommand } from './commands/queue.js';
+import type { QueueEdit } from './spool/edit.js';
 import { statusCommand } from './commands/status.js';
 import { syncCommand } from './commands/sync.js';
 import type { Config } from './config/schema.js';
@@ -21,8 +23,14 @@ commands:
                      sync the directory now (through the running daemon, or on its own);
                      --force applies pulls the shrink guard held back
   status [--json]    daemon, directory, per-source sync state and spool summary
+  flush [--domain D] [--id ID] [--json]
+                     attempt delivery now, ignoring backoff (through the daemon, or on its own)
   queue list [--json]
                      list the spooled messages, whether or not the daemon runs
+  queue show ID [--json]
+                     envelope, recipient states and replies, headers
+  queue hold ID | queue release ID | queue delete ID
+                     held messages are never delivered until released
 
 options:
   --config FILE      config file (default: $SECONDARYMX_CONFIG, ./config/secondarymx.yaml,
@@ -32,8 +40,8 @@ options:
   -h, --help         this help
   -v, --version      print the version
 
-exit codes: 0 ok, 1 runtime error, 64 usage error, 75 sync: some source kept its old data,
-            78 configuration error`;
+exit codes: 0 ok, 1 runtime error, 64 usage error, 75 sync: some source kept its old data /
+            flush: the primary was unreachable, 78 configuration error`;
 
 class UsageError extends Error {}
 
@@ -45,6 +53,8 @@ async function main(argv: string[]): Promise<number> {
       config: { type: 'string' },
       json: { type: 'boolean', default: false },
       force: { type: 'boolean', default: false },
+      domain: { type: 'string' },
+      id: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
       version: { type: 'boolean', short: 'v', default: false },
     },
@@ -81,11 +91,23 @@ async function main(argv: string[]): Promise<number> {
     case 'status':
       expectNoMore(rest);
       return statusCommand(loadConfig(values.config).config, values.json);
+    case 'flush':
+      expectNoMore(rest);
+      return flushCommand(loadConfig(values.config).config, { id: values.id, domain: values.domain }, values.json);
     case 'queue': {
-      const [subcommand, ...more] = rest;
-      if (subcommand !== 'list') throw new UsageError(subcommand ? `unknown queue command: ${subcommand}` : 'queue needs a command: list');
+      const [subcommand, id, ...more] = rest;
       expectNoMore(more);
-      return printQueue(loadConfig(values.config).config.spool, values.json);
+      const config = () => loadConfig(values.config).config;
+      if (subcommand === 'list') {
+        if (id) throw new UsageError(`unexpected argument: ${id}`);
+        return printQueue(config().spool, values.json);
+      }
+      if (!['show', 'hold', 'release', 'delete'].includes(subcommand ?? '')) {
+        throw new UsageError(subcommand ? `unknown queue command: ${subcommand}` : 'queue needs a command: list, show, hold, release, delete');
+      }
+      if (!id) throw new UsageError(`queue ${subcommand} needs a queue id`);
+      if (subcommand === 'show') return showCommand(config(), id, values.json);
+      return editCommand(config(), subcommand as QueueEdit, id);
     }
     case undefined:
       throw new UsageError('no command given');

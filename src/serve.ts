@@ -8,6 +8,8 @@ import { Directory } from './directory/directory.js';
 import { DirectoryStore } from './directory/store.js';
 import { Syncer, type SyncReport } from './directory/sync.js';
 import { ReceiveServer } from './receive/server.js';
+import { Relay } from './relay/relay.js';
+import { editQueued, type QueueEdit } from './spool/edit.js';
 import { Spool } from './spool/spool.js';
 
 /** A running daemon: what tests and the CLI start and stop. */
@@ -16,6 +18,7 @@ export interface Daemon {
   directory: Directory;
   spool: Spool;
   syncer: Syncer;
+  relay: Relay;
   /** The sync run at start (the directory served until then is the persisted one). */
   firstSync: Promise<SyncReport>;
   stop(): Promise<void>;
@@ -39,7 +42,10 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     await store.removeLeftovers();
     const syncer = await Syncer.open(config, store, log, (snapshot) => directory.replace(snapshot));
     cleanups.push(() => syncer.settled());
-    const server = new ReceiveServer({ config, directory, spool, log });
+    const relay = new Relay(config, spool, log, true);
+    await relay.load();
+    cleanups.push(() => relay.stop());
+    const server = new ReceiveServer({ config, directory, spool, log, onQueued: (envelope) => relay.add(envelope) });
     cleanups.push(() => server.close());
     const listen = (await server.listen()).map((a) => (a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`));
     const startedAt = new Date().toISOString();
@@ -56,13 +62,24 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
         },
         sources: syncer.sourceStates(),
         spool: await spool.summary(),
+        primaries: relay.summary().primaries,
       };
+    };
+    const edit = (action: QueueEdit) => async (query: URLSearchParams) => {
+      const id = query.get('id') ?? '';
+      const envelope = await editQueued(spool, id, action);
+      relay.refresh(id, envelope);
+      return { id, action, envelope: envelope ?? null };
     };
     const control = new ControlServer(
       controlSocketPath(config.spool),
       {
         'GET /status': status,
         'POST /sync': (query) => syncer.run({ force: query.get('force') === '1' }),
+        'POST /flush': (query) => relay.flush({ id: query.get('id') ?? undefined, domain: query.get('domain') ?? undefined }),
+        'POST /queue/hold': edit('hold'),
+        'POST /queue/release': edit('release'),
+        'POST /queue/delete': edit('delete'),
       },
       log,
     );
@@ -77,7 +94,8 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
       logger: { info: (m) => cronLog.debug(m), warn: (m) => cronLog.debug(m), error: (m) => cronLog.error(m), debug: (m) => cronLog.debug(m) },
     });
     cleanups.push(() => task.destroy());
-    return { server, directory, spool, syncer, firstSync, stop };
+    relay.kick();
+    return { server, directory, spool, syncer, relay, firstSync, stop };
   } catch (error) {
     await stop();
     throw error;

@@ -45,8 +45,8 @@ describe('cli: the daemon as a process', () => {
       const online = await queueJson(file);
       assert.deepEqual(online.map((row) => row.id), [id]);
       assert.deepEqual(online[0].recipients, [
-        { address: 'alice@d1.example', state: 'pending' },
-        { address: 'x@d2.example', state: 'pending' },
+        { address: 'alice@d1.example', state: 'pending', source: 'local' },
+        { address: 'x@d2.example', state: 'pending', source: 'local' },
       ]);
       const text = await runCli(['queue', 'list', '--config', file]);
       assert.match(text.stdout, new RegExp(`^${id} +\\d+ \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ queued +sender@remote\\.example$`, 'm'));

@@ -9,7 +9,9 @@ describe('config', () => {
     assert.deepEqual(config.limits, { messageSize: 10_240_000, recipients: 1000, hops: 50, connections: 500, idleTimeout: 300, shutdownTimeout: 30 });
     assert.equal(config.spool, '/etc/secondarymx/spool');
     assert.deepEqual(config.sources[0], { name: 'local', type: 'file', path: '/etc/secondarymx/domains.txt' });
-    assert.deepEqual(config.primary, { host: '127.0.0.1', port: 25 });
+    assert.deepEqual(config.primary, { host: '127.0.0.1', port: 1 });
+    assert.deepEqual(config.relay, { concurrency: 10, probeInterval: 10, minBackoff: 300, maxBackoff: 4000, connectTimeout: 30, commandTimeout: 300 });
+    assert.deepEqual(config.sync, { schedule: '*/10 * * * *', maxShrink: 25 });
     assert.equal(config.tls, undefined);
   });
 

@@ -1,4 +1,8 @@
-import { existsSync } from 'node:fs';
+import { createReadStream, existsSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+import type { Config } from '../config/schema.js';
+import { callDaemon } from '../control/client.js';
+import { editQueued, type QueueEdit } from '../spool/edit.js';
 import { messageState, type Envelope } from '../spool/envelope.js';
 import { Spool } from '../spool/spool.js';
 
@@ -34,4 +38,54 @@ export function formatQueue(envelopes: readonly Envelope[]): string {
   const count = envelopes.length;
   lines.push(`-- ${Math.ceil(bytes / 1024)} Kbytes in ${count} ${count === 1 ? 'message' : 'messages'}.`);
   return `${lines.join('\n')}\n`;
+}
+
+/** `queue hold|release|delete ID`: through the daemon (so it re-indexes), or on the spool directly. */
+export async function editCommand(config: Config, edit: QueueEdit, id: string): Promise<number> {
+  const done = await callDaemon(config.spool, 'POST', `/queue/${edit}?id=${encodeURIComponent(id)}`);
+  if (!done) {
+    const pid = Spool.runningDaemonPid(config.spool);
+    if (pid) throw new Error(`the daemon (pid ${pid}) holds ${config.spool} but its control socket does not answer`);
+    await editQueued(await Spool.forDelivery(config.spool), id, edit);
+  }
+  process.stdout.write(`${id}: ${edit === 'delete' ? 'deleted' : edit === 'hold' ? 'held' : 'released'}\n`);
+  return 0;
+}
+
+/** `queue show ID`: the envelope, each recipient's state and last reply, and the message headers. */
+export async function showCommand(config: Config, id: string, json: boolean): Promise<number> {
+  const spool = Spool.forReading(config.spool);
+  const envelope = await spool.readEnvelope(id).catch((error: NodeJS.ErrnoException) => {
+    throw new Error(error.code === 'ENOENT' ? `${id}: no such message in the queue` : error.message);
+  });
+  const headers = await readHeaders(spool.messagePath(id));
+  if (json) {
+    process.stdout.write(`${JSON.stringify({ ...envelope, state: messageState(envelope), headers }, null, 2)}\n`);
+    return 0;
+  }
+  const lines = [
+    `id:          ${envelope.id} (${messageState(envelope)})`,
+    `arrival:     ${envelope.arrival}`,
+    `size:        ${envelope.size}`,
+    `sender:      ${envelope.sender || '<>'}`,
+    `client:      ${envelope.client.address} (${envelope.client.helo})`,
+    `attempts:    ${envelope.deferrals ?? 0} deferred; last ${envelope.lastAttempt ?? 'never'}; next ${envelope.held ? 'held' : (envelope.nextAttempt ?? 'now')}`,
+    'recipients:',
+    ...envelope.recipients.map((r) => `  ${r.address} (${r.state})${r.reply ? ` ${r.reply}` : ''}`),
+    'headers:',
+    ...headers.map((line) => `  ${line}`),
+  ];
+  process.stdout.write(`${lines.join('\n')}\n`);
+  return 0;
+}
+
+async function readHeaders(path: string): Promise<string[]> {
+  const lines: string[] = [];
+  const input = createInterface({ input: createReadStream(path, { encoding: 'utf8' }), crlfDelay: Infinity });
+  for await (const line of input) {
+    if (line === '' || lines.length >= 200) break;
+    lines.push(line);
+  }
+  input.close();
+  return lines;
 }

@@ -108,6 +108,19 @@ const limits = z.strictObject({
   shutdownTimeout: positiveInt.default(30),
 });
 
+const relay = z.strictObject({
+  /** Parallel connections (and messages in flight) per primary. */
+  concurrency: positiveInt.default(10),
+  /** Seconds between connection probes of a primary that is down. */
+  probeInterval: positiveInt.default(10),
+  /** Seconds before the first retry after a 4xx; doubles up to maxBackoff (Postfix's defaults). */
+  minBackoff: positiveInt.default(300),
+  maxBackoff: positiveInt.default(4000),
+  /** Seconds to wait for the primary's greeting, and for each of its replies. */
+  connectTimeout: positiveInt.default(30),
+  commandTimeout: positiveInt.default(300),
+});
+
 const tls = z.strictObject({
   key: z.string().min(1),
   cert: z.string().min(1),
@@ -133,6 +146,7 @@ export const configSchema = z.strictObject({
     }),
   sync: sync.default(() => sync.parse({})),
   limits: limits.default(() => limits.parse({})),
+  relay: relay.default(() => relay.parse({})),
   tls: tls.optional(),
   log: log.default(() => log.parse({})),
 });
@@ -142,3 +156,4 @@ export type SourceConfig = Config['sources'][number];
 export type MysqlSourceConfig = Extract<SourceConfig, { type: 'mysql' }>;
 export type MxlistSourceConfig = Extract<SourceConfig, { type: 'mxlist' }>;
 export type Limits = Config['limits'];
+export type HostPort = Config['primary'];

@@ -8,4 +8,6 @@ export interface StatusReport {
   directory?: { domains: number; addresses: number; complete: boolean; missingSources: readonly string[]; conflicts: readonly Conflict[] };
   sources: Array<SourceState & { name: string }>;
   spool: { messages: number; bytes: number };
+  /** Only from a running daemon: each primary the relay talks to. */
+  primaries?: Array<{ primary: string; up: boolean }>;
 }

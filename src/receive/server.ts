@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import { parseListenAddress, type Config } from '../config/schema.js';
 import type { Directory } from '../directory/directory.js';
+import type { Envelope } from '../spool/envelope.js';
 import type { IncomingMessage, Spool } from '../spool/spool.js';
 import { MessageInspector } from './inspect.js';
 import { asciiAddress } from '../directory/names.js';
@@ -16,6 +17,8 @@ export interface ReceiveOptions {
   directory: Directory;
   spool: Spool;
   log: Logger;
+  /** Told about every message once it is durably queued (the relay). */
+  onQueued?: (envelope: Envelope) => void;
 }
 
 const STORAGE_FAILURE = () => new SmtpReply(452, '4.3.1', 'Insufficient system storage, try again later');
@@ -177,7 +180,7 @@ export class ReceiveServer {
       .commit({
         arrival: arrival.toISOString(),
         sender: asciiAddress(senderOf(session)),
-        recipients: recipients.map((address) => ({ address, state: 'pending' as const })),
+        recipients: recipients.map((address) => ({ address, state: 'pending' as const, ...this.sourceOf(address) })),
         bodyType: session.envelope.bodyType === '8bitmime' ? '8bitmime' : '7bit',
         smtpUtf8: Boolean(session.envelope.smtpUtf8),
         client: { address: session.remoteAddress, helo: session.hostNameAppearsAs || '' },
@@ -200,7 +203,17 @@ export class ReceiveServer {
       },
       'queued',
     );
+    this.options.onQueued?.(envelope);
     return `2.0.0 Ok: queued as ${envelope.id}`;
+  }
+
+  /** The source owning the recipient's domain now: it picks the primary the relay uses. */
+  private sourceOf(address: string): { source?: string } {
+    try {
+      return { source: checkRecipient(address, this.options.directory.current).source };
+    } catch {
+      return {}; // left the directory since RCPT: the global primary gets it
+    }
   }
 
   private internalError(error: unknown, session: SMTPServerSession): SmtpReply {

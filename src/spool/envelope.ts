@@ -6,6 +6,10 @@ export interface Recipient {
   /** As accepted at RCPT: local part as sent, domain in punycode. */
   address: string;
   state: RecipientState;
+  /** The directory source that owned the domain at RCPT: it decides which primary gets it. */
+  source?: string;
+  /** The primary's last reply about this recipient. */
+  reply?: string;
 }
 
 /** Everything about a spooled message except its bytes; stored as JSON beside them. */
@@ -23,6 +27,13 @@ export interface Envelope {
   smtpUtf8: boolean;
   client: { address: string; helo: string };
   messageId?: string;
+  /** Delivery attempts the primary answered with a temporary failure (they drive the backoff). */
+  deferrals?: number;
+  /** ISO time before which no attempt is made (backoff); absent: due now. */
+  nextAttempt?: string;
+  lastAttempt?: string;
+  /** Held messages are never delivered until released. */
+  held?: boolean;
 }
 
 export class CorruptEnvelopeError extends Error {}
@@ -57,6 +68,7 @@ function envelopeProblem(envelope: Partial<Envelope> | null, expectedId: string)
 /** A message's overall state, as `queue list` shows it. */
 export function messageState(envelope: Envelope): string {
   const states = new Set(envelope.recipients.map((r) => r.state));
-  if (states.has('pending')) return 'queued';
+  if (envelope.held) return 'held';
+  if (states.has('pending')) return envelope.deferrals ? 'deferred' : 'queued';
   return states.has('failed') ? 'failed' : 'delivered';
 }

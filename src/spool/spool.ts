@@ -1,5 +1,5 @@
 import { constants, readFileSync } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { DirectorySync, writeFileSynced } from './durable.js';
@@ -12,6 +12,7 @@ import { newQueueId, QUEUE_ID } from './queue-id.js';
  *   queue/<id>.msg               the message bytes, immutable once queued
  *   queue/<id>.env               the envelope (JSON); its presence is the commit point
  *   corrupt/                     files recovery could not make sense of, kept for a human
+ *   locks/<id>                   a message being delivered (holds the pid of its deliverer)
  *   serve.pid                    held by the running `serve`
  */
 
@@ -24,12 +25,14 @@ export class Spool {
   readonly tmpDir: string;
   readonly queueDir: string;
   readonly corruptDir: string;
+  readonly locksDir: string;
   private readonly queueSync: DirectorySync;
 
   private constructor(readonly root: string) {
     this.tmpDir = join(root, 'tmp');
     this.queueDir = join(root, 'queue');
     this.corruptDir = join(root, 'corrupt');
+    this.locksDir = join(root, 'locks');
     this.queueSync = new DirectorySync(this.queueDir);
   }
 
@@ -38,15 +41,26 @@ export class Spool {
     return new Spool(root);
   }
 
+  /** Opens the spool to deliver or edit queued messages without a daemon (`flush`, `queue hold`…). */
+  static async forDelivery(root: string): Promise<Spool> {
+    const spool = new Spool(root);
+    await spool.createLayout();
+    return spool;
+  }
+
   /** Opens the spool for the daemon: takes the lock, creates the layout, runs recovery. */
   static async openForServing(root: string, log: Logger): Promise<Spool> {
     const spool = new Spool(root);
-    for (const dir of [root, spool.tmpDir, spool.queueDir, spool.corruptDir]) {
-      await mkdir(dir, { recursive: true, mode: 0o700 });
-    }
+    await spool.createLayout();
     await spool.lock();
     await spool.recover(log);
     return spool;
+  }
+
+  private async createLayout(): Promise<void> {
+    for (const dir of [this.root, this.tmpDir, this.queueDir, this.corruptDir, this.locksDir]) {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+    }
   }
 
   private get pidFile(): string {
@@ -182,6 +196,54 @@ export class Spool {
     }
   }
 
+  messagePath(id: string): string {
+    return join(this.queueDir, `${id}.msg`);
+  }
+
+  /** Replaces a queued message's envelope durably (temp, fsync, rename, folder fsync). */
+  async updateEnvelope(envelope: Envelope): Promise<void> {
+    await writeFileSynced(join(this.tmpDir, `${envelope.id}.env`), join(this.queueDir, `${envelope.id}.env`), JSON.stringify(envelope));
+    await this.queueSync.sync();
+  }
+
+  /** Takes a message out of the queue: the envelope first, so a crash leaves an orphan recovery removes. */
+  async remove(id: string): Promise<void> {
+    await rm(join(this.queueDir, `${id}.env`), { force: true });
+    await rm(join(this.queueDir, `${id}.msg`), { force: true });
+    await this.queueSync.sync();
+  }
+
+  /**
+   * Exclusive right to deliver or edit a message, across processes (the daemon, a
+   * `flush` without daemon, `queue` commands). A lock whose process is gone is taken over.
+   */
+  async lockMessage(id: string): Promise<boolean> {
+    const path = join(this.locksDir, id);
+    // link() creates the lock with its content in one step: nobody ever sees it empty.
+    const proposal = join(this.locksDir, `.${id}.${process.pid}.${newQueueId()}`);
+    await writeFile(proposal, `${process.pid}\n`, { mode: 0o600 });
+    try {
+      for (let attempt = 0; attempt < 2; attempt++) {
+        try {
+          await link(proposal, path);
+          return true;
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+        }
+        const holder = Number.parseInt(readFileIfAny(path), 10);
+        if (holder === process.pid || processIsAlive(holder)) return false;
+        await rm(path, { force: true }); // its process is gone
+      }
+      return false;
+    } finally {
+      await rm(proposal, { force: true });
+    }
+  }
+
+  async unlockMessage(id: string): Promise<void> {
+    await rm(join(this.locksDir, id), { force: true });
+  }
+
   async discardTemp(id: string): Promise<void> {
     await rm(join(this.tmpDir, `${id}.msg`), { force: true });
   }
@@ -250,6 +312,7 @@ function readFileIfAny(path: string): string {
 }
 
 function processIsAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
   try {
     process.kill(pid, 0);
     return true;

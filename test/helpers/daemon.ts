@@ -50,7 +50,7 @@ export function baseConfig(extra = '', sources = FILE_SOURCE): string {
   return `hostname: mx2.test.example
 listen: ["127.0.0.1:0"]
 spool: ./spool
-primary: { host: 127.0.0.1, port: 25 }
+primary: { host: 127.0.0.1, port: 1 }   # closed: tests that deliver start their own primary
 sources:
 ${sources}
 ${extra}`;

@@ -1,0 +1,32 @@
+import type { Config } from '../config/schema.js';
+import { callDaemon } from '../control/client.js';
+import { createLogger } from '../log.js';
+import { Relay, type FlushFilter, type FlushReport } from '../relay/relay.js';
+import { Spool } from '../spool/spool.js';
+import { EX_TEMPFAIL } from './sync.js';
+
+/**
+ * `secondarymx flush [--domain D] [--id ID]`: attempt delivery now, ignoring backoff,
+ * through the running daemon, or by this process when none runs (message locks keep
+ * two deliverers off the same message either way).
+ */
+export async function flushCommand(config: Config, filter: FlushFilter, json: boolean): Promise<number> {
+  const query = new URLSearchParams(Object.entries(filter).filter((pair): pair is [string, string] => Boolean(pair[1])));
+  let report = await callDaemon<FlushReport>(config.spool, 'POST', `/flush?${query}`);
+  const via = report ? 'daemon' : 'standalone';
+  if (!report) {
+    const pid = Spool.runningDaemonPid(config.spool);
+    if (pid) throw new Error(`the daemon (pid ${pid}) holds ${config.spool} but its control socket does not answer`);
+    const relay = new Relay(config, await Spool.forDelivery(config.spool), createLogger('warn', process.stderr), false);
+    await relay.load();
+    report = await relay.flush(filter);
+    await relay.stop();
+  }
+  process.stdout.write(
+    json
+      ? `${JSON.stringify({ via, ...report }, null, 2)}\n`
+      : `flush (${via}): ${report.messages} messages: ${report.delivered} recipients delivered, ${report.deferred} deferred, ` +
+          `${report.failed} failed; ${report.unreachable} messages not attempted (primary unreachable), ${report.busy} busy elsewhere\n`,
+  );
+  return report.unreachable > 0 ? EX_TEMPFAIL : 0;
+}

@@ -1,0 +1,376 @@
+import { EventEmitter, once } from 'node:events';
+import { createReadStream } from 'node:fs';
+import type { Logger } from 'pino';
+import type { Config, HostPort } from '../config/schema.js';
+import type { Envelope, Recipient } from '../spool/envelope.js';
+import type { Spool } from '../spool/spool.js';
+import { PrimaryConnection, PrimaryUnreachable, type RecipientReply } from './connection.js';
+
+/** What one attempt did with one message's recipients for one primary. */
+export interface AttemptOutcome {
+  id: string;
+  primary: string;
+  delivered: number;
+  deferred: number;
+  failed: number;
+  /** The primary could not be reached; nothing was decided. */
+  unreachable: boolean;
+  /** Another process holds the message (a concurrent flush). */
+  busy: boolean;
+}
+
+export interface FlushFilter {
+  id?: string;
+  domain?: string;
+}
+
+export interface FlushReport {
+  messages: number;
+  delivered: number;
+  deferred: number;
+  failed: number;
+  unreachable: number;
+  busy: number;
+}
+
+interface Entry {
+  id: string;
+  /** Epoch ms before which the message is not attempted. */
+  due: number;
+  held: boolean;
+  /** Primaries ("host:port") that still have pending recipients of this message. */
+  primaries: Set<string>;
+  /** Recipient domains, for `flush --domain`. */
+  domains: Set<string>;
+}
+
+interface PrimaryState {
+  key: string;
+  address: HostPort;
+  up: boolean;
+  workers: number;
+  probe: NodeJS.Timeout | undefined;
+}
+
+const keyOf = (primary: HostPort) => `${primary.host}:${primary.port}`;
+
+/**
+ * The scheduler and delivery agent: replays the spool to the primaries. It keeps
+ * an index of queued messages; workers (up to relay.concurrency per primary) each
+ * hold one connection and deliver due messages oldest first. A primary that cannot
+ * be reached is marked down and probed every relay.probeInterval; when a probe
+ * succeeds, replay starts at once. 4xx replies back off (minBackoff doubling to
+ * maxBackoff). Every decision is written to the envelope before the next step.
+ */
+export class Relay extends EventEmitter {
+  private readonly entries = new Map<string, Entry>();
+  private readonly primaries = new Map<string, PrimaryState>();
+  private readonly inFlight = new Set<string>();
+  private wake: NodeJS.Timeout | undefined;
+  private stopped = false;
+
+  constructor(
+    private readonly config: Config,
+    private readonly spool: Spool,
+    private readonly log: Logger,
+    /** A daemon probes down primaries and retries on its own; a one-shot `flush` does not. */
+    private readonly daemon: boolean,
+  ) {
+    super();
+  }
+
+  /** Indexes the spool; call once before anything else. */
+  async load(): Promise<void> {
+    const { envelopes, unreadable } = await this.spool.list();
+    for (const { id, reason } of unreadable) this.log.error({ queueId: id, reason }, 'unreadable envelope, not delivered');
+    for (const envelope of envelopes) this.index(envelope);
+    this.log.info({ messages: this.entries.size }, 'relay: queue indexed');
+  }
+
+  /** A message the receiver just queued: due now. */
+  add(envelope: Envelope): void {
+    this.index(envelope);
+    this.kick();
+  }
+
+  /** Delivers every due message it can; starts workers, arms the next wake-up. */
+  kick(): void {
+    if (this.stopped) return;
+    const now = Date.now();
+    const wanted = new Map<string, number>();
+    let nextDue = Infinity;
+    for (const entry of this.entries.values()) {
+      if (entry.held || this.inFlight.has(entry.id)) continue;
+      if (entry.due > now) {
+        nextDue = Math.min(nextDue, entry.due);
+        continue;
+      }
+      for (const key of entry.primaries) wanted.set(key, (wanted.get(key) ?? 0) + 1);
+    }
+    for (const [key, count] of wanted) {
+      const primary = this.primaries.get(key)!;
+      while (primary.up && primary.workers < Math.min(this.config.relay.concurrency, count)) {
+        primary.workers++;
+        void this.work(primary).finally(() => {
+          primary.workers--;
+          this.emit('progress');
+        });
+      }
+    }
+    clearTimeout(this.wake);
+    if (this.daemon && nextDue < Infinity) this.wake = setTimeout(() => this.kick(), Math.max(0, nextDue - Date.now()) + 10);
+  }
+
+  /**
+   * Attempts the matching messages now, whatever their backoff (postqueue -f / -s / -i),
+   * probing down primaries first; resolves when each has had its attempt or cannot have one.
+   */
+  async flush(filter: FlushFilter = {}): Promise<FlushReport> {
+    const matching = [...this.entries.values()].filter(
+      (entry) => !entry.held && (!filter.id || entry.id === filter.id) && (!filter.domain || entry.domains.has(filter.domain.toLowerCase())),
+    );
+    const waiting = new Set(matching.map((entry) => entry.id));
+    const report: FlushReport = { messages: waiting.size, delivered: 0, deferred: 0, failed: 0, unreachable: 0, busy: 0 };
+    const onAttempt = (outcome: AttemptOutcome) => {
+      if (!waiting.delete(outcome.id)) return;
+      if (outcome.unreachable) report.unreachable++;
+      else if (outcome.busy) report.busy++;
+      else {
+        report.delivered += outcome.delivered;
+        report.deferred += outcome.deferred;
+        report.failed += outcome.failed;
+      }
+    };
+    this.on('attempt', onAttempt);
+    try {
+      for (const entry of matching) entry.due = 0;
+      const keys = new Set(matching.flatMap((entry) => [...entry.primaries]));
+      await Promise.all([...keys].map((key) => this.primaries.get(key)!).filter((p) => !p.up).map((p) => this.probe(p)));
+      this.kick();
+      while (waiting.size > 0) {
+        for (const id of waiting) {
+          const entry = this.entries.get(id);
+          const reachable = entry && [...entry.primaries].some((key) => this.primaries.get(key)!.up);
+          if (!entry || !reachable || entry.held) {
+            if (entry && !reachable && !entry.held) report.unreachable++;
+            waiting.delete(id);
+          }
+        }
+        if (waiting.size === 0 || this.stopped) break;
+        this.kick();
+        await Promise.race([once(this, 'progress'), new Promise((resolve) => setTimeout(resolve, 200))]);
+      }
+    } finally {
+      this.off('attempt', onAttempt);
+    }
+    return report;
+  }
+
+  /** Stops scheduling; resolves when the workers have finished their current message. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.wake);
+    for (const primary of this.primaries.values()) clearTimeout(primary.probe);
+    while ([...this.primaries.values()].some((p) => p.workers > 0)) await once(this, 'progress');
+  }
+
+  /** Primary states and queue counts, for `status`. */
+  summary(): { primaries: Array<{ primary: string; up: boolean }>; indexed: number } {
+    return { primaries: [...this.primaries.values()].map((p) => ({ primary: p.key, up: p.up })), indexed: this.entries.size };
+  }
+
+  /** Reflects a message edited outside the relay (hold, release, delete). */
+  refresh(id: string, envelope: Envelope | undefined): void {
+    this.entries.delete(id);
+    if (envelope) this.index(envelope);
+    this.kick();
+  }
+
+  private index(envelope: Envelope): void {
+    const pending = envelope.recipients.filter((r) => r.state === 'pending');
+    if (pending.length === 0) {
+      this.entries.delete(envelope.id);
+      return;
+    }
+    const primaries = new Set<string>();
+    for (const recipient of pending) primaries.add(this.primaryFor(recipient).key);
+    this.entries.set(envelope.id, {
+      id: envelope.id,
+      due: envelope.nextAttempt ? Date.parse(envelope.nextAttempt) : 0,
+      held: Boolean(envelope.held),
+      primaries,
+      domains: new Set(pending.map((r) => r.address.slice(r.address.lastIndexOf('@') + 1).toLowerCase())),
+    });
+  }
+
+  private primaryFor(recipient: Recipient): PrimaryState {
+    const source = this.config.sources.find((s) => s.name === recipient.source);
+    const address = source?.primary ?? this.config.primary;
+    const key = keyOf(address);
+    let state = this.primaries.get(key);
+    if (!state) {
+      state = { key, address, up: true, workers: 0, probe: undefined };
+      this.primaries.set(key, state);
+    }
+    return state;
+  }
+
+  private nextFor(primary: PrimaryState): Entry | undefined {
+    const now = Date.now();
+    let best: Entry | undefined;
+    for (const entry of this.entries.values()) {
+      if (entry.held || entry.due > now || this.inFlight.has(entry.id) || !entry.primaries.has(primary.key)) continue;
+      if (!best || entry.id < best.id) best = entry; // ids sort by arrival: oldest first
+    }
+    return best;
+  }
+
+  private async work(primary: PrimaryState): Promise<void> {
+    let connection: PrimaryConnection | undefined;
+    try {
+      for (let entry = this.nextFor(primary); entry && primary.up && !this.stopped; entry = this.nextFor(primary)) {
+        this.inFlight.add(entry.id);
+        try {
+          if (!connection?.usable) {
+            connection?.quit();
+            connection = await PrimaryConnection.open(primary.address, this.connectionOptions());
+          }
+          const outcome = await this.attempt(entry, primary, connection);
+          this.emit('attempt', outcome);
+          if (!outcome.busy && connection.usable && outcome.delivered === 0) await connection.reset();
+        } catch (error) {
+          if (!(error instanceof PrimaryUnreachable)) throw error;
+          this.emit('attempt', { id: entry.id, primary: primary.key, delivered: 0, deferred: 0, failed: 0, unreachable: true, busy: false });
+          this.markDown(primary, error.message);
+        } finally {
+          this.inFlight.delete(entry.id);
+        }
+      }
+    } catch (error) {
+      this.log.error({ err: error, primary: primary.key }, 'relay worker failed');
+    } finally {
+      connection?.quit();
+    }
+  }
+
+  private connectionOptions() {
+    const { hostname, relay } = this.config;
+    return { name: hostname, connectTimeout: relay.connectTimeout, commandTimeout: relay.commandTimeout };
+  }
+
+  /** One attempt: this primary's pending recipients of one message, under the message lock. */
+  private async attempt(entry: Entry, primary: PrimaryState, connection: PrimaryConnection): Promise<AttemptOutcome> {
+    const outcome: AttemptOutcome = { id: entry.id, primary: primary.key, delivered: 0, deferred: 0, failed: 0, unreachable: false, busy: false };
+    if (!(await this.spool.lockMessage(entry.id))) {
+      entry.due = Date.now() + 1000; // another process delivers or edits it; look again later
+      return { ...outcome, busy: true };
+    }
+    try {
+      let envelope: Envelope;
+      try {
+        envelope = await this.spool.readEnvelope(entry.id);
+      } catch {
+        this.entries.delete(entry.id); // delivered or deleted by another process
+        return outcome;
+      }
+      if (envelope.held) {
+        this.index(envelope);
+        return outcome;
+      }
+      const recipients = envelope.recipients.filter((r) => r.state === 'pending' && this.primaryFor(r).key === primary.key);
+      const started = Date.now();
+      const replies = await this.send(envelope, recipients, connection);
+      for (const reply of replies) {
+        const recipient = recipients.find((r) => r.address === reply.address)!;
+        recipient.reply = reply.reply;
+        if (reply.code >= 200 && reply.code < 300) recipient.state = 'delivered';
+        else if (reply.code >= 500) recipient.state = 'failed';
+      }
+      const deferred = replies.filter((r) => r.code < 200 || (r.code >= 400 && r.code < 500));
+      outcome.delivered = replies.filter((r) => r.code >= 200 && r.code < 300).length;
+      outcome.failed = replies.filter((r) => r.code >= 500).length;
+      outcome.deferred = deferred.length;
+      envelope.lastAttempt = new Date().toISOString();
+      if (deferred.length > 0) {
+        envelope.deferrals = (envelope.deferrals ?? 0) + 1;
+        const backoff = Math.min(this.config.relay.minBackoff * 2 ** (envelope.deferrals - 1), this.config.relay.maxBackoff);
+        envelope.nextAttempt = new Date(Date.now() + backoff * 1000).toISOString();
+      }
+      if (envelope.recipients.every((r) => r.state === 'delivered')) await this.spool.remove(envelope.id);
+      else await this.spool.updateEnvelope(envelope);
+      this.index(envelope);
+      this.logAttempt(envelope, primary, replies, started);
+      return outcome;
+    } finally {
+      await this.spool.unlockMessage(entry.id);
+    }
+  }
+
+  private async send(envelope: Envelope, recipients: Recipient[], connection: PrimaryConnection): Promise<RecipientReply[]> {
+    if (envelope.smtpUtf8 && !connection.offersSmtpUtf8) {
+      const reply = '550 5.6.7 The primary does not offer SMTPUTF8, which this message needs';
+      return recipients.map((r) => ({ address: r.address, code: 550, reply }));
+    }
+    return connection.send({
+      sender: envelope.sender,
+      recipients: recipients.map((r) => r.address),
+      size: envelope.size,
+      eightBit: envelope.bodyType === '8bitmime',
+      smtpUtf8: envelope.smtpUtf8,
+      body: createReadStream(this.spool.messagePath(envelope.id)),
+    });
+  }
+
+  /** One line per outcome, like Postfix's status=sent / deferred / bounced. */
+  private logAttempt(envelope: Envelope, primary: PrimaryState, replies: RecipientReply[], started: number): void {
+    const groups: Record<string, RecipientReply[]> = { sent: [], deferred: [], bounced: [] };
+    for (const reply of replies) groups[reply.code >= 200 && reply.code < 300 ? 'sent' : reply.code >= 500 ? 'bounced' : 'deferred'].push(reply);
+    for (const [status, group] of Object.entries(groups)) {
+      if (group.length === 0) continue;
+      this.log.info(
+        {
+          queueId: envelope.id,
+          to: group.map((r) => r.address),
+          primary: primary.key,
+          status,
+          reply: group[0].reply,
+          delay: (Date.now() - Date.parse(envelope.arrival)) / 1000,
+          attemptMs: Date.now() - started,
+          ...(status === 'deferred' ? { nextAttempt: envelope.nextAttempt } : {}),
+        },
+        `status=${status}`,
+      );
+    }
+  }
+
+  private markDown(primary: PrimaryState, reason: string): void {
+    if (!primary.up) return;
+    primary.up = false;
+    this.log.warn({ primary: primary.key, reason, probeInterval: this.config.relay.probeInterval }, 'primary is DOWN: delivery stopped, probing');
+    this.emit('progress');
+    this.scheduleProbe(primary);
+  }
+
+  private scheduleProbe(primary: PrimaryState): void {
+    if (!this.daemon || this.stopped) return;
+    clearTimeout(primary.probe);
+    primary.probe = setTimeout(() => void this.probe(primary), this.config.relay.probeInterval * 1000);
+  }
+
+  /** Connect, EHLO, QUIT: the primary is up again when that works. */
+  private async probe(primary: PrimaryState): Promise<void> {
+    try {
+      const connection = await PrimaryConnection.open(primary.address, this.connectionOptions());
+      connection.quit();
+    } catch (error) {
+      this.log.debug({ primary: primary.key, reason: (error as Error).message }, 'probe failed');
+      primary.up = false;
+      this.scheduleProbe(primary);
+      return;
+    }
+    clearTimeout(primary.probe);
+    if (!primary.up) this.log.info({ primary: primary.key }, 'primary is UP: replaying the spool');
+    primary.up = true;
+    this.kick();
+  }
+}
