@@ -149,6 +149,7 @@ export class Relay extends EventEmitter {
       this.kick();
       while (waiting.size > 0) {
         for (const id of waiting) {
+          if (this.inFlight.has(id)) continue; // its outcome is on the way
           const entry = this.entries.get(id);
           const reachable = entry && [...entry.primaries].some((key) => this.primaries.get(key)!.up);
           if (!entry || !reachable || entry.held) {

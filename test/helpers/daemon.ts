@@ -56,11 +56,16 @@ ${sources}
 ${extra}`;
 }
 
+/** The config with the primary on this loopback port (a TestPrimary's). */
+export function withPrimary(yaml: string, port: number | undefined): string {
+  return port === undefined ? yaml : yaml.replace(/^primary: .*$/m, `primary: { host: 127.0.0.1, port: ${port} }`);
+}
+
 /** Starts the daemon in this process on an ephemeral loopback port. */
 export async function startTestDaemon(
-  options: { extra?: string; sources?: string; domains?: string; spoolDir?: string } = {},
+  options: { extra?: string; sources?: string; domains?: string; spoolDir?: string; primaryPort?: number } = {},
 ): Promise<TestDaemon> {
-  const yaml = baseConfig(options.extra, options.sources).replace('spool: ./spool', `spool: ${options.spoolDir ?? './spool'}`);
+  const yaml = withPrimary(baseConfig(options.extra, options.sources), options.primaryPort).replace('spool: ./spool', `spool: ${options.spoolDir ?? './spool'}`);
   const { dir, file } = writeTestConfig(yaml, options.domains);
   const config = parseConfig(yaml, file);
   const logs: Array<Record<string, unknown>> = [];
