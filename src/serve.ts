@@ -45,7 +45,14 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     const relay = new Relay(config, spool, log, true);
     await relay.load();
     cleanups.push(() => relay.stop());
-    const server = new ReceiveServer({ config, directory, spool, log, onQueued: (envelope) => relay.add(envelope) });
+    const server = new ReceiveServer({
+      config,
+      directory,
+      spool,
+      log,
+      onQueued: (envelope) => relay.add(envelope),
+      onEtrn: (domain) => relay.flushInBackground({ domain }),
+    });
     cleanups.push(() => server.close());
     const listen = (await server.listen()).map((a) => (a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`));
     const startedAt = new Date().toISOString();

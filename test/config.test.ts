@@ -10,7 +10,10 @@ describe('config', () => {
     assert.equal(config.spool, '/etc/secondarymx/spool');
     assert.deepEqual(config.sources[0], { name: 'local', type: 'file', path: '/etc/secondarymx/domains.txt' });
     assert.deepEqual(config.primary, { host: '127.0.0.1', port: 1 });
-    assert.deepEqual(config.relay, { concurrency: 10, probeInterval: 10, minBackoff: 300, maxBackoff: 4000, connectTimeout: 30, commandTimeout: 300 });
+    assert.deepEqual(config.relay, {
+      concurrency: 10, probeInterval: 10, minBackoff: 300, maxBackoff: 4000, connectTimeout: 30, commandTimeout: 300,
+      etrnClients: ['127.0.0.0/8', '::1/128'],
+    });
     assert.deepEqual(config.sync, { schedule: '*/10 * * * *', maxShrink: 25 });
     assert.equal(config.tls, undefined);
   });

@@ -172,6 +172,42 @@ describe('relay: replay to a real primary', () => {
   });
 });
 
+describe('relay: ETRN (RFC 1985)', () => {
+  it('flushes a domain for an allowed client, and answers 459 to others', async () => {
+    const primary = new TestPrimary(await freePort());
+    const mx = await startTestDaemon({ primaryPort: primary.port, extra: 'relay: { probeInterval: 300, etrnClients: ["127.0.0.1/32"] }' });
+    try {
+      await send(mx.port, 's@remote.example', ['alice@d1.example'], message('for d1'));
+      await send(mx.port, 's@remote.example', ['x@d2.example'], message('for d2'));
+      await waitFor(() => mx.logs.some((line) => line.msg === 'primary is DOWN: delivery stopped, probing'));
+      await primary.start(); // next probe in 300 s: only ETRN gets mail through now
+      const { client } = await SmtpClient.session(mx.port);
+      assert.deepEqual(pick(await client.command('ETRN d1.example')), [250, '2.0.0']);
+      // ETRN probed the primary at once; now that it is known to be up, everything due goes.
+      await waitFor(() => primary.received.length === 2);
+      assert.deepEqual(primary.messageIds().sort(), ['<ford1@remote.example>', '<ford2@remote.example>']);
+      assert.deepEqual(pick(await client.command('ETRN d1.example')), [251, '2.0.0']);
+      assert.deepEqual(pick(await client.command('ETRN')), [501, '5.5.4']);
+      await client.quit();
+    } finally {
+      await mx.stop();
+      await primary.stop();
+    }
+    const strict = await startTestDaemon({ extra: 'relay: { etrnClients: ["10.0.0.0/8"] }' });
+    try {
+      const { client } = await SmtpClient.session(strict.port);
+      assert.deepEqual(pick(await client.command('ETRN d1.example')), [459, '4.7.1']);
+      await client.quit();
+    } finally {
+      await strict.stop();
+    }
+  });
+});
+
+function pick(reply: { code: number; enhanced: string }): [number, string] {
+  return [reply.code, reply.enhanced];
+}
+
 describe('relay: flush without a daemon', () => {
   let primary: TestPrimary;
   let dir: string;

@@ -108,6 +108,16 @@ const limits = z.strictObject({
   shutdownTimeout: positiveInt.default(30),
 });
 
+const cidr = z.string().refine(
+  (value) => {
+    const [network, bits, extra] = value.split('/');
+    const family = isIP(network);
+    const max = family === 4 ? 32 : 128;
+    return family !== 0 && extra === undefined && (bits === undefined || (/^\d+$/.test(bits) && Number(bits) <= max));
+  },
+  { message: 'expected an address or CIDR range, e.g. "127.0.0.0/8" or "::1/128"' },
+);
+
 const relay = z.strictObject({
   /** Parallel connections (and messages in flight) per primary. */
   concurrency: positiveInt.default(10),
@@ -119,6 +129,8 @@ const relay = z.strictObject({
   /** Seconds to wait for the primary's greeting, and for each of its replies. */
   connectTimeout: positiveInt.default(30),
   commandTimeout: positiveInt.default(300),
+  /** Clients allowed to use ETRN (RFC 1985), as CIDR ranges. */
+  etrnClients: z.array(cidr).default(['127.0.0.0/8', '::1/128']),
 });
 
 const tls = z.strictObject({

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
+import { BlockList, isIPv4, type AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import { parseListenAddress, type Config } from '../config/schema.js';
@@ -7,10 +7,12 @@ import type { Directory } from '../directory/directory.js';
 import type { Envelope } from '../spool/envelope.js';
 import type { IncomingMessage, Spool } from '../spool/spool.js';
 import { MessageInspector } from './inspect.js';
-import { asciiAddress } from '../directory/names.js';
+import { asciiAddress, normalizeDomain } from '../directory/names.js';
 import { checkRecipient, normalizeRecipient } from './policy.js';
 import { receivedHeader } from './received.js';
 import { SmtpReply } from './replies.js';
+import './smtp-server-patches.js';
+import type { EtrnOption } from './smtp-server-patches.js';
 
 export interface ReceiveOptions {
   config: Config;
@@ -19,6 +21,8 @@ export interface ReceiveOptions {
   log: Logger;
   /** Told about every message once it is durably queued (the relay). */
   onQueued?: (envelope: Envelope) => void;
+  /** ETRN (RFC 1985) from an allowed client: start delivery for this domain; resolves with the messages waiting. */
+  onEtrn?: (domain: string) => number;
 }
 
 const STORAGE_FAILURE = () => new SmtpReply(452, '4.3.1', 'Insufficient system storage, try again later');
@@ -79,7 +83,7 @@ export class ReceiveServer {
     await Promise.all(closed);
   }
 
-  private smtpOptions(): SMTPServerOptions {
+  private smtpOptions(): SMTPServerOptions & EtrnOption {
     const { config } = this.options;
     const tls = config.tls && { key: readFileSync(config.tls.key), cert: readFileSync(config.tls.cert) };
     return {
@@ -93,10 +97,12 @@ export class ReceiveServer {
       disabledCommands: tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
       hideENHANCEDSTATUSCODES: false,
       hideDSN: true,
+      hideREQUIRETLS: true, // the relay to the primary cannot promise TLS end to end
       disableReverseLookup: true,
       logger: false,
       ...tls,
       onConnect: (session, callback) => callback(this.admit(session)),
+      onEtrn: (node, session, reply) => this.etrn(node, session, reply),
       onClose: (session) => {
         this.sessions.delete(session.id);
       },
@@ -120,6 +126,20 @@ export class ReceiveServer {
     }
     this.sessions.add(session.id);
     return null;
+  }
+
+  private etrn(node: string, session: SMTPServerSession, reply: (code: number, text: string) => void): void {
+    const { config, log, onEtrn } = this.options;
+    if (!config.relay.etrnClients.some((range) => inRange(session.remoteAddress, range))) {
+      log.info({ client: session.remoteAddress, node }, 'ETRN refused: client not in relay.etrnClients');
+      return reply(459, `4.7.1 ${node || 'ETRN'}: not allowed from this client`);
+    }
+    const domain = normalizeDomain(node.replace(/^@/, ''));
+    if (!domain) return reply(501, '5.5.4 Syntax: ETRN domain');
+    const waiting = onEtrn?.(domain) ?? 0;
+    log.info({ client: session.remoteAddress, domain, waiting }, 'ETRN: flushing domain');
+    if (waiting === 0) return reply(251, `2.0.0 OK no messages waiting for node ${domain}`);
+    reply(250, `2.0.0 Queuing for node ${domain} started (${waiting} messages)`);
   }
 
   private recipient(address: string, session: SMTPServerSession): SmtpReply | null {
@@ -228,4 +248,15 @@ function shuttingDown(): SmtpReply {
 
 function senderOf(session: SMTPServerSession): string {
   return session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
+}
+
+/** Whether an address is inside a CIDR range ("127.0.0.0/8", "::1/128"). */
+function inRange(address: string, range: string): boolean {
+  const [network, bits] = range.split('/');
+  const family = network.includes(':') ? 'ipv6' : 'ipv4';
+  const list = new BlockList();
+  list.addSubnet(network, Number(bits ?? (family === 'ipv4' ? 32 : 128)), family);
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1];
+  const plain = mapped ?? address;
+  return list.check(plain, isIPv4(plain) ? 'ipv4' : 'ipv6');
 }

@@ -126,9 +126,7 @@ export class Relay extends EventEmitter {
    * probing down primaries first; resolves when each has had its attempt or cannot have one.
    */
   async flush(filter: FlushFilter = {}): Promise<FlushReport> {
-    const matching = [...this.entries.values()].filter(
-      (entry) => !entry.held && (!filter.id || entry.id === filter.id) && (!filter.domain || entry.domains.has(filter.domain.toLowerCase())),
-    );
+    const matching = this.matching(filter);
     const waiting = new Set(matching.map((entry) => entry.id));
     const report: FlushReport = { messages: waiting.size, delivered: 0, deferred: 0, failed: 0, unreachable: 0, busy: 0 };
     const onAttempt = (outcome: AttemptOutcome) => {
@@ -167,12 +165,25 @@ export class Relay extends EventEmitter {
     return report;
   }
 
+  /** Starts a flush without waiting for it (ETRN); returns how many messages it covers. */
+  flushInBackground(filter: FlushFilter): number {
+    const count = this.matching(filter).length;
+    this.flush(filter).catch((error: unknown) => this.log.error({ err: error, filter }, 'flush failed'));
+    return count;
+  }
+
   /** Stops scheduling; resolves when the workers have finished their current message. */
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.wake);
     for (const primary of this.primaries.values()) clearTimeout(primary.probe);
     while ([...this.primaries.values()].some((p) => p.workers > 0)) await once(this, 'progress');
+  }
+
+  private matching(filter: FlushFilter): Entry[] {
+    return [...this.entries.values()].filter(
+      (entry) => !entry.held && (!filter.id || entry.id === filter.id) && (!filter.domain || entry.domains.has(filter.domain.toLowerCase())),
+    );
   }
 
   /** Primary states and queue counts, for `status`. */

@@ -85,6 +85,7 @@ export class TestPrimary {
         stream.on('error', () => undefined);
       },
     });
+    server.on('error', () => undefined); // clients that vanish (a killed daemon) are part of the tests
     await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', resolve));
     this.server = server;
   }
