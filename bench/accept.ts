@@ -10,7 +10,7 @@ import { baseConfig, writeTestConfig } from '../test/helpers/daemon.js';
 import { message, SmtpClient } from '../test/helpers/smtp-client.js';
 import { cpuSeconds, rssMb, type Report } from './figures.js';
 
-const BODY = `${'The quick brown fox jumps over the lazy dog. '.repeat(2).trim()}\r\n`.repeat(45); // ~4 KB
+export const BODY = `${'The quick brown fox jumps over the lazy dog. '.repeat(2).trim()}\r\n`.repeat(45); // ~4 KB
 async function sendOnOneConnection(port: number, count: number, seq: () => number): Promise<void> {
   const { client } = await SmtpClient.session(port, 'bench.example');
   for (let i = 0; i < count; i++) {

@@ -1,14 +1,15 @@
 /*
  * `npm run bench`: every benchmark on loopback against the built daemon; one line per
  * figure, and bench/last-run.json for comparison across commits.
- * BENCH_ONLY=accept|sync runs one group.
+ * BENCH_ONLY=accept|relay|sync runs one group.
  */
 import { writeFileSync } from 'node:fs';
 import { acceptBenchmarks } from './accept.js';
 import type { Figure } from './figures.js';
+import { relayBenchmarks } from './relay.js';
 import { syncBenchmarks } from './sync.js';
 
-const groups: Record<string, (report: (figure: Figure) => void) => Promise<void>> = { accept: acceptBenchmarks, sync: syncBenchmarks };
+const groups: Record<string, (report: (figure: Figure) => void) => Promise<void>> = { accept: acceptBenchmarks, relay: relayBenchmarks, sync: syncBenchmarks };
 
 async function main(): Promise<void> {
   const figures: Figure[] = [];

@@ -33,6 +33,9 @@ export class TestPrimary {
   /** Wait this long before answering the final dot. */
   dataDelayMs = 0;
   connections = 0;
+  /** Most connections open at once. */
+  peakConnections = 0;
+  private open = 0;
   private server: SMTPServer | undefined;
 
   constructor(
@@ -48,8 +51,12 @@ export class TestPrimary {
       hideSMTPUTF8: this.options.smtpUtf8 === false,
       disableReverseLookup: true,
       logger: false,
+      onClose: () => {
+        this.open--;
+      },
       onConnect: (_session, callback) => {
         this.connections++;
+        this.peakConnections = Math.max(this.peakConnections, ++this.open);
         if (this.greet421 > 0) {
           this.greet421--;
           return callback(Object.assign(new Error('4.3.2 try later'), { responseCode: 421 }));
