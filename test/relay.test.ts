@@ -49,6 +49,9 @@ describe('relay: replay to a real primary', () => {
     await new Promise((resolve) => setTimeout(resolve, 1500));
     assert.deepEqual(queuedIds(mx.spoolDir), [id]);
     assert.equal(primary.received.length, 0);
+    const down = await runCli(['status', '--config', mx.file]);
+    assert.match(down.stdout, new RegExp(`^primary 127\\.0\\.0\\.1:${primary.port}: DOWN \\(probing\\)$`, 'm'));
+    assert.match(down.stdout, /^spool: 1 message, /m);
 
     await primary.start();
     const back = Date.now();
