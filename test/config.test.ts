@@ -12,8 +12,10 @@ describe('config', () => {
     assert.deepEqual(config.primary, { host: '127.0.0.1', port: 1 });
     assert.deepEqual(config.relay, {
       concurrency: 10, probeInterval: 10, minBackoff: 300, maxBackoff: 4000, connectTimeout: 30, commandTimeout: 300,
-      etrnClients: ['127.0.0.0/8', '::1/128'],
+      queueLifetime: 432_000, delayWarning: 0, etrnClients: ['127.0.0.0/8', '::1/128'],
     });
+    assert.deepEqual(config.dsn, { port: 25 });
+    assert.deepEqual(config.dns, {});
     assert.deepEqual(config.sync, { schedule: '*/10 * * * *', maxShrink: 25 });
     assert.equal(config.tls, undefined);
   });
@@ -35,6 +37,12 @@ describe('config', () => {
         /\/x\.yaml:7: limits\.recipients: /.test(error.message) &&
         /\/x\.yaml:8: speling: unknown key/.test(error.message),
     );
+  });
+
+  it('reads durations as "5d", "4h", "30m", "45s" or seconds, and refuses anything else', () => {
+    const relay = (value: string) => parseConfig(baseConfig(`relay: { queueLifetime: ${value} }`), '/x.yaml').relay.queueLifetime;
+    assert.deepEqual(['5d', '4h', '30m', '45s', '90', '"2 d"'].map(relay), [432_000, 14_400, 1800, 45, 90, 172_800]);
+    assert.throws(() => relay('5 days'), /relay\.queueLifetime: expected a duration/);
   });
 
   it('refuses duplicate source names and duplicate keys', () => {

@@ -30,7 +30,7 @@ describe('receive: SMTP policy against a running server', () => {
     const { client: other, ehlo } = await SmtpClient.session(mx.port);
     await other.quit();
     const keywords = ehlo.lines.slice(1).map((line) => line.slice(4));
-    assert.deepEqual(keywords.sort(), ['8BITMIME', 'ENHANCEDSTATUSCODES', 'PIPELINING', 'SIZE 20000', 'SMTPUTF8']);
+    assert.deepEqual(keywords.sort(), ['8BITMIME', 'DSN', 'ENHANCEDSTATUSCODES', 'PIPELINING', 'SIZE 20000', 'SMTPUTF8']);
     assert.match(ehlo.lines[0], /^250-mx2\.test\.example /);
   });
 

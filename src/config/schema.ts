@@ -118,6 +118,19 @@ const cidr = z.string().refine(
   { message: 'expected an address or CIDR range, e.g. "127.0.0.0/8" or "::1/128"' },
 );
 
+const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
+
+/** "5d", "4h", "30m", "45s" or a number of seconds; 0 (or "0") means off where allowed. */
+const duration = z.union([z.number().int().min(0), z.string()]).transform((value, context) => {
+  if (typeof value === 'number') return value;
+  const match = /^(\d+)\s*([smhd]?)$/.exec(value.trim());
+  if (!match) {
+    context.addIssue({ code: 'custom', message: 'expected a duration such as "5d", "4h", "30m", "45s" or seconds' });
+    return z.NEVER;
+  }
+  return Number(match[1]) * DURATION_UNITS[match[2] || 's'];
+});
+
 const relay = z.strictObject({
   /** Parallel connections (and messages in flight) per primary. */
   concurrency: positiveInt.default(10),
@@ -129,8 +142,24 @@ const relay = z.strictObject({
   /** Seconds to wait for the primary's greeting, and for each of its replies. */
   connectTimeout: positiveInt.default(30),
   commandTimeout: positiveInt.default(300),
+  /** How long a message may stay undelivered before its recipients fail (4.4.7); seconds. */
+  queueLifetime: duration.default(5 * 86400),
+  /** Send one "delayed" notice after this long undelivered; 0: never (Postfix's default). */
+  delayWarning: duration.default(0),
   /** Clients allowed to use ETRN (RFC 1985), as CIDR ranges. */
   etrnClients: z.array(cidr).default(['127.0.0.0/8', '::1/128']),
+});
+
+const dsn = z.strictObject({
+  /** Smarthost for every bounce; unset: straight to the sender domain's MX hosts. */
+  relay: hostPort.optional(),
+  /** Port of the sender domains' MX hosts (25; another only for tests). */
+  port: port.default(25),
+});
+
+const dns = z.strictObject({
+  /** Resolvers for MX lookups ("ip" or "ip:port"); unset: the system's. */
+  servers: z.array(z.string().min(1)).min(1).optional(),
 });
 
 const tls = z.strictObject({
@@ -159,6 +188,8 @@ export const configSchema = z.strictObject({
   sync: sync.default(() => sync.parse({})),
   limits: limits.default(() => limits.parse({})),
   relay: relay.default(() => relay.parse({})),
+  dsn: dsn.default(() => dsn.parse({})),
+  dns: dns.default(() => dns.parse({})),
   tls: tls.optional(),
   log: log.default(() => log.parse({})),
 });

@@ -96,7 +96,7 @@ export class ReceiveServer {
       authOptional: true,
       disabledCommands: tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
       hideENHANCEDSTATUSCODES: false,
-      hideDSN: true,
+      hideDSN: false,
       hideREQUIRETLS: true, // the relay to the primary cannot promise TLS end to end
       disableReverseLookup: true,
       logger: false,
@@ -160,7 +160,12 @@ export class ReceiveServer {
   private async receive(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {
     const { config, spool, log } = this.options;
     const arrival = new Date();
-    const recipients = [...new Set(session.envelope.rcptTo.map((r) => normalizeRecipient(r.address)))];
+    const dsnOf = new Map<string, { notify?: string[]; orcpt?: string }>();
+    for (const rcpt of session.envelope.rcptTo) {
+      const address = normalizeRecipient(rcpt.address);
+      if (!dsnOf.has(address)) dsnOf.set(address, { ...(rcpt.dsn?.notify ? { notify: rcpt.dsn.notify } : {}), ...(rcpt.dsn?.orcpt ? { orcpt: rcpt.dsn.orcpt } : {}) });
+    }
+    const recipients = [...dsnOf.keys()];
     const inspector = new MessageInspector(config.limits);
     let message: IncomingMessage | undefined;
     let storageError: unknown;
@@ -200,7 +205,8 @@ export class ReceiveServer {
       .commit({
         arrival: arrival.toISOString(),
         sender: asciiAddress(senderOf(session)),
-        recipients: recipients.map((address) => ({ address, state: 'pending' as const, ...this.sourceOf(address) })),
+        recipients: recipients.map((address) => ({ address, state: 'pending' as const, ...this.sourceOf(address), ...dsnOf.get(address) })),
+        ...dsnParameters(session),
         bodyType: session.envelope.bodyType === '8bitmime' ? '8bitmime' : '7bit',
         smtpUtf8: Boolean(session.envelope.smtpUtf8),
         client: { address: session.remoteAddress, helo: session.hostNameAppearsAs || '' },
@@ -259,4 +265,11 @@ function inRange(address: string, range: string): boolean {
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1];
   const plain = mapped ?? address;
   return list.check(plain, isIPv4(plain) ? 'ipv4' : 'ipv6');
+}
+
+/** RFC 3461 MAIL parameters worth keeping (RET, ENVID). */
+function dsnParameters(session: SMTPServerSession): { dsn?: { ret?: 'FULL' | 'HDRS'; envid?: string } } {
+  const { ret, envid } = session.envelope.dsn ?? { ret: null, envid: null };
+  if (!ret && !envid) return {};
+  return { dsn: { ...(ret === 'FULL' || ret === 'HDRS' ? { ret } : {}), ...(envid ? { envid } : {}) } };
 }

@@ -22,6 +22,8 @@ export interface ConnectionOptions {
 export interface MessageToSend {
   sender: string;
   recipients: string[];
+  /** RFC 3461 parameters, passed on when the primary offers DSN. */
+  dsn: { ret?: string; envid?: string; notify?: string[]; orcpt?: string };
   size: number;
   eightBit: boolean;
   /** The message requires SMTPUTF8 (RFC 6531). */
@@ -49,16 +51,18 @@ export class PrimaryConnection {
     });
   }
 
-  static open(primary: HostPort, options: ConnectionOptions): Promise<PrimaryConnection> {
+  static open(primary: HostPort, options: ConnectionOptions & { servername?: string }): Promise<PrimaryConnection> {
     const connection = new SMTPConnection({
       host: primary.host,
       port: primary.port,
+      ...(options.servername ? { servername: options.servername } : {}),
       name: options.name,
       connectionTimeout: options.connectTimeout * 1000,
       greetingTimeout: options.connectTimeout * 1000,
       socketTimeout: options.commandTimeout * 1000,
       opportunisticTLS: true,
-      tls: { rejectUnauthorized: false }, // the primary is ours; a self-signed certificate is fine
+      // The primary is ours, and MX hosts are reached opportunistically (RFC 7435): no certificate check.
+      tls: { rejectUnauthorized: false },
     });
     return new Promise((resolve, reject) => {
       // nodemailer reports connection failures (refused, timeout, 421 greeting) only as 'error'.
@@ -85,7 +89,13 @@ export class PrimaryConnection {
     if (this.broken) return Promise.reject(new PrimaryUnreachable(describe(this.broken)));
     return new Promise((resolve, reject) => {
       this.connection.send(
-        { from: message.sender || false, to: message.recipients, size: message.size, use8BitMime: message.eightBit },
+        {
+          from: message.sender || false,
+          to: message.recipients,
+          size: message.size,
+          use8BitMime: message.eightBit,
+          dsn: { ret: message.dsn.ret ?? null, envid: message.dsn.envid ?? null, notify: message.dsn.notify ?? null, orcpt: message.dsn.orcpt ?? null },
+        },
         message.body,
         (error, info) => {
           if (this.broken || isConnectionError(error)) {

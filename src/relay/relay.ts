@@ -2,9 +2,11 @@ import { EventEmitter, once } from 'node:events';
 import { createReadStream } from 'node:fs';
 import type { Logger } from 'pino';
 import type { Config, HostPort } from '../config/schema.js';
+import { Notifier } from '../dsn/notifier.js';
 import type { Envelope, Recipient } from '../spool/envelope.js';
 import type { Spool } from '../spool/spool.js';
 import { PrimaryConnection, PrimaryUnreachable, type RecipientReply } from './connection.js';
+import { mailHosts, NoMailDomain } from './mx.js';
 
 /** What one attempt did with one message's recipients for one primary. */
 export interface AttemptOutcome {
@@ -37,6 +39,10 @@ interface Entry {
   id: string;
   /** Epoch ms before which the message is not attempted. */
   due: number;
+  /** Epoch ms: arrival + relay.queueLifetime. */
+  expires: number;
+  /** Epoch ms of the delay notice; Infinity when none is due (off, or sent). */
+  warnAt: number;
   held: boolean;
   /** Primaries ("host:port") that still have pending recipients of this message. */
   primaries: Set<string>;
@@ -47,6 +53,8 @@ interface Entry {
 interface PrimaryState {
   key: string;
   address: HostPort;
+  /** A sender domain reached through its MX hosts (DSNs without dsn.relay): never marked down. */
+  mxDomain?: string;
   up: boolean;
   workers: number;
   probe: NodeJS.Timeout | undefined;
@@ -68,6 +76,7 @@ export class Relay extends EventEmitter {
   private readonly inFlight = new Set<string>();
   private wake: NodeJS.Timeout | undefined;
   private stopped = false;
+  private readonly notifier: Notifier;
 
   constructor(
     private readonly config: Config,
@@ -77,13 +86,17 @@ export class Relay extends EventEmitter {
     private readonly daemon: boolean,
   ) {
     super();
+    this.notifier = new Notifier(config, spool, log, (dsn) => this.add(dsn), (envelope, recipient) => this.destinationFor(envelope, recipient).address.host);
   }
 
   /** Indexes the spool; call once before anything else. */
   async load(): Promise<void> {
     const { envelopes, unreadable } = await this.spool.list();
     for (const { id, reason } of unreadable) this.log.error({ queueId: id, reason }, 'unreadable envelope, not delivered');
-    for (const envelope of envelopes) this.index(envelope);
+    for (const envelope of envelopes) {
+      if (envelope.notice) await this.locked(envelope.id, (current) => this.notifier.resume(current));
+      else this.index(envelope);
+    }
     this.log.info({ messages: this.entries.size }, 'relay: queue indexed');
   }
 
@@ -101,6 +114,12 @@ export class Relay extends EventEmitter {
     let nextDue = Infinity;
     for (const entry of this.entries.values()) {
       if (entry.held || this.inFlight.has(entry.id)) continue;
+      if (now >= entry.expires) {
+        this.maintain(entry, 'expire');
+        continue;
+      }
+      if (now >= entry.warnAt) this.maintain(entry, 'warn');
+      nextDue = Math.min(nextDue, entry.expires, entry.warnAt);
       if (entry.due > now) {
         nextDue = Math.min(nextDue, entry.due);
         continue;
@@ -118,7 +137,58 @@ export class Relay extends EventEmitter {
       }
     }
     clearTimeout(this.wake);
-    if (this.daemon && nextDue < Infinity) this.wake = setTimeout(() => this.kick(), Math.max(0, nextDue - Date.now()) + 10);
+    if (this.daemon && nextDue < Infinity) this.wake = setTimeout(() => this.kick(), Math.min(Math.max(0, nextDue - Date.now()) + 10, 2 ** 31 - 1));
+  }
+
+  /** Expiry (pending recipients fail with 4.4.7) or the one delay notice, under the message lock. */
+  private maintain(entry: Entry, job: 'expire' | 'warn'): void {
+    this.inFlight.add(entry.id);
+    if (job === 'warn') entry.warnAt = Infinity;
+    void this.locked(entry.id, async (envelope) => {
+      const pending = envelope.recipients.filter((r) => r.state === 'pending');
+      if (job === 'warn') {
+        if (!envelope.delayWarned && pending.length > 0) await this.notifier.notify(envelope, pending, 'delayed');
+        return;
+      }
+      for (const recipient of pending) {
+        recipient.state = 'failed';
+        recipient.status = '4.4.7';
+      }
+      this.log.info({ queueId: envelope.id, to: pending.map((r) => r.address), lifetime: this.config.relay.queueLifetime }, 'status=expired');
+    })
+      .catch((error: unknown) => this.log.error({ err: error, queueId: entry.id, job }, 'queue maintenance failed'))
+      .finally(() => {
+        this.inFlight.delete(entry.id);
+        this.kick();
+      });
+  }
+
+  /**
+   * Runs `change` on a message's envelope under its lock, then settles it: failed
+   * recipients get their DSN, and the message leaves the spool once every recipient
+   * is delivered or reported. Resolves false when another process holds the lock.
+   */
+  private async locked(id: string, change: (envelope: Envelope) => Promise<void> | void): Promise<boolean> {
+    if (!(await this.spool.lockMessage(id))) return false;
+    try {
+      let envelope: Envelope;
+      try {
+        envelope = await this.spool.readEnvelope(id);
+      } catch {
+        this.entries.delete(id); // delivered or deleted by another process
+        return true;
+      }
+      await change(envelope);
+      const unreported = envelope.recipients.filter((r) => r.state === 'failed' && !r.reported);
+      if (unreported.length > 0) await this.notifier.notify(envelope, unreported, 'failed');
+      const settled = envelope.recipients.every((r) => r.state === 'delivered' || (r.state === 'failed' && r.reported));
+      if (settled) await this.spool.remove(envelope.id);
+      else await this.spool.updateEnvelope(envelope);
+      this.index(settled ? { ...envelope, recipients: [] } : envelope);
+      return true;
+    } finally {
+      await this.spool.unlockMessage(id);
+    }
   }
 
   /**
@@ -204,24 +274,37 @@ export class Relay extends EventEmitter {
       this.entries.delete(envelope.id);
       return;
     }
-    const primaries = new Set<string>();
-    for (const recipient of pending) primaries.add(this.primaryFor(recipient).key);
+    const arrival = Date.parse(envelope.arrival);
+    const { queueLifetime, delayWarning } = this.config.relay;
     this.entries.set(envelope.id, {
       id: envelope.id,
       due: envelope.nextAttempt ? Date.parse(envelope.nextAttempt) : 0,
+      expires: arrival + queueLifetime * 1000,
+      warnAt: delayWarning > 0 && !envelope.delayWarned && envelope.kind !== 'dsn' ? arrival + delayWarning * 1000 : Infinity,
       held: Boolean(envelope.held),
-      primaries,
-      domains: new Set(pending.map((r) => r.address.slice(r.address.lastIndexOf('@') + 1).toLowerCase())),
+      primaries: new Set(pending.map((r) => this.destinationFor(envelope, r).key)),
+      domains: new Set(pending.map((r) => domainOf(r.address))),
     });
   }
 
-  private primaryFor(recipient: Recipient): PrimaryState {
+  /**
+   * Where a recipient goes: its source's primary (else the global one); a DSN goes to
+   * dsn.relay, else to the MX hosts of the sender's domain.
+   */
+  private destinationFor(envelope: Envelope, recipient: Recipient): PrimaryState {
+    if (envelope.kind === 'dsn' && !this.config.dsn.relay) {
+      const domain = domainOf(recipient.address);
+      return this.state(`mx:${domain}`, { host: domain, port: this.config.dsn.port }, domain);
+    }
     const source = this.config.sources.find((s) => s.name === recipient.source);
-    const address = source?.primary ?? this.config.primary;
-    const key = keyOf(address);
+    const address = envelope.kind === 'dsn' ? this.config.dsn.relay! : (source?.primary ?? this.config.primary);
+    return this.state(keyOf(address), address);
+  }
+
+  private state(key: string, address: HostPort, mxDomain?: string): PrimaryState {
     let state = this.primaries.get(key);
     if (!state) {
-      state = { key, address, up: true, workers: 0, probe: undefined };
+      state = { key, address, mxDomain, up: true, workers: 0, probe: undefined };
       this.primaries.set(key, state);
     }
     return state;
@@ -245,13 +328,18 @@ export class Relay extends EventEmitter {
         try {
           if (!connection?.usable) {
             connection?.quit();
-            connection = await PrimaryConnection.open(primary.address, this.connectionOptions());
+            connection = await this.connect(primary);
           }
           const outcome = await this.attempt(entry, primary, connection);
           this.emit('attempt', outcome);
           if (!outcome.busy && connection.usable && outcome.delivered === 0) await connection.reset();
         } catch (error) {
-          if (!(error instanceof PrimaryUnreachable)) throw error;
+          if (!(error instanceof PrimaryUnreachable) && !(error instanceof NoMailDomain)) throw error;
+          if (primary.mxDomain) {
+            // A sender's MX is not ours to probe: this message backs off like a 4xx (or fails for good).
+            this.emit('attempt', await this.unreachableMx(entry, primary, error));
+            break;
+          }
           this.emit('attempt', { id: entry.id, primary: primary.key, delivered: 0, deferred: 0, failed: 0, unreachable: true, busy: false });
           this.markDown(primary, error.message);
         } finally {
@@ -265,6 +353,37 @@ export class Relay extends EventEmitter {
     }
   }
 
+  /** A connection to a primary, or to the first MX host of a sender domain that answers. */
+  private async connect(primary: PrimaryState): Promise<PrimaryConnection> {
+    if (!primary.mxDomain) return PrimaryConnection.open(primary.address, this.connectionOptions());
+    const hosts = await mailHosts(primary.mxDomain, this.config.dns.servers).catch((error: unknown) => {
+      if (error instanceof NoMailDomain) throw error;
+      throw new PrimaryUnreachable(`MX lookup for ${primary.mxDomain} failed: ${(error as Error).message}`);
+    });
+    const failures: string[] = [];
+    for (const host of hosts) {
+      try {
+        return await PrimaryConnection.open({ host: host.address, port: primary.address.port }, { ...this.connectionOptions(), servername: host.name });
+      } catch (error) {
+        failures.push(`${host.name}[${host.address}]: ${(error as Error).message}`);
+      }
+    }
+    throw new PrimaryUnreachable(failures.length ? failures.join('; ') : `no address for the mail hosts of ${primary.mxDomain}`);
+  }
+
+  private async unreachableMx(entry: Entry, primary: PrimaryState, error: Error): Promise<AttemptOutcome> {
+    const permanent = error instanceof NoMailDomain;
+    const outcome: AttemptOutcome = { id: entry.id, primary: primary.key, delivered: 0, deferred: 0, failed: 0, unreachable: false, busy: false };
+    const done = await this.locked(entry.id, (envelope) => {
+      const recipients = envelope.recipients.filter((r) => r.state === 'pending' && this.destinationFor(envelope, r).key === primary.key);
+      const reply = permanent ? `550 5.1.2 ${error.message}` : `451 4.4.1 ${error.message}`;
+      const replies = recipients.map((r) => ({ address: r.address, code: permanent ? 550 : 451, reply }));
+      this.record(envelope, recipients, replies, outcome);
+      this.logAttempt(envelope, primary, replies, Date.now());
+    });
+    return done ? outcome : { ...outcome, busy: true };
+  }
+
   private connectionOptions() {
     const { hostname, relay } = this.config;
     return { name: hostname, connectTimeout: relay.connectTimeout, commandTimeout: relay.commandTimeout };
@@ -273,48 +392,41 @@ export class Relay extends EventEmitter {
   /** One attempt: this primary's pending recipients of one message, under the message lock. */
   private async attempt(entry: Entry, primary: PrimaryState, connection: PrimaryConnection): Promise<AttemptOutcome> {
     const outcome: AttemptOutcome = { id: entry.id, primary: primary.key, delivered: 0, deferred: 0, failed: 0, unreachable: false, busy: false };
-    if (!(await this.spool.lockMessage(entry.id))) {
+    const done = await this.locked(entry.id, async (envelope) => {
+      if (envelope.held) return;
+      const recipients = envelope.recipients.filter((r) => r.state === 'pending' && this.destinationFor(envelope, r).key === primary.key);
+      const started = Date.now();
+      const replies: RecipientReply[] = [];
+      for (const group of dsnGroups(recipients)) {
+        if (replies.length > 0 && !replies.some((r) => r.code >= 200 && r.code < 300)) await connection.reset();
+        replies.push(...(await this.send(envelope, group, connection)));
+      }
+      this.record(envelope, recipients, replies, outcome);
+      this.logAttempt(envelope, primary, replies, started);
+    });
+    if (!done) {
       entry.due = Date.now() + 1000; // another process delivers or edits it; look again later
       return { ...outcome, busy: true };
     }
-    try {
-      let envelope: Envelope;
-      try {
-        envelope = await this.spool.readEnvelope(entry.id);
-      } catch {
-        this.entries.delete(entry.id); // delivered or deleted by another process
-        return outcome;
-      }
-      if (envelope.held) {
-        this.index(envelope);
-        return outcome;
-      }
-      const recipients = envelope.recipients.filter((r) => r.state === 'pending' && this.primaryFor(r).key === primary.key);
-      const started = Date.now();
-      const replies = await this.send(envelope, recipients, connection);
-      for (const reply of replies) {
-        const recipient = recipients.find((r) => r.address === reply.address)!;
-        recipient.reply = reply.reply;
-        if (reply.code >= 200 && reply.code < 300) recipient.state = 'delivered';
-        else if (reply.code >= 500) recipient.state = 'failed';
-      }
-      const deferred = replies.filter((r) => r.code < 200 || (r.code >= 400 && r.code < 500));
-      outcome.delivered = replies.filter((r) => r.code >= 200 && r.code < 300).length;
-      outcome.failed = replies.filter((r) => r.code >= 500).length;
-      outcome.deferred = deferred.length;
-      envelope.lastAttempt = new Date().toISOString();
-      if (deferred.length > 0) {
-        envelope.deferrals = (envelope.deferrals ?? 0) + 1;
-        const backoff = Math.min(this.config.relay.minBackoff * 2 ** (envelope.deferrals - 1), this.config.relay.maxBackoff);
-        envelope.nextAttempt = new Date(Date.now() + backoff * 1000).toISOString();
-      }
-      if (envelope.recipients.every((r) => r.state === 'delivered')) await this.spool.remove(envelope.id);
-      else await this.spool.updateEnvelope(envelope);
-      this.index(envelope);
-      this.logAttempt(envelope, primary, replies, started);
-      return outcome;
-    } finally {
-      await this.spool.unlockMessage(entry.id);
+    return outcome;
+  }
+
+  /** Applies the replies to the recipients, and the backoff when any was deferred. */
+  private record(envelope: Envelope, recipients: Recipient[], replies: RecipientReply[], outcome: AttemptOutcome): void {
+    for (const reply of replies) {
+      const recipient = recipients.find((r) => r.address === reply.address)!;
+      recipient.reply = reply.reply;
+      if (reply.code >= 200 && reply.code < 300) recipient.state = 'delivered';
+      else if (reply.code >= 500) recipient.state = 'failed';
+    }
+    outcome.delivered = replies.filter((r) => r.code >= 200 && r.code < 300).length;
+    outcome.failed = replies.filter((r) => r.code >= 500).length;
+    outcome.deferred = replies.length - outcome.delivered - outcome.failed;
+    envelope.lastAttempt = new Date().toISOString();
+    if (outcome.deferred > 0) {
+      envelope.deferrals = (envelope.deferrals ?? 0) + 1;
+      const backoff = Math.min(this.config.relay.minBackoff * 2 ** (envelope.deferrals - 1), this.config.relay.maxBackoff);
+      envelope.nextAttempt = new Date(Date.now() + backoff * 1000).toISOString();
     }
   }
 
@@ -323,9 +435,11 @@ export class Relay extends EventEmitter {
       const reply = '550 5.6.7 The primary does not offer SMTPUTF8, which this message needs';
       return recipients.map((r) => ({ address: r.address, code: 550, reply }));
     }
+    const [first] = recipients;
     return connection.send({
       sender: envelope.sender,
       recipients: recipients.map((r) => r.address),
+      dsn: { ret: envelope.dsn?.ret, envid: envelope.dsn?.envid, notify: first.notify, orcpt: first.orcpt },
       size: envelope.size,
       eightBit: envelope.bodyType === '8bitmime',
       smtpUtf8: envelope.smtpUtf8,
@@ -385,4 +499,21 @@ export class Relay extends EventEmitter {
     primary.up = true;
     this.kick();
   }
+}
+
+function domainOf(address: string): string {
+  return address.slice(address.lastIndexOf('@') + 1).toLowerCase();
+}
+
+/**
+ * nodemailer sends one NOTIFY and one ORCPT for a whole envelope, so recipients
+ * whose RFC 3461 parameters differ go in separate transactions on the same connection.
+ */
+function dsnGroups(recipients: Recipient[]): Recipient[][] {
+  const groups = new Map<string, Recipient[]>();
+  for (const recipient of recipients) {
+    const key = `${recipient.notify?.join(',') ?? ''}|${recipient.orcpt ?? ''}`;
+    groups.set(key, [...(groups.get(key) ?? []), recipient]);
+  }
+  return [...groups.values()];
 }

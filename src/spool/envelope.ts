@@ -10,6 +10,14 @@ export interface Recipient {
   source?: string;
   /** The primary's last reply about this recipient. */
   reply?: string;
+  /** An RFC 3463 status this MX decided (4.4.7: expired), rather than the primary's reply. */
+  status?: string;
+  /** A failed recipient whose failure is settled: its DSN is queued, or none is owed. */
+  reported?: boolean;
+  /** RFC 3461 NOTIFY values as received (absent: the default, FAILURE and DELAY). */
+  notify?: string[];
+  /** RFC 3461 ORCPT as received ("rfc822;user@example.org"). */
+  orcpt?: string;
 }
 
 /** Everything about a spooled message except its bytes; stored as JSON beside them. */
@@ -34,6 +42,17 @@ export interface Envelope {
   lastAttempt?: string;
   /** Held messages are never delivered until released. */
   held?: boolean;
+  /** RFC 3461 MAIL parameters as received. */
+  dsn?: { ret?: 'FULL' | 'HDRS'; envid?: string };
+  /** 'dsn': a delivery status notification this MX generated (goes to the sender's MX, never bounced). */
+  kind?: 'dsn';
+  /** The one "delayed" notice has been queued. */
+  delayWarned?: boolean;
+  /**
+   * A notice being queued (two steps, so a crash between them yields exactly one):
+   * recorded here first, then written as message `id`, then cleared.
+   */
+  notice?: { id: string; action: 'failed' | 'delayed'; recipients: string[] };
 }
 
 export class CorruptEnvelopeError extends Error {}

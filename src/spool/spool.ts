@@ -196,6 +196,15 @@ export class Spool {
     }
   }
 
+  /** Queues a message this MX wrote itself (a DSN) under a chosen id; no-op if it is already queued. */
+  async enqueue(id: string, data: Buffer, fields: EnvelopeFields): Promise<Envelope> {
+    const envelope: Envelope = { version: 1, id, size: data.length, ...fields };
+    if (await stat(join(this.queueDir, `${id}.env`)).then(() => true, () => false)) return this.readEnvelope(id);
+    await writeFileSynced(join(this.tmpDir, `${id}.msg.part`), join(this.tmpDir, `${id}.msg`), data);
+    await this.commitMessage(id, envelope);
+    return envelope;
+  }
+
   messagePath(id: string): string {
     return join(this.queueDir, `${id}.msg`);
   }

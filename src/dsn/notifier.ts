@@ -1,0 +1,92 @@
+import type { Logger } from 'pino';
+import type { Config } from '../config/schema.js';
+import type { Envelope, Recipient } from '../spool/envelope.js';
+import { newQueueId } from '../spool/queue-id.js';
+import type { Spool } from '../spool/spool.js';
+import { composeNotice, type NoticeAction } from './compose.js';
+
+/**
+ * Turns failed (or long-delayed) recipients into a DSN queued in the spool, only
+ * when one is allowed: never for the null sender or for a DSN (never bounce a
+ * bounce), and as NOTIFY asks. The caller holds the message lock and persists
+ * the envelope afterwards.
+ */
+export class Notifier {
+  constructor(
+    private readonly config: Config,
+    private readonly spool: Spool,
+    private readonly log: Logger,
+    private readonly queued: (envelope: Envelope) => void,
+    private readonly remoteMta: (envelope: Envelope, recipient: Recipient) => string | undefined,
+  ) {}
+
+  /**
+   * Settles `recipients`: failed ones become reported, a delay marks the message
+   * warned. The notice is recorded in the envelope before it is written, so a
+   * crash in between yields exactly one notice (see resume).
+   */
+  async notify(envelope: Envelope, recipients: Recipient[], action: NoticeAction): Promise<void> {
+    const owed = this.owed(envelope, recipients, action);
+    if (owed.length > 0) {
+      envelope.notice = { id: newQueueId(), action, recipients: owed.map((r) => r.address) };
+      await this.spool.updateEnvelope(envelope);
+      await this.write(envelope);
+    }
+    this.settle(envelope, recipients, action);
+  }
+
+  /** Finishes a notice that a crash interrupted between recording and settling it. */
+  async resume(envelope: Envelope): Promise<void> {
+    const notice = envelope.notice;
+    if (!notice) return;
+    await this.write(envelope);
+    this.settle(envelope, envelope.recipients.filter((r) => notice.recipients.includes(r.address)), notice.action);
+  }
+
+  private owed(envelope: Envelope, recipients: Recipient[], action: NoticeAction): Recipient[] {
+    if (envelope.sender === '' || envelope.kind === 'dsn') {
+      this.log.info(
+        { queueId: envelope.id, to: recipients.map((r) => r.address), action, kind: envelope.kind ?? 'bounce' },
+        action === 'failed' ? 'no DSN for a message from the null sender: failed recipients dropped' : 'no delay notice for a message from the null sender',
+      );
+      return [];
+    }
+    const wanted = action === 'failed' ? 'FAILURE' : 'DELAY';
+    const owed = recipients.filter((r) => !r.notify || r.notify.includes(wanted));
+    const skipped = recipients.filter((r) => !owed.includes(r));
+    if (skipped.length > 0) this.log.info({ queueId: envelope.id, to: skipped.map((r) => r.address), action, notify: skipped[0].notify }, 'no DSN: NOTIFY does not ask for it');
+    return owed;
+  }
+
+  private settle(envelope: Envelope, recipients: Recipient[], action: NoticeAction): void {
+    if (action === 'failed') for (const recipient of recipients) recipient.reported = true;
+    else envelope.delayWarned = true;
+    delete envelope.notice;
+  }
+
+  private async write(envelope: Envelope): Promise<void> {
+    const notice = envelope.notice!;
+    const recipients = envelope.recipients.filter((r) => notice.recipients.includes(r.address));
+    const data = await composeNotice({
+      hostname: this.config.hostname,
+      envelope,
+      recipients,
+      action: notice.action,
+      messagePath: this.spool.messagePath(envelope.id),
+      maxReturnSize: this.config.limits.messageSize,
+      remoteMta: (recipient) => this.remoteMta(envelope, recipient),
+      willRetryUntil: new Date(Date.parse(envelope.arrival) + this.config.relay.queueLifetime * 1000),
+    });
+    const dsn = await this.spool.enqueue(notice.id, data, {
+      arrival: new Date().toISOString(),
+      sender: '',
+      recipients: [{ address: envelope.sender, state: 'pending' }],
+      bodyType: envelope.bodyType,
+      smtpUtf8: false,
+      client: { address: '127.0.0.1', helo: this.config.hostname },
+      kind: 'dsn',
+    });
+    this.log.info({ queueId: envelope.id, dsnId: dsn.id, action: notice.action, to: envelope.sender, recipients: notice.recipients }, `DSN queued (${notice.action})`);
+    this.queued(dsn);
+  }
+}
