@@ -5,8 +5,10 @@ export interface Received {
   from: string;
   to: string[];
   data: Buffer;
-  /** MAIL FROM parameters as sent (SIZE, BODY, SMTPUTF8). */
+  /** MAIL FROM parameters as sent (SIZE, BODY, SMTPUTF8, RET, ENVID). */
   mailArgs: Record<string, string | true>;
+  /** RCPT TO parameters as sent (NOTIFY, ORCPT), one object per recipient. */
+  rcptArgs: Array<Record<string, string | true>>;
 }
 
 /** A reply to force: code and text, e.g. [450, '4.2.0 mailbox busy']. */
@@ -40,7 +42,7 @@ export class TestPrimary {
 
   constructor(
     readonly port: number,
-    private readonly options: { smtpUtf8?: boolean } = {},
+    private readonly options: { smtpUtf8?: boolean; dsn?: boolean } = {},
   ) {}
 
   async start(): Promise<void> {
@@ -49,6 +51,7 @@ export class TestPrimary {
       size: 50_000_000,
       disabledCommands: ['AUTH', 'STARTTLS'],
       hideSMTPUTF8: this.options.smtpUtf8 === false,
+      hideDSN: !this.options.dsn,
       disableReverseLookup: true,
       logger: false,
       onClose: () => {
@@ -86,6 +89,7 @@ export class TestPrimary {
             to: envelope.rcptTo.map((r) => r.address),
             data: Buffer.concat(chunks),
             mailArgs: (envelope.mailFrom && envelope.mailFrom.args) || {},
+            rcptArgs: envelope.rcptTo.map((r) => r.args || {}),
           });
           setTimeout(() => callback(null, 'queued on primary'), this.dataDelayMs);
         });
