@@ -15,7 +15,7 @@ describe('config', () => {
       queueLifetime: 432_000, delayWarning: 0, etrnClients: ['127.0.0.0/8', '::1/128'],
     });
     assert.deepEqual(config.dsn, { port: 25 });
-    assert.deepEqual(config.dns, {});
+    assert.deepEqual(parseConfig('primary: { host: x }\nsources: [{ name: a, type: file, path: x }]\n', '/x.yaml').dns, {});
     assert.deepEqual(config.sync, { schedule: '*/10 * * * *', maxShrink: 25 });
     assert.equal(config.tls, undefined);
   });

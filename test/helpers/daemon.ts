@@ -45,15 +45,21 @@ export function writeTestConfig(yaml: string, domains = DOMAINS): { dir: string;
 
 export const FILE_SOURCE = '  - { name: local, type: file, path: domains.txt }';
 
-/** A test config: loopback, ephemeral port, spool in the config's folder. */
+/**
+ * A test config: loopback, ephemeral port, spool in the config's folder. Unless the
+ * test brings its own, MX lookups go to a closed loopback port: tests never ask the
+ * machine's resolver (no traffic beyond loopback).
+ */
 export function baseConfig(extra = '', sources = FILE_SOURCE): string {
+  const dns = /^dns:/m.test(extra) ? '' : 'dns: { servers: ["127.0.0.1:1"] }\n';
   return `hostname: mx2.test.example
 listen: ["127.0.0.1:0"]
 spool: ./spool
 primary: { host: 127.0.0.1, port: 1 }   # closed: tests that deliver start their own primary
 sources:
 ${sources}
-${extra}`;
+${extra}
+${dns}`;
 }
 
 /** The config with the primary on this loopback port (a TestPrimary's). */
