@@ -156,6 +156,12 @@ export class Relay extends EventEmitter {
       }
       this.log.info({ queueId: envelope.id, to: pending.map((r) => r.address), lifetime: this.config.relay.queueLifetime }, 'status=expired');
     })
+      .then((done) => {
+        if (done) return;
+        // Another process holds the message: look again in a second, not in a tight loop.
+        if (job === 'expire') entry.expires = Date.now() + 1000;
+        else entry.warnAt = Date.now() + 1000;
+      })
       .catch((error: unknown) => this.log.error({ err: error, queueId: entry.id, job }, 'queue maintenance failed'))
       .finally(() => {
         this.inFlight.delete(entry.id);
