@@ -6,7 +6,11 @@ import { baseConfig } from './helpers/daemon.js';
 describe('config', () => {
   it('fills in the documented defaults and resolves paths against the config folder', () => {
     const config = parseConfig(baseConfig(), '/etc/secondarymx/secondarymx.yaml');
-    assert.deepEqual(config.limits, { messageSize: 10_240_000, recipients: 1000, hops: 50, connections: 500, idleTimeout: 300, shutdownTimeout: 30 });
+    assert.deepEqual(config.limits, {
+      messageSize: 10_240_000, recipients: 1000, hops: 50, connections: 500, idleTimeout: 300, shutdownTimeout: 30,
+      connectionsPerClient: 20, messagesPerConnection: 1000, commandsBeforeMail: 20, errorsPerSession: 20,
+      dataTimeout: 600, sessionTimeout: 1800, commandLength: 2048,
+    });
     assert.equal(config.spool, '/etc/secondarymx/spool');
     assert.deepEqual(config.sources[0], { name: 'local', type: 'file', path: '/etc/secondarymx/domains.txt' });
     assert.deepEqual(config.primary, { host: '127.0.0.1', port: 1 });

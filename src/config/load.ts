@@ -108,7 +108,7 @@ function resolvePaths(config: Config, base: string): Config {
       if (source.type === 'mysql' && typeof source.ssl === 'object') return { ...source, ssl: { ca: resolve(base, source.ssl.ca) } };
       return source;
     }),
-    tls: config.tls && { key: resolve(base, config.tls.key), cert: resolve(base, config.tls.cert) },
+    tls: config.tls && { ...config.tls, key: resolve(base, config.tls.key), cert: resolve(base, config.tls.cert) },
   };
 }
 

@@ -106,6 +106,20 @@ const limits = z.strictObject({
   idleTimeout: positiveInt.default(300),
   /** Seconds SIGTERM waits for sessions in DATA before closing them with 421. */
   shutdownTimeout: positiveInt.default(30),
+  /** Concurrent sessions from one IP address. */
+  connectionsPerClient: positiveInt.default(20),
+  /** Messages one connection may send before it is asked to reconnect (Exim's default). */
+  messagesPerConnection: positiveInt.default(1000),
+  /** Commands a session may send before its first MAIL. */
+  commandsBeforeMail: positiveInt.default(20),
+  /** Error replies in one session before 421 and disconnect (Postfix's smtpd_hard_error_limit). */
+  errorsPerSession: positiveInt.default(20),
+  /** Seconds one DATA phase may take in total (slow-drip senders are cut off). */
+  dataTimeout: positiveInt.default(600),
+  /** Seconds one session may last in total. */
+  sessionTimeout: positiveInt.default(1800),
+  /** Longest command line in bytes (RFC 5321 says 512; generously bounded). */
+  commandLength: z.int().min(512).default(2048),
 });
 
 const cidr = z.string().refine(
@@ -165,6 +179,7 @@ const dns = z.strictObject({
 const tls = z.strictObject({
   key: z.string().min(1),
   cert: z.string().min(1),
+  minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
 });
 
 const log = z.strictObject({
@@ -178,6 +193,9 @@ export const configSchema = z.strictObject({
     .default(() => osHostname()),
   listen: z.array(listenAddress).min(1).default(['127.0.0.1:2525']),
   spool: z.string().min(1).default('./spool'),
+  /** Started as root: bind, then run as this user (and group; default: the user's group). */
+  user: z.string().min(1).optional(),
+  group: z.string().min(1).optional(),
   primary: hostPort,
   sources: z
     .array(z.discriminatedUnion('type', [fileSource, mysqlSource, mxlistSource]))

@@ -38,6 +38,8 @@ export class MessageInspector {
     if (this.refusal) return; // only the byte count matters any more
     if (this.size > this.limits.messageSize) {
       this.refuse(new SmtpReply(552, '5.3.4', `Message size exceeds fixed limit of ${this.limits.messageSize} bytes`));
+    } else if (chunk.includes(0)) {
+      this.refuse(new SmtpReply(550, '5.6.0', 'NUL character in message data'));
     } else if (this.hasBareLineEnding(chunk)) {
       this.refuse(new SmtpReply(550, '5.6.0', 'Bare CR or LF in message data: lines must end with CRLF'));
     } else if (!this.headerDone) {

@@ -12,7 +12,7 @@ import { checkRecipient, normalizeRecipient } from './policy.js';
 import { receivedHeader } from './received.js';
 import { SmtpReply } from './replies.js';
 import './smtp-server-patches.js';
-import type { EtrnOption } from './smtp-server-patches.js';
+import type { PatchOptions } from './smtp-server-patches.js';
 
 export interface ReceiveOptions {
   config: Config;
@@ -34,6 +34,8 @@ const STORAGE_FAILURE = () => new SmtpReply(452, '4.3.1', 'Insufficient system s
 export class ReceiveServer {
   private readonly servers: SMTPServer[] = [];
   private readonly sessions = new Set<string>();
+  private readonly perClient = new Map<string, number>();
+  private readonly sessionTimers = new Map<string, NodeJS.Timeout>();
   private readonly inData = new Set<string>();
   private closing = false;
   private bound: AddressInfo[] = [];
@@ -83,14 +85,16 @@ export class ReceiveServer {
     await Promise.all(closed);
   }
 
-  private smtpOptions(): SMTPServerOptions & EtrnOption {
+  private smtpOptions(): SMTPServerOptions & PatchOptions {
     const { config } = this.options;
-    const tls = config.tls && { key: readFileSync(config.tls.key), cert: readFileSync(config.tls.cert) };
+    const tls = config.tls && { ...this.tlsFiles(), minVersion: config.tls.minVersion };
     return {
       name: config.hostname,
       banner: 'alternc-secondarymx',
       size: config.limits.messageSize,
       maxRecipients: config.limits.recipients,
+      maxCommandLength: config.limits.commandLength,
+      sessionLimits: { errorsPerSession: config.limits.errorsPerSession, commandsBeforeMail: config.limits.commandsBeforeMail },
       socketTimeout: config.limits.idleTimeout * 1000,
       closeTimeout: config.limits.shutdownTimeout * 1000,
       authOptional: true,
@@ -103,14 +107,13 @@ export class ReceiveServer {
       ...tls,
       onConnect: (session, callback) => callback(this.admit(session)),
       onEtrn: (node, session, reply) => this.etrn(node, session, reply),
-      onClose: (session) => {
-        this.sessions.delete(session.id);
-      },
-      onMailFrom: (_address, _session, callback) => callback(this.closing ? shuttingDown() : null),
+      onClose: (session) => this.release(session),
+      onMailFrom: (address, session, callback) => callback(this.sender(address.address, session)),
       onRcptTo: (address, session, callback) => callback(this.recipient(address.address, session)),
       onData: (stream, session, callback) => {
         this.inData.add(session.id);
-        this.receive(stream, session).then(
+        const slow = setTimeout(() => this.cut(session, '4.4.2 DATA took too long, closing connection'), config.limits.dataTimeout * 1000);
+        this.receive(stream, session).finally(() => clearTimeout(slow)).then(
           (reply) => callback(null, reply),
           (error: unknown) => callback(error instanceof SmtpReply ? error : this.internalError(error, session)),
         ).finally(() => this.inData.delete(session.id));
@@ -119,13 +122,39 @@ export class ReceiveServer {
   }
 
   private admit(session: SMTPServerSession): SmtpReply | null {
+    const { limits, hostname } = this.options.config;
     if (this.closing) return shuttingDown();
-    if (this.sessions.size >= this.options.config.limits.connections) {
-      this.options.log.warn({ client: session.remoteAddress, limit: this.options.config.limits.connections }, 'connection limit reached');
-      return new SmtpReply(421, '4.7.0', `${this.options.config.hostname} Too many connections, try again later`);
-    }
+    const fromClient = this.perClient.get(session.remoteAddress) ?? 0;
+    const refuse = (why: string, limit: number) => {
+      this.options.log.warn({ client: session.remoteAddress, limit }, why);
+      return new SmtpReply(421, '4.7.0', `${hostname} Too many connections${why.includes('client') ? ' from your address' : ''}, try again later`);
+    };
+    if (this.sessions.size >= limits.connections) return refuse('connection limit reached', limits.connections);
+    if (fromClient >= limits.connectionsPerClient) return refuse('per-client connection limit reached', limits.connectionsPerClient);
     this.sessions.add(session.id);
+    this.perClient.set(session.remoteAddress, fromClient + 1);
+    this.sessionTimers.set(session.id, setTimeout(() => this.cut(session, '4.4.2 Session took too long, closing connection'), limits.sessionTimeout * 1000));
     return null;
+  }
+
+  private release(session: SMTPServerSession): void {
+    if (!this.sessions.delete(session.id)) return; // refused at connect
+    clearTimeout(this.sessionTimers.get(session.id));
+    this.sessionTimers.delete(session.id);
+    const left = (this.perClient.get(session.remoteAddress) ?? 1) - 1;
+    if (left > 0) this.perClient.set(session.remoteAddress, left);
+    else this.perClient.delete(session.remoteAddress);
+  }
+
+  /** Ends a session that overstayed (slow drip): 421, then the connection is closed. */
+  private cut(session: SMTPServerSession, text: string): void {
+    for (const server of this.servers) {
+      for (const connection of server.connections) {
+        if (connection.session.id !== session.id) continue;
+        this.options.log.info({ client: session.remoteAddress, reason: text }, 'session cut off');
+        connection.send(421, text);
+      }
+    }
   }
 
   private etrn(node: string, session: SMTPServerSession, reply: (code: number, text: string) => void): void {
@@ -142,8 +171,31 @@ export class ReceiveServer {
     reply(250, `2.0.0 Queuing for node ${domain} started (${waiting} messages)`);
   }
 
+  private sender(address: string, session: SMTPServerSession): SmtpReply | null {
+    if (this.closing) return shuttingDown();
+    if (session.transaction > this.options.config.limits.messagesPerConnection) {
+      return new SmtpReply(421, '4.7.0', 'Too many messages on one connection, please reconnect');
+    }
+    return needsSmtpUtf8(address, session);
+  }
+
+  /** Re-reads tls.key and tls.cert (SIGHUP): new sessions get them, open ones keep theirs. */
+  reloadTls(): void {
+    if (!this.options.config.tls) return;
+    const files = this.tlsFiles();
+    for (const server of this.servers) server.updateSecureContext(files);
+    this.options.log.info({ cert: this.options.config.tls.cert }, 'TLS certificate reloaded');
+  }
+
+  private tlsFiles(): { key: Buffer; cert: Buffer } {
+    const { key, cert } = this.options.config.tls!;
+    return { key: readFileSync(key), cert: readFileSync(cert) };
+  }
+
   private recipient(address: string, session: SMTPServerSession): SmtpReply | null {
     try {
+      const refusal = needsSmtpUtf8(address, session);
+      if (refusal) throw refusal;
       checkRecipient(address, this.options.directory.current);
       return null;
     } catch (error) {
@@ -246,6 +298,16 @@ export class ReceiveServer {
     this.options.log.error({ err: error, client: session.remoteAddress }, 'internal error while receiving');
     return new SmtpReply(451, '4.3.0', 'Local error in processing, try again later');
   }
+}
+
+/**
+ * A non-ASCII local part without MAIL ... SMTPUTF8 (RFC 6531 §3.4). Domains are not
+ * checked here: smtp-server hands them over in Unicode even when they came as punycode.
+ */
+function needsSmtpUtf8(address: string, session: SMTPServerSession): SmtpReply | null {
+  const local = address.slice(0, Math.max(0, address.lastIndexOf('@')));
+  if (session.envelope.smtpUtf8 || !/[^\x00-\x7f]/.test(local)) return null;
+  return new SmtpReply(553, '5.6.7', 'Non-ASCII address without SMTPUTF8');
 }
 
 function shuttingDown(): SmtpReply {

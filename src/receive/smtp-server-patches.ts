@@ -2,7 +2,7 @@ import type { SMTPServerSession } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 
 /*
- * Two things smtp-server cannot do through its options, added to its connection class.
+ * What smtp-server cannot do through its options, added to its connection class.
  * smtp-server is pinned to an exact version and the tests assert both, so an upgrade
  * that breaks them fails the suite.
  */
@@ -16,17 +16,70 @@ const LEADING_ENHANCED_CODE = /^[245]\.\d{1,3}\.\d{1,3} /;
  * sent as it is; every other reply keeps the library's code.
  */
 const librarySend = SMTPConnection.prototype.send;
-SMTPConnection.prototype.send = function send(code, data, context) {
+SMTPConnection.prototype.send = function send(this: PatchedConnection, code, data, context) {
   const ownCode = typeof data === 'string' && LEADING_ENHANCED_CODE.test(data);
-  return librarySend.call(this, code, data, ownCode ? false : context);
+  librarySend.call(this, code, data, ownCode ? false : context);
+  // 3. Postfix's smtpd_hard_error_limit: too many error replies end the session.
+  const limits = this._server.options.sessionLimits;
+  if (limits && code >= 400 && code !== 421 && !this._closing) {
+    this._errorReplies = (this._errorReplies ?? 0) + 1;
+    if (this._errorReplies >= limits.errorsPerSession) {
+      this._closing = true;
+      librarySend.call(this, 421, '4.7.0 Too many errors, closing connection', false);
+    }
+  }
+};
+
+/** Per-session limits the patched connection enforces (limits.* in the config). */
+export interface SessionLimits {
+  errorsPerSession: number;
+  commandsBeforeMail: number;
+}
+
+type PatchedConnection = SMTPConnection & {
+  _server: { options: PatchOptions & { sessionLimits?: SessionLimits } };
+  session: SMTPServerSession;
+  _ready: boolean;
+  _errorReplies?: number;
+  _commandsBeforeMail?: number;
+  _closing?: boolean;
+  _onCommand(command: Buffer, callback: () => void): void;
+};
+
+/*
+ * 4. Before each command: a client that talks before the greeting gets 554 and is
+ * disconnected (as Postfix's postscreen does; smtp-server would say 421), and a
+ * session that sends more than commandsBeforeMail commands without a MAIL is closed.
+ */
+const connectionClass = SMTPConnection.prototype as unknown as PatchedConnection;
+const libraryOnCommand = connectionClass._onCommand;
+connectionClass._onCommand = function onCommand(this: PatchedConnection, command: Buffer, callback: () => void) {
+  const limits = this._server.options.sessionLimits;
+  if (limits && !this._closing) {
+    if (!this._ready) {
+      this._closing = true;
+      librarySend.call(this, 554, '5.5.1 Protocol error: talking before the greeting', false);
+      this.close();
+      return;
+    }
+    const name = command.toString('latin1').split(' ')[0].toUpperCase();
+    if (name === 'MAIL') this._commandsBeforeMail = -Infinity;
+    else if ((this._commandsBeforeMail = (this._commandsBeforeMail ?? 0) + 1) > limits.commandsBeforeMail) {
+      this._closing = true;
+      librarySend.call(this, 421, '4.7.0 Too many commands without a transaction, closing connection', false);
+      return;
+    }
+  }
+  libraryOnCommand.call(this, command, callback);
 };
 
 /** Decides an ETRN request; calls back with the reply code and text (text with its enhanced code). */
 export type EtrnHandler = (node: string, session: SMTPServerSession, reply: (code: number, text: string) => void) => void;
 
-/** The server option that carries the ETRN handler (smtp-server passes unknown options through). */
-export interface EtrnOption {
+/** The server options this module adds (smtp-server passes unknown options through). */
+export interface PatchOptions {
   onEtrn?: EtrnHandler;
+  sessionLimits?: SessionLimits;
 }
 
 /*
@@ -35,7 +88,7 @@ export interface EtrnOption {
  */
 const connectionPrototype = SMTPConnection.prototype as unknown as Record<string, unknown>;
 connectionPrototype.handler_ETRN = function handleEtrn(
-  this: SMTPConnection & { _server: { options: EtrnOption }; session: SMTPServerSession },
+  this: SMTPConnection & { _server: { options: PatchOptions }; session: SMTPServerSession },
   command: Buffer,
   callback: () => void,
 ) {
