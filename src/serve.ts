@@ -1,7 +1,9 @@
 import { join } from 'node:path';
 import { schedule, type ScheduledTask } from 'node-cron';
 import type { Logger } from 'pino';
+import { statSync } from 'node:fs';
 import type { LoadedConfig } from './config/load.js';
+import type { Config } from './config/schema.js';
 import { ControlServer, controlSocketPath } from './control/server.js';
 import type { StatusReport } from './control/status.js';
 import { Directory } from './directory/directory.js';
@@ -10,6 +12,7 @@ import { Syncer, type SyncReport } from './directory/sync.js';
 import { ReceiveServer } from './receive/server.js';
 import { Relay } from './relay/relay.js';
 import { editQueued, type QueueEdit } from './spool/edit.js';
+import { dropPrivileges, lookupIdentity } from './privileges.js';
 import { Spool } from './spool/spool.js';
 
 /** A running daemon: what tests and the CLI start and stop. */
@@ -30,6 +33,7 @@ export function directoryStore(spoolRoot: string): DirectoryStore {
 
 export async function startDaemon({ file, config }: LoadedConfig, log: Logger): Promise<Daemon> {
   log.info({ config: file, hostname: config.hostname, spool: config.spool }, 'starting');
+  warnIfSecretsExposed(file, config, log);
   const spool = await Spool.openForServing(config.spool, log);
   const directory = new Directory();
   const store = directoryStore(config.spool);
@@ -55,6 +59,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     });
     cleanups.push(() => server.close());
     const listen = (await server.listen()).map((a) => (a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`));
+    if (config.user) await dropPrivileges(lookupIdentity(config.user, config.group), config.spool, log);
     const startedAt = new Date().toISOString();
     const status = async (): Promise<StatusReport> => {
       const snapshot = directory.current;
@@ -109,9 +114,24 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
   }
 }
 
-/** `secondarymx serve`: runs until SIGTERM or SIGINT, then stops gracefully. */
+/** Passwords in a config anyone on the machine can read deserve a warning at every start. */
+function warnIfSecretsExposed(file: string, config: Config, log: Logger): void {
+  const secrets = config.sources.some((s) => (s.type === 'mysql' && (s.password || /\/\/[^/@:]+:[^@]+@/.test(s.url ?? ''))) || s.type === 'mxlist');
+  if (secrets && (statSync(file).mode & 0o004) !== 0) {
+    log.warn({ config: file }, 'the config holds passwords and is world-readable: chmod 640 it (owner root, group of the service user)');
+  }
+}
+
+/** `secondarymx serve`: runs until SIGTERM or SIGINT, then stops gracefully; SIGHUP reloads the TLS files. */
 export async function serve(loaded: LoadedConfig, log: Logger): Promise<void> {
   const daemon = await startDaemon(loaded, log);
+  process.on('SIGHUP', () => {
+    try {
+      daemon.server.reloadTls();
+    } catch (error) {
+      log.error({ err: error }, 'TLS reload failed, the previous certificate stays in use');
+    }
+  });
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);

@@ -17,6 +17,11 @@ const LEADING_ENHANCED_CODE = /^[245]\.\d{1,3}\.\d{1,3} /;
  */
 const librarySend = SMTPConnection.prototype.send;
 SMTPConnection.prototype.send = function send(this: PatchedConnection, code, data, context) {
+  if (code === 421 && data === 'Error: Command line too long') {
+    // A line over limits.commandLength is the client's error, not a temporary one (RFC 5321 §4.5.3.1.4).
+    librarySend.call(this, 500, '5.5.2 Line too long', false);
+    return this.close();
+  }
   const ownCode = typeof data === 'string' && LEADING_ENHANCED_CODE.test(data);
   librarySend.call(this, code, data, ownCode ? false : context);
   // 3. Postfix's smtpd_hard_error_limit: too many error replies end the session.

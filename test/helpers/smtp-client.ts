@@ -1,4 +1,5 @@
 import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 
 export interface Reply {
   code: number;
@@ -16,9 +17,13 @@ export class SmtpClient {
   private readonly waiting: Array<() => void> = [];
   private closed = false;
 
-  private constructor(private readonly socket: Socket) {
-    socket.setEncoding('latin1');
+  private constructor(private socket: Socket) {
     socket.setNoDelay(true);
+    this.listen(socket);
+  }
+
+  private listen(socket: Socket): void {
+    socket.setEncoding('latin1');
     socket.on('data', (data: string) => {
       this.buffer += data;
       this.wake();
@@ -28,6 +33,22 @@ export class SmtpClient {
       this.wake();
     });
     socket.on('error', () => undefined);
+  }
+
+  /** STARTTLS; resolves with the server's TLS socket (certificate, protocol) once the handshake is done. */
+  async startTls(options: ConnectionOptions = {}): Promise<TLSSocket> {
+    const reply = await this.command('STARTTLS');
+    if (reply.code !== 220) throw new Error(`STARTTLS: ${reply.lines.join(' | ')}`);
+    this.socket.removeAllListeners('data');
+    this.socket.removeAllListeners('close');
+    const secure = tlsConnect({ socket: this.socket, rejectUnauthorized: false, ...options });
+    await new Promise<void>((resolve, reject) => {
+      secure.once('secureConnect', resolve);
+      secure.once('error', reject);
+    });
+    this.socket = secure;
+    this.listen(secure);
+    return secure;
   }
 
   static async connect(port: number, host = '127.0.0.1'): Promise<SmtpClient> {
