@@ -73,8 +73,16 @@ async function runSession(port: number, data: Buffer, random: () => number): Pro
     const deadline = Date.now() + 2000;
     while (!received.includes('\r\n') && Date.now() < deadline && !socket.destroyed) await new Promise((resolve) => setTimeout(resolve, 10));
   }
-  // Split the bytes into a few writes, so segment boundaries fall anywhere.
-  for (let at = 0; at < data.length && !socket.destroyed; ) {
+  // A well-behaved client waits for the EHLO reply before it pipelines (RFC 2920).
+  let at = 0;
+  if (waitGreeting && data.subarray(0, 5).toString() === 'EHLO ') {
+    at = data.indexOf('\r\n') + 2;
+    socket.write(data.subarray(0, at));
+    const deadline = Date.now() + 2000;
+    while (!/^250 /m.test(received) && Date.now() < deadline && !socket.destroyed) await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  // Split the rest into a few writes, so segment boundaries fall anywhere.
+  while (at < data.length && !socket.destroyed) {
     const size = 1 + Math.floor(random() * 2000);
     socket.write(data.subarray(at, at + size));
     at += size;

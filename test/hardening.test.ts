@@ -75,6 +75,24 @@ describe('hardening: limits on hostile sessions', () => {
     assert.doesNotMatch(received, /^220 /m);
   });
 
+  it('answers 503 5.5.0 to commands pipelined with EHLO, or after HELO, and disconnects', async () => {
+    for (const [first, then] of [
+      ['EHLO eager.example\r\nMAIL FROM:<s@remote.example>\r\n', undefined],
+      ['HELO old.example\r\n', 'MAIL FROM:<s@remote.example>\r\nRCPT TO:<alice@d1.example>\r\n'],
+    ] as const) {
+      const client = await SmtpClient.connect(mx.port);
+      assert.equal((await client.reply()).code, 220);
+      client.write(first);
+      assert.equal((await client.reply()).code, 250);
+      if (then) {
+        client.write(then);
+        assert.equal((await client.reply()).code, 250);
+      }
+      assert.deepEqual(pick(await client.reply()), [503, '5.5.0']);
+      await client.closedByServer();
+    }
+  });
+
   it('cuts off a slow-drip DATA after limits.dataTimeout and keeps nothing', async () => {
     const before = queued(mx.spoolDir).length;
     const { client } = await SmtpClient.session(mx.port);

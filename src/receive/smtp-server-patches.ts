@@ -1,5 +1,6 @@
 import type { SMTPServerSession } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
+import { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
 
 /*
  * What smtp-server cannot do through its options, added to its connection class.
@@ -45,16 +46,52 @@ type PatchedConnection = SMTPConnection & {
   _server: { options: PatchOptions & { sessionLimits?: SessionLimits } };
   session: SMTPServerSession;
   _ready: boolean;
+  _parser: CountedStream | false;
   _errorReplies?: number;
   _commandsBeforeMail?: number;
   _closing?: boolean;
+  /** Socket chunk of the EHLO/HELO, and of the previous command (pipelining checks). */
+  _helloChunk?: number;
+  _lastChunk?: number;
+  _pipelining?: boolean;
   _onCommand(command: Buffer, callback: () => void): void;
 };
 
 /*
+ * 5. Numbers the socket chunks the command parsers get (one sequence for all of them,
+ * so a parser replaced at STARTTLS never repeats a number), to see which commands came together.
+ */
+type CountedStream = { _chunks?: number; _write(chunk: Buffer, encoding: string, next: () => void): void };
+const streamClass = SMTPStream.prototype as unknown as CountedStream;
+const libraryWrite = streamClass._write;
+let chunkSequence = 0;
+streamClass._write = function write(this: CountedStream, chunk, encoding, next) {
+  this._chunks = ++chunkSequence;
+  return libraryWrite.call(this, chunk, encoding, next);
+};
+
+/**
+ * Commands sent without waiting for the reply they depend on: anything in the same
+ * chunk as EHLO/HELO (before the client could know PIPELINING is offered), and any
+ * two commands together after HELO (PIPELINING is an EHLO extension). RFC 2920 §3.1.
+ */
+function unauthorisedPipelining(connection: PatchedConnection, name: string): boolean {
+  const chunk = connection._parser ? connection._parser._chunks : undefined;
+  const together = chunk !== undefined && chunk === connection._lastChunk;
+  const withHello = together && chunk === connection._helloChunk;
+  connection._lastChunk = chunk;
+  if (name === 'EHLO' || name === 'HELO') {
+    connection._helloChunk = chunk;
+    connection._pipelining = name === 'EHLO';
+  }
+  return withHello || (together && connection._pipelining === false);
+}
+
+/*
  * 4. Before each command: a client that talks before the greeting gets 554 and is
- * disconnected (as Postfix's postscreen does; smtp-server would say 421), and a
- * session that sends more than commandsBeforeMail commands without a MAIL is closed.
+ * disconnected (as Postfix's postscreen does; smtp-server would say 421), one that
+ * pipelines without PIPELINING gets 503 and is disconnected, and a session that sends
+ * more than commandsBeforeMail commands without a MAIL is closed.
  */
 const connectionClass = SMTPConnection.prototype as unknown as PatchedConnection;
 const libraryOnCommand = connectionClass._onCommand;
@@ -68,6 +105,12 @@ connectionClass._onCommand = function onCommand(this: PatchedConnection, command
       return;
     }
     const name = command.toString('latin1').split(' ')[0].toUpperCase();
+    if (unauthorisedPipelining(this, name)) {
+      this._closing = true;
+      librarySend.call(this, 503, '5.5.0 Improper use of SMTP command pipelining', false);
+      this.close();
+      return;
+    }
     if (name === 'MAIL') this._commandsBeforeMail = -Infinity;
     else if ((this._commandsBeforeMail = (this._commandsBeforeMail ?? 0) + 1) > limits.commandsBeforeMail) {
       this._closing = true;
