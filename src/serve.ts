@@ -2,8 +2,11 @@ import { join } from 'node:path';
 import { schedule, type ScheduledTask } from 'node-cron';
 import type { Logger } from 'pino';
 import { statSync } from 'node:fs';
+import { rm, writeFile } from 'node:fs/promises';
 import type { LoadedConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
+import { Metrics } from './control/metrics.js';
+import { MonitoringServer } from './control/monitoring.js';
 import { ControlServer, controlSocketPath } from './control/server.js';
 import type { StatusReport } from './control/status.js';
 import { Directory } from './directory/directory.js';
@@ -22,6 +25,9 @@ export interface Daemon {
   spool: Spool;
   syncer: Syncer;
   relay: Relay;
+  metrics: Metrics;
+  /** Where /metrics and /healthz answer. */
+  monitoringPort: number;
   /** The sync run at start (the directory served until then is the persisted one). */
   firstSync: Promise<SyncReport>;
   stop(): Promise<void>;
@@ -46,7 +52,16 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     await store.removeLeftovers();
     const syncer = await Syncer.open(config, store, log, (snapshot) => directory.replace(snapshot));
     cleanups.push(() => syncer.settled());
-    const relay = new Relay(config, spool, log, true);
+    const metrics: Metrics = new Metrics({
+      spool: async (): Promise<{ messages: number; bytes: number; oldestArrival: number | undefined }> => ({
+        ...(await spool.summary()),
+        oldestArrival: relay.summary().oldestArrival,
+      }),
+      primaries: () => relay.summary().primaries,
+      sources: () => syncer.sourceStates(),
+      sessions: () => server.openSessions, // read at scrape time, once everything runs
+    });
+    const relay: Relay = new Relay(config, spool, log, true, metrics);
     await relay.load();
     cleanups.push(() => relay.stop());
     const server = new ReceiveServer({
@@ -54,6 +69,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
       directory,
       spool,
       log,
+      metrics,
       onQueued: (envelope) => relay.add(envelope),
       onEtrn: (domain) => relay.flushInBackground({ domain }),
     });
@@ -97,6 +113,10 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     );
     await control.listen();
     cleanups.push(() => control.close());
+    const monitoring = new MonitoringServer(config.control.listen, metrics, () => health(config.spool, directory, server));
+    const monitoringAddress = await monitoring.listen();
+    cleanups.push(() => monitoring.close());
+    log.info({ control: `${monitoringAddress.address}:${monitoringAddress.port}` }, 'monitoring: /metrics and /healthz');
     const firstSync = syncer.run();
     const cronLog = log.child({ component: 'node-cron' });
     const task: ScheduledTask = schedule(config.sync.schedule, () => syncer.run(), {
@@ -107,11 +127,27 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     });
     cleanups.push(() => task.destroy());
     relay.kick();
-    return { server, directory, spool, syncer, relay, firstSync, stop };
+    return { server, directory, spool, syncer, relay, metrics, monitoringPort: monitoringAddress.port, firstSync, stop };
   } catch (error) {
     await stop();
     throw error;
   }
+}
+
+/** /healthz: serving, the spool writable, the directory loaded; else the first reason why not. */
+async function health(spoolRoot: string, directory: Directory, server: ReceiveServer): Promise<string | undefined> {
+  if (server.isClosing) return 'shutting down';
+  const probe = join(spoolRoot, 'tmp', `.healthz.${process.pid}`);
+  try {
+    await writeFile(probe, 'ok');
+    await rm(probe, { force: true });
+  } catch (error) {
+    return `spool not writable: ${(error as Error).message}`;
+  }
+  const snapshot = directory.current;
+  if (!snapshot.complete) return `directory incomplete: never loaded: ${snapshot.missingSources.join(', ')}`;
+  if (snapshot.domainCount === 0) return 'directory empty';
+  return undefined;
 }
 
 /** Passwords in a config anyone on the machine can read deserve a warning at every start. */

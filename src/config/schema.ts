@@ -176,6 +176,15 @@ const dns = z.strictObject({
   servers: z.array(z.string().min(1)).min(1).optional(),
 });
 
+const control = z.strictObject({
+  /** HTTP for Prometheus (/metrics) and health checks (/healthz); loopback only. */
+  listen: listenAddress
+    .refine((value) => ['127.', '[::1]', 'localhost:'].some((prefix) => value.startsWith(prefix)), {
+      message: 'must be a loopback address (127.0.0.0/8, [::1] or localhost): the control endpoint is never public',
+    })
+    .default('127.0.0.1:9925'),
+});
+
 const tls = z.strictObject({
   key: z.string().min(1),
   cert: z.string().min(1),
@@ -208,6 +217,7 @@ export const configSchema = z.strictObject({
   relay: relay.default(() => relay.parse({})),
   dsn: dsn.default(() => dsn.parse({})),
   dns: dns.default(() => dns.parse({})),
+  control: control.default(() => control.parse({})),
   tls: tls.optional(),
   log: log.default(() => log.parse({})),
 });

@@ -13,6 +13,7 @@ import { receivedHeader } from './received.js';
 import { SmtpReply } from './replies.js';
 import './smtp-server-patches.js';
 import type { PatchOptions } from './smtp-server-patches.js';
+import { refusalReason, type Metrics } from '../control/metrics.js';
 
 export interface ReceiveOptions {
   config: Config;
@@ -21,6 +22,8 @@ export interface ReceiveOptions {
   log: Logger;
   /** Told about every message once it is durably queued (the relay). */
   onQueued?: (envelope: Envelope) => void;
+  /** Counters for Prometheus. */
+  metrics?: Metrics;
   /** ETRN (RFC 1985) from an allowed client: start delivery for this domain; resolves with the messages waiting. */
   onEtrn?: (domain: string) => number;
 }
@@ -64,6 +67,14 @@ export class ReceiveServer {
     }
     this.options.log.info({ listen: bound.map((a) => `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`) }, 'listening');
     return bound;
+  }
+
+  get isClosing(): boolean {
+    return this.closing;
+  }
+
+  get openSessions(): number {
+    return this.sessions.size;
   }
 
   get addresses(): readonly AddressInfo[] {
@@ -204,6 +215,7 @@ export class ReceiveServer {
         { client: session.remoteAddress, from: senderOf(session), to: address, reply: `${error.responseCode} ${error.message}` },
         'recipient refused',
       );
+      this.options.metrics?.refused.inc({ reason: refusalReason(error.enhancedCode) });
       return error;
     }
   }
@@ -250,6 +262,7 @@ export class ReceiveServer {
     const refusal = inspector.problem ?? (message ? undefined : STORAGE_FAILURE());
     if (refusal || !message) {
       log.info({ client: session.remoteAddress, from: senderOf(session), to: recipients, size: inspector.size, reply: `${refusal!.responseCode} ${refusal!.message}` }, 'message refused');
+      this.options.metrics?.refused.inc({ reason: refusalReason(refusal!.enhancedCode) });
       throw refusal;
     }
     const queued = message;
@@ -281,6 +294,7 @@ export class ReceiveServer {
       },
       'queued',
     );
+    this.options.metrics?.accepted.inc();
     this.options.onQueued?.(envelope);
     return `2.0.0 Ok: queued as ${envelope.id}`;
   }

@@ -7,6 +7,7 @@ import type { Envelope, Recipient } from '../spool/envelope.js';
 import type { Spool } from '../spool/spool.js';
 import { PrimaryConnection, PrimaryUnreachable, type RecipientReply } from './connection.js';
 import { mailHosts, NoMailDomain } from './mx.js';
+import type { Metrics } from '../control/metrics.js';
 
 /** What one attempt did with one message's recipients for one primary. */
 export interface AttemptOutcome {
@@ -39,6 +40,8 @@ interface Entry {
   id: string;
   /** Epoch ms before which the message is not attempted. */
   due: number;
+  /** Epoch ms of arrival. */
+  arrival: number;
   /** Epoch ms: arrival + relay.queueLifetime. */
   expires: number;
   /** Epoch ms of the delay notice; Infinity when none is due (off, or sent). */
@@ -84,6 +87,7 @@ export class Relay extends EventEmitter {
     private readonly log: Logger,
     /** A daemon probes down primaries and retries on its own; a one-shot `flush` does not. */
     private readonly daemon: boolean,
+    private readonly metrics?: Metrics,
   ) {
     super();
     this.notifier = new Notifier(config, spool, log, (dsn) => this.add(dsn), (envelope, recipient) => this.destinationFor(envelope, recipient).address.host);
@@ -263,8 +267,10 @@ export class Relay extends EventEmitter {
   }
 
   /** Primary states and queue counts, for `status`. */
-  summary(): { primaries: Array<{ primary: string; up: boolean }>; indexed: number } {
-    return { primaries: [...this.primaries.values()].map((p) => ({ primary: p.key, up: p.up })), indexed: this.entries.size };
+  summary(): { primaries: Array<{ primary: string; up: boolean }>; indexed: number; oldestArrival: number | undefined } {
+    let oldestArrival: number | undefined;
+    for (const entry of this.entries.values()) oldestArrival = Math.min(oldestArrival ?? Infinity, entry.arrival);
+    return { primaries: [...this.primaries.values()].map((p) => ({ primary: p.key, up: p.up })), indexed: this.entries.size, oldestArrival };
   }
 
   /** Reflects a message edited outside the relay (hold, release, delete). */
@@ -285,6 +291,7 @@ export class Relay extends EventEmitter {
     this.entries.set(envelope.id, {
       id: envelope.id,
       due: envelope.nextAttempt ? Date.parse(envelope.nextAttempt) : 0,
+      arrival,
       expires: arrival + queueLifetime * 1000,
       warnAt: delayWarning > 0 && !envelope.delayWarned && envelope.kind !== 'dsn' ? arrival + delayWarning * 1000 : Infinity,
       held: Boolean(envelope.held),
@@ -459,6 +466,7 @@ export class Relay extends EventEmitter {
     for (const reply of replies) groups[reply.code >= 200 && reply.code < 300 ? 'sent' : reply.code >= 500 ? 'bounced' : 'deferred'].push(reply);
     for (const [status, group] of Object.entries(groups)) {
       if (group.length === 0) continue;
+      this.metrics?.deliveries.inc({ status }, group.length);
       this.log.info(
         {
           queueId: envelope.id,

@@ -52,6 +52,7 @@ export const FILE_SOURCE = '  - { name: local, type: file, path: domains.txt }';
  */
 export function baseConfig(extra = '', sources = FILE_SOURCE): string {
   const dns = /^dns:/m.test(extra) ? '' : 'dns: { servers: ["127.0.0.1:1"] }\n';
+  const control = /^control:/m.test(extra) ? '' : 'control: { listen: "127.0.0.1:0" }\n'; // many daemons, no fixed port
   return `hostname: mx2.test.example
 listen: ["127.0.0.1:0"]
 spool: ./spool
@@ -59,7 +60,7 @@ primary: { host: 127.0.0.1, port: 1 }   # closed: tests that deliver start their
 sources:
 ${sources}
 ${extra}
-${dns}`;
+${dns}${control}`;
 }
 
 /** The config with the primary on this loopback port (a TestPrimary's). */

@@ -1,0 +1,94 @@
+import { Counter, Gauge, Registry } from 'prom-client';
+
+/** Why a recipient or a message was refused, from the enhanced status code of the reply. */
+const REASONS: Record<string, string> = {
+  '5.7.1': 'relay_denied',
+  '5.1.1': 'unknown_user',
+  '5.1.3': 'bad_address',
+  '4.5.3': 'too_many_recipients',
+  '4.3.0': 'directory_incomplete',
+  '5.3.4': 'too_big',
+  '5.6.0': 'bad_data',
+  '5.4.6': 'mail_loop',
+  '4.3.1': 'storage',
+  '5.6.7': 'smtputf8',
+};
+
+export function refusalReason(enhancedCode: string): string {
+  return REASONS[enhancedCode] ?? 'other';
+}
+
+/** What the daemon counts; the gauges are read when Prometheus scrapes. */
+export interface MetricsSources {
+  spool(): Promise<{ messages: number; bytes: number; oldestArrival: number | undefined }>;
+  primaries(): Array<{ primary: string; up: boolean }>;
+  sources(): Array<{ name: string; lastSuccess?: string; domains: number; addresses: number }>;
+  sessions(): number;
+}
+
+/** Prometheus metrics (prom-client), named by its conventions: secondarymx_*, _total, _seconds, _bytes. */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly accepted = new Counter({ name: 'secondarymx_messages_accepted_total', help: 'Messages queued (answered 250)', registers: [this.registry] });
+  readonly refused = new Counter({
+    name: 'secondarymx_refused_total',
+    help: 'Recipients and messages refused, by reason',
+    labelNames: ['reason'],
+    registers: [this.registry],
+  });
+  readonly deliveries = new Counter({
+    name: 'secondarymx_deliveries_total',
+    help: 'Recipient delivery outcomes: sent, deferred, bounced',
+    labelNames: ['status'],
+    registers: [this.registry],
+  });
+
+  constructor(sources: MetricsSources) {
+    const registers = [this.registry];
+    const spoolMessages = new Gauge({ name: 'secondarymx_spool_messages', help: 'Messages in the spool', registers });
+    const spoolBytes = new Gauge({ name: 'secondarymx_spool_bytes', help: 'Bytes of the messages in the spool', registers });
+    new Gauge({
+      name: 'secondarymx_oldest_message_age_seconds',
+      help: 'Age of the oldest undelivered message (0 when none)',
+      registers,
+      async collect() {
+        const spool = await sources.spool();
+        spoolMessages.set(spool.messages);
+        spoolBytes.set(spool.bytes);
+        this.set(spool.oldestArrival === undefined ? 0 : (Date.now() - spool.oldestArrival) / 1000);
+      },
+    });
+    new Gauge({
+      name: 'secondarymx_primary_up',
+      help: '1 when the primary answers, 0 while it is down and probed',
+      labelNames: ['primary'],
+      registers,
+      collect() {
+        for (const { primary, up } of sources.primaries()) this.set({ primary }, up ? 1 : 0);
+      },
+    });
+    const perSource = (name: string, help: string, value: (source: ReturnType<MetricsSources['sources']>[number]) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['source'],
+        registers,
+        collect() {
+          for (const source of sources.sources()) this.set({ source: source.name }, value(source));
+        },
+      });
+    perSource('secondarymx_sync_last_success_timestamp_seconds', 'Unix time of the last successful pull per source (0: never)', (source) =>
+      source.lastSuccess ? Date.parse(source.lastSuccess) / 1000 : 0,
+    );
+    perSource('secondarymx_sync_domains', 'Domains in use per source', (source) => source.domains);
+    perSource('secondarymx_sync_addresses', 'Addresses in use per source', (source) => source.addresses);
+    new Gauge({
+      name: 'secondarymx_smtp_sessions',
+      help: 'SMTP sessions open',
+      registers,
+      collect() {
+        this.set(sources.sessions());
+      },
+    });
+  }
+}

@@ -1,0 +1,86 @@
+import assert from 'node:assert/strict';
+import { parseConfig } from '../src/config/load.js';
+import { baseConfig, startTestDaemon } from './helpers/daemon.js';
+import { freePort, TestPrimary } from './helpers/primary.js';
+import { message, SmtpClient } from './helpers/smtp-client.js';
+import { waitFor } from './helpers/wait.js';
+
+async function get(port: number, path: string): Promise<{ status: number; body: string; type: string }> {
+  const response = await fetch(`http://127.0.0.1:${port}${path}`);
+  return { status: response.status, body: await response.text(), type: response.headers.get('content-type') ?? '' };
+}
+
+/** The value of one sample of the Prometheus text format, e.g. sample(text, 'x_total{reason="a"}'). */
+function sample(text: string, series: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+describe('monitoring: /metrics and /healthz on control.listen', () => {
+  it('exposes every documented metric with the values of what happened', async () => {
+    const primary = new TestPrimary(await freePort());
+    await primary.start();
+    const mx = await startTestDaemon({ primaryPort: primary.port, extra: 'relay: { probeInterval: 1 }' });
+    try {
+      const { client } = await SmtpClient.session(mx.port);
+      assert.equal((await client.sendMail('s@remote.example', ['alice@d1.example'], message('counted'))).code, 250);
+      await client.command('MAIL FROM:<s@remote.example>');
+      await client.command('RCPT TO:<x@unknown.example>');
+      await client.command('RCPT TO:<nobody@d1.example>');
+      await client.command('RSET');
+      assert.equal((await client.sendMail('s@remote.example', ['alice@d1.example'], 'Subject: x\r\n\r\nbare\nlf\r\n')).code, 550);
+      await waitFor(() => primary.received.length === 1);
+      const { status, body, type } = await get(mx.daemon.monitoringPort, '/metrics');
+      assert.equal(status, 200);
+      assert.match(type, /^text\/plain/);
+      const expectations: Array<[string, (value: number) => boolean]> = [
+        ['secondarymx_messages_accepted_total', (v) => v === 1],
+        ['secondarymx_refused_total{reason="relay_denied"}', (v) => v === 1],
+        ['secondarymx_refused_total{reason="unknown_user"}', (v) => v === 1],
+        ['secondarymx_refused_total{reason="bad_data"}', (v) => v === 1],
+        ['secondarymx_deliveries_total{status="sent"}', (v) => v === 1],
+        ['secondarymx_spool_messages', (v) => v === 0],
+        ['secondarymx_spool_bytes', (v) => v === 0],
+        ['secondarymx_oldest_message_age_seconds', (v) => v === 0],
+        [`secondarymx_primary_up{primary="127.0.0.1:${primary.port}"}`, (v) => v === 1],
+        ['secondarymx_sync_last_success_timestamp_seconds{source="local"}', (v) => Math.abs(v - Date.now() / 1000) < 60],
+        ['secondarymx_sync_domains{source="local"}', (v) => v === 4],
+        ['secondarymx_sync_addresses{source="local"}', (v) => v === 5],
+        ['secondarymx_smtp_sessions', (v) => v === 1],
+      ];
+      for (const [series, check] of expectations) {
+        const value = sample(body, series);
+        assert.ok(value !== undefined && check(value), `${series} = ${value}`);
+      }
+      await client.quit();
+      await primary.stop();
+      const { client: again } = await SmtpClient.session(mx.port);
+      assert.equal((await again.sendMail('s@remote.example', ['alice@d1.example'], message('waiting'))).code, 250);
+      await again.quit();
+      await waitFor(async () => sample((await get(mx.daemon.monitoringPort, '/metrics')).body, `secondarymx_primary_up{primary="127.0.0.1:${primary.port}"}`) === 0);
+      const later = (await get(mx.daemon.monitoringPort, '/metrics')).body;
+      assert.equal(sample(later, 'secondarymx_spool_messages'), 1);
+      assert.ok(sample(later, 'secondarymx_spool_bytes')! > 100);
+      assert.ok(sample(later, 'secondarymx_oldest_message_age_seconds')! > 0);
+      assert.deepEqual(await get(mx.daemon.monitoringPort, '/healthz'), { status: 200, body: 'ok\n', type: 'text/plain' });
+      assert.equal((await get(mx.daemon.monitoringPort, '/nothing')).status, 404);
+    } finally {
+      await mx.stop();
+      await primary.stop();
+    }
+  });
+
+  it('answers /healthz with 503 and the reason while the directory is incomplete', async () => {
+    const mx = await startTestDaemon({ sources: '  - { name: alternc, type: mysql, url: "mysql://mx@127.0.0.1:1/alternc", timeout: 2 }' });
+    try {
+      assert.deepEqual(await get(mx.daemon.monitoringPort, '/healthz'), { status: 503, body: 'directory incomplete: never loaded: alternc\n', type: 'text/plain' });
+    } finally {
+      await mx.stop();
+    }
+  });
+
+  it('refuses a control.listen that is not loopback', () => {
+    assert.throws(() => parseConfig(baseConfig('control: { listen: "0.0.0.0:9925" }'), '/x.yaml'), /control\.listen: must be a loopback address/);
+    assert.equal(parseConfig(baseConfig('control: { listen: "[::1]:9925" }'), '/x.yaml').control.listen, '[::1]:9925');
+  });
+});
