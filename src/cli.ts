@@ -3,6 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigError, describeConfig, loadConfig } from './config/load.js';
 import { flushCommand } from './commands/flush.js';
+import { EX_DATAERR, importLegacy, LegacyConfigError } from './commands/import-legacy.js';
 import { editCommand, printQueue, showCommand } from './commands/queue.js';
 import type { QueueEdit } from './spool/edit.js';
 import { statusCommand } from './commands/status.js';
@@ -31,6 +32,7 @@ commands:
                      envelope, recipient states and replies, headers
   queue hold ID | queue release ID | queue delete ID
                      held messages are never delivered until released
+  import-legacy FILE print the sources: entry for an old alternc-secondarymx / slavedns config
 
 options:
   --config FILE      config file (default: $SECONDARYMX_CONFIG, ./config/secondarymx.yaml,
@@ -40,7 +42,7 @@ options:
   -h, --help         this help
   -v, --version      print the version
 
-exit codes: 0 ok, 1 runtime error, 64 usage error, 75 sync: some source kept its old data /
+exit codes: 0 ok, 1 runtime error, 64 usage error, 65 import-legacy: unusable file, 75 sync: some source kept its old data /
             flush: the primary was unreachable, 78 configuration error`;
 
 class UsageError extends Error {}
@@ -109,6 +111,15 @@ async function main(argv: string[]): Promise<number> {
       if (subcommand === 'show') return showCommand(config(), id, values.json);
       return editCommand(config(), subcommand as QueueEdit, id);
     }
+    case 'import-legacy': {
+      const [legacy, ...more] = rest;
+      if (!legacy) throw new UsageError('import-legacy needs the old config file');
+      expectNoMore(more);
+      const { yaml, warnings } = importLegacy(legacy);
+      for (const warning of warnings) process.stderr.write(`secondarymx: ${warning}\n`);
+      process.stdout.write(`# from ${legacy}: add to the sources: list of secondarymx.yaml\n${yaml}`);
+      return 0;
+    }
     case undefined:
       throw new UsageError('no command given');
     default:
@@ -138,7 +149,10 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (error: unknown) => {
-    if (error instanceof ConfigError) {
+    if (error instanceof LegacyConfigError) {
+      process.stderr.write(`secondarymx: ${error.message}\n`);
+      process.exitCode = EX_DATAERR;
+    } else if (error instanceof ConfigError) {
       process.stderr.write(`secondarymx: config error: ${error.message}\n`);
       process.exitCode = 78;
     } else if (error instanceof UsageError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
