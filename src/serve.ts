@@ -3,7 +3,7 @@ import { schedule, type ScheduledTask } from 'node-cron';
 import type { Logger } from 'pino';
 import { statSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
-import type { LoadedConfig } from './config/load.js';
+import { loadConfig, type LoadedConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { Metrics } from './control/metrics.js';
 import { MonitoringServer } from './control/monitoring.js';
@@ -30,8 +30,13 @@ export interface Daemon {
   monitoringPort: number;
   /** The sync run at start (the directory served until then is the persisted one). */
   firstSync: Promise<SyncReport>;
+  /** Applies a re-read config (SIGHUP); what needs a restart is logged, not applied. */
+  reload(config: Config): Promise<void>;
   stop(): Promise<void>;
 }
+
+/** Keys that take effect only at start: the sockets, the spool, the identity. */
+const RESTART_KEYS = ['hostname', 'listen', 'spool', 'user', 'group', 'control'] as const;
 
 export function directoryStore(spoolRoot: string): DirectoryStore {
   return new DirectoryStore(join(spoolRoot, 'directory'));
@@ -119,15 +124,33 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     log.info({ control: `${monitoringAddress.address}:${monitoringAddress.port}` }, 'monitoring: /metrics and /healthz');
     const firstSync = syncer.run();
     const cronLog = log.child({ component: 'node-cron' });
-    const task: ScheduledTask = schedule(config.sync.schedule, () => syncer.run(), {
-      name: 'directory-sync',
-      noOverlap: true,
-      // An overlap is expected with a slow source (the Syncer shares the running sync anyway).
-      logger: { info: (m) => cronLog.debug(m), warn: (m) => cronLog.debug(m), error: (m) => cronLog.error(m), debug: (m) => cronLog.debug(m) },
-    });
+    const scheduleSync = (expression: string): ScheduledTask =>
+      schedule(expression, () => syncer.run(), {
+        name: 'directory-sync',
+        noOverlap: true,
+        // An overlap is expected with a slow source (the Syncer shares the running sync anyway).
+        logger: { info: (m) => cronLog.debug(m), warn: (m) => cronLog.debug(m), error: (m) => cronLog.error(m), debug: (m) => cronLog.debug(m) },
+      });
+    let task = scheduleSync(config.sync.schedule);
     cleanups.push(() => task.destroy());
     relay.kick();
-    return { server, directory, spool, syncer, relay, metrics, monitoringPort: monitoringAddress.port, firstSync, stop };
+    let running = config;
+    const reload = async (next: Config) => {
+      const needRestart = RESTART_KEYS.filter((key) => JSON.stringify(next[key]) !== JSON.stringify(running[key]));
+      if (needRestart.length > 0) log.warn({ keys: needRestart }, 'config reloaded, but these keys only take effect after a restart');
+      const applied = { ...next, ...Object.fromEntries(RESTART_KEYS.map((key) => [key, running[key]])) } as Config;
+      server.updateConfig(applied);
+      relay.updateConfig(applied);
+      await syncer.updateConfig(applied);
+      if (next.sync.schedule !== running.sync.schedule) {
+        await task.destroy();
+        task = scheduleSync(next.sync.schedule);
+      }
+      running = applied;
+      log.info('config reloaded');
+      void syncer.run();
+    };
+    return { server, directory, spool, syncer, relay, metrics, monitoringPort: monitoringAddress.port, firstSync, reload, stop };
   } catch (error) {
     await stop();
     throw error;
@@ -158,15 +181,19 @@ function warnIfSecretsExposed(file: string, config: Config, log: Logger): void {
   }
 }
 
-/** `secondarymx serve`: runs until SIGTERM or SIGINT, then stops gracefully; SIGHUP reloads the TLS files. */
+/** `secondarymx serve`: runs until SIGTERM or SIGINT, then stops gracefully; SIGHUP re-reads the config and the TLS files. */
 export async function serve(loaded: LoadedConfig, log: Logger): Promise<void> {
   const daemon = await startDaemon(loaded, log);
   process.on('SIGHUP', () => {
+    // A bad new config (or unreadable TLS files) is refused; the running one stays.
+    let next: Config;
     try {
-      daemon.server.reloadTls();
+      next = loadConfig(loaded.file).config;
     } catch (error) {
-      log.error({ err: error }, 'TLS reload failed, the previous certificate stays in use');
+      log.error({ err: error, config: loaded.file }, 'SIGHUP: new config refused, the running one is kept');
+      return;
     }
+    daemon.reload(next).catch((error: unknown) => log.error({ err: error }, 'SIGHUP: reload failed, the running config is kept'));
   });
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGTERM', resolve);

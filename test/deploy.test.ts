@@ -1,12 +1,16 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { parseConfig } from '../src/config/load.js';
-import { runCli } from './helpers/cli.js';
+import { Metrics } from '../src/control/metrics.js';
+import { runCli, spawnDaemon } from './helpers/cli.js';
+import { baseConfig, writeTestConfig } from './helpers/daemon.js';
+import { message, SmtpClient } from './helpers/smtp-client.js';
+import { waitFor } from './helpers/wait.js';
 
 const UNIT = fileURLToPath(new URL('../deploy/secondarymx.service', import.meta.url));
 const hasSystemd = spawnSync('systemd-analyze', ['--version']).status === 0;
@@ -65,5 +69,59 @@ describe('deploy: import-legacy', () => {
     assert.match(bad.stderr, /neither URL nor HOST is set/);
     writeFileSync(legacy, 'this is not a config\n');
     assert.match((await runCli(['import-legacy', legacy])).stderr, /slavedns\.conf:1: expected KEY=value/);
+  });
+});
+
+describe('deploy: SIGHUP re-reads the config', () => {
+  it('applies a new config (sources, limits) without a restart, and keeps the running one when the new one is bad', async () => {
+    const { dir, file } = writeTestConfig(baseConfig());
+    const daemon = await spawnDaemon(file);
+    const rcpt = async (address: string) => {
+      const { client } = await SmtpClient.session(daemon.port);
+      await client.command('MAIL FROM:<s@remote.example>');
+      const reply = await client.command(`RCPT TO:<${address}>`);
+      await client.quit();
+      return reply.code;
+    };
+    try {
+      assert.equal(await rcpt('anyone@new.example'), 550);
+      writeFileSync(join(dir, 'domains2.txt'), 'new.example\n');
+      writeFileSync(file, baseConfig('limits: { messageSize: 600 }', '  - { name: other, type: file, path: domains2.txt }').replace('127.0.0.1:0', '127.0.0.1:2599'));
+      daemon.child.kill('SIGHUP');
+      await waitFor(() => daemon.logs.some((line) => line.msg === 'sync finished' && line.domains === 1));
+      assert.deepEqual(daemon.logs.find((line) => line.msg === 'config reloaded, but these keys only take effect after a restart')?.keys, ['listen']);
+      assert.equal(await rcpt('anyone@new.example'), 250);
+      assert.equal(await rcpt('alice@d1.example'), 550);
+      const { client } = await SmtpClient.session(daemon.port);
+      assert.equal((await client.sendMail('s@remote.example', ['x@new.example'], message('big', 'y'.repeat(700)))).code, 552);
+      await client.quit();
+
+      writeFileSync(file, 'listen: [unclosed');
+      daemon.child.kill('SIGHUP');
+      await waitFor(() => daemon.logs.some((line) => line.msg === 'SIGHUP: new config refused, the running one is kept'));
+      assert.equal(await rcpt('anyone@new.example'), 250);
+    } finally {
+      daemon.child.kill('SIGTERM');
+      await daemon.exited;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('deploy: alert rules', () => {
+  it('only use metrics the daemon exports', async () => {
+    const rules = parseYaml(readFileSync(fileURLToPath(new URL('../deploy/alerts.yml', import.meta.url)), 'utf8')) as {
+      groups: Array<{ rules: Array<{ alert: string; expr: string }> }>;
+    };
+    const metrics = new Metrics({ spool: async () => ({ messages: 0, bytes: 0, oldestArrival: undefined }), primaries: () => [], sources: () => [], sessions: () => 0 });
+    const exported = new Set((await metrics.registry.getMetricsAsJSON()).map((metric) => metric.name));
+    const alerts = rules.groups.flatMap((group) => group.rules);
+    assert.deepEqual(
+      alerts.map((rule) => rule.alert),
+      ['SecondaryMxPrimaryDown', 'SecondaryMxSpoolGrowing', 'SecondaryMxOldestMessageNearExpiry', 'SecondaryMxSyncFailing', 'SecondaryMxDown', 'SecondaryMxDiskNearlyFull'],
+    );
+    for (const rule of alerts) {
+      for (const name of rule.expr.match(/secondarymx_[a-z_]+/g) ?? []) assert.ok(exported.has(name), `${rule.alert} uses ${name}, which is not exported`);
+    }
   });
 });

@@ -55,25 +55,40 @@ export class Syncer {
   private running: Promise<SyncReport> | undefined;
 
   private constructor(
-    private readonly config: Config,
+    private config: Config,
     private readonly store: DirectoryStore,
     private readonly log: Logger,
     private readonly apply: (snapshot: DirectorySnapshot) => void,
   ) {}
+
+  /** A reloaded config (SIGHUP): new sources start from their persisted list, removed ones are dropped. */
+  async updateConfig(config: Config): Promise<void> {
+    await this.settled();
+    this.config = config;
+    const names = new Set(config.sources.map((source) => source.name));
+    for (const name of this.lists.keys()) if (!names.has(name)) this.lists.delete(name);
+    await this.loadPersisted();
+    this.publish();
+  }
+
+  private async loadPersisted(): Promise<void> {
+    for (const source of this.config.sources) {
+      if (this.lists.has(source.name)) continue;
+      try {
+        const list = await this.store.loadList(source.name);
+        if (list) this.lists.set(source.name, list);
+      } catch (error) {
+        this.log.error({ source: source.name, err: error }, 'persisted directory of this source is unreadable; waiting for its next pull');
+      }
+    }
+  }
 
   /** Loads the persisted lists (the directory to serve while sources are down). */
   static async open(config: Config, store: DirectoryStore, log: Logger, apply: (snapshot: DirectorySnapshot) => void): Promise<Syncer> {
     const syncer = new Syncer(config, store, log, apply);
     await store.ensure();
     syncer.state = await store.loadState();
-    for (const source of config.sources) {
-      try {
-        const list = await store.loadList(source.name);
-        if (list) syncer.lists.set(source.name, list);
-      } catch (error) {
-        log.error({ source: source.name, err: error }, 'persisted directory of this source is unreadable; waiting for its next pull');
-      }
-    }
+    await syncer.loadPersisted();
     syncer.publish();
     return syncer;
   }

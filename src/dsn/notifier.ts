@@ -13,12 +13,16 @@ import { composeNotice, type NoticeAction } from './compose.js';
  */
 export class Notifier {
   constructor(
-    private readonly config: Config,
+    private config: Config,
     private readonly spool: Spool,
     private readonly log: Logger,
     private readonly queued: (envelope: Envelope) => void,
     private readonly remoteMta: (envelope: Envelope, recipient: Recipient) => string | undefined,
   ) {}
+
+  updateConfig(config: Config): void {
+    this.config = config;
+  }
 
   /**
    * Settles `recipients`: failed ones become reported, a delay marks the message

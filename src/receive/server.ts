@@ -190,6 +190,25 @@ export class ReceiveServer {
     return needsSmtpUtf8(address, session);
   }
 
+  /** A reloaded config (SIGHUP): limits and policy apply to new commands; TLS files are re-read. */
+  updateConfig(config: Config): void {
+    const previous = this.options.config;
+    this.options.config = config;
+    let options: SMTPServerOptions & PatchOptions;
+    try {
+      options = this.smtpOptions(); // reads the TLS files: unreadable ones refuse the whole reload
+    } catch (error) {
+      this.options.config = previous;
+      throw error;
+    }
+    for (const server of this.servers) {
+      for (const key of ['size', 'maxRecipients', 'maxCommandLength', 'socketTimeout', 'closeTimeout', 'sessionLimits', 'minVersion'] as const) {
+        (server.options as unknown as Record<string, unknown>)[key] = (options as Record<string, unknown>)[key];
+      }
+    }
+    this.reloadTls();
+  }
+
   /** Re-reads tls.key and tls.cert (SIGHUP): new sessions get them, open ones keep theirs. */
   reloadTls(): void {
     if (!this.options.config.tls) return;

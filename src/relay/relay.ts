@@ -82,7 +82,7 @@ export class Relay extends EventEmitter {
   private readonly notifier: Notifier;
 
   constructor(
-    private readonly config: Config,
+    private config: Config,
     private readonly spool: Spool,
     private readonly log: Logger,
     /** A daemon probes down primaries and retries on its own; a one-shot `flush` does not. */
@@ -271,6 +271,17 @@ export class Relay extends EventEmitter {
     let oldestArrival: number | undefined;
     for (const entry of this.entries.values()) oldestArrival = Math.min(oldestArrival ?? Infinity, entry.arrival);
     return { primaries: [...this.primaries.values()].map((p) => ({ primary: p.key, up: p.up })), indexed: this.entries.size, oldestArrival };
+  }
+
+  /** A reloaded config (SIGHUP): concurrency, backoff, lifetimes, primaries apply from now on. */
+  updateConfig(config: Config): void {
+    this.config = config;
+    this.notifier.updateConfig(config);
+    for (const entry of this.entries.values()) entry.primaries.clear();
+    void this.spool.list().then(({ envelopes }) => {
+      for (const envelope of envelopes) if (this.entries.has(envelope.id)) this.index(envelope);
+      this.kick();
+    });
   }
 
   /** Reflects a message edited outside the relay (hold, release, delete). */
