@@ -78,7 +78,8 @@ async function main(argv: string[]): Promise<number> {
       expectNoMore(rest);
       const loaded = loadConfig(values.config);
       await serve(loaded, createLogger(loaded.config.log.level));
-      return 0;
+      // Stopped cleanly; exit now rather than wait for a pretty-printing log worker (pino flushes it on exit).
+      process.exit(0);
     }
     case 'check': {
       expectNoMore(rest);

@@ -1,13 +1,14 @@
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { parseConfig } from '../src/config/load.js';
 import { Metrics } from '../src/control/metrics.js';
-import { runCli, spawnDaemon } from './helpers/cli.js';
+import { CLI, runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, writeTestConfig } from './helpers/daemon.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
 import { waitFor } from './helpers/wait.js';
@@ -122,6 +123,47 @@ describe('deploy: alert rules', () => {
     );
     for (const rule of alerts) {
       for (const name of rule.expr.match(/secondarymx_[a-z_]+/g) ?? []) assert.ok(exported.has(name), `${rule.alert} uses ${name}, which is not exported`);
+    }
+  });
+});
+
+describe('deploy: terminal niceties', () => {
+  /** Runs a command under a pseudo-terminal (util-linux `script`), like a person at a shell. */
+  function onTerminal(command: string): Promise<string> {
+    const child = spawn('script', ['-qec', command, '/dev/null'], { stdio: ['ignore', 'pipe', 'inherit'], timeout: 20_000 });
+    let output = '';
+    child.stdout.setEncoding('utf8').on('data', (data: string) => (output += data));
+    return new Promise((resolve) => child.on('close', () => resolve(output)));
+  }
+  const hasScript = spawnSync('script', ['--version']).status === 0;
+
+  it('pretty-prints the log on a terminal and writes JSON lines otherwise', async function () {
+    if (!hasScript) this.skip();
+    const { dir, file } = writeTestConfig(baseConfig());
+    try {
+      const pretty = await onTerminal(`timeout --preserve-status -s TERM 2 node ${CLI} serve --config ${file}`);
+      assert.match(pretty, /INFO.*listening/);
+      assert.doesNotMatch(pretty, /^\{"level"/m);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('shows sync progress on a terminal only', async function () {
+    if (!hasScript) this.skip();
+    const panel = createServer((_request, response) => setTimeout(() => response.end('slow.example\n'), 2500));
+    await new Promise<void>((resolve) => panel.listen(0, '127.0.0.1', resolve));
+    const url = `http://127.0.0.1:${(panel.address() as { port: number }).port}/admin/mxlist.php`;
+    const { dir, file } = writeTestConfig(baseConfig('', `  - { name: panel, type: mxlist, url: "${url}", login: a, password: b }`));
+    try {
+      const terminal = await onTerminal(`node ${CLI} sync --config ${file}`);
+      assert.match(terminal, /syncing 1 source\(s\)… \d s/);
+      const script = await runCli(['sync', '--config', file]);
+      assert.equal(script.status, 0, script.stderr);
+      assert.doesNotMatch(script.stderr + script.stdout, /syncing/);
+    } finally {
+      await new Promise<void>((resolve) => panel.close(() => resolve()));
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -3,6 +3,7 @@ import { callDaemon } from '../control/client.js';
 import { createLogger } from '../log.js';
 import { Relay, type FlushFilter, type FlushReport } from '../relay/relay.js';
 import { Spool } from '../spool/spool.js';
+import { withProgress } from './progress.js';
 import { EX_TEMPFAIL } from './sync.js';
 
 /**
@@ -12,14 +13,20 @@ import { EX_TEMPFAIL } from './sync.js';
  */
 export async function flushCommand(config: Config, filter: FlushFilter, json: boolean): Promise<number> {
   const query = new URLSearchParams(Object.entries(filter).filter((pair): pair is [string, string] => Boolean(pair[1])));
-  let report = await callDaemon<FlushReport>(config.spool, 'POST', `/flush?${query}`);
+  const spool = Spool.forReading(config.spool);
+  const before = (await spool.summary()).messages;
+  const progress = async (elapsed: number) => {
+    const left = (await spool.summary()).messages;
+    return `flushing: ${left} messages left, ${((before - left) / elapsed).toFixed(0)} messages/s, ${elapsed.toFixed(0)} s`;
+  };
+  let report = await withProgress(callDaemon<FlushReport>(config.spool, 'POST', `/flush?${query}`), progress);
   const via = report ? 'daemon' : 'standalone';
   if (!report) {
     const pid = Spool.runningDaemonPid(config.spool);
     if (pid) throw new Error(`the daemon (pid ${pid}) holds ${config.spool} but its control socket does not answer`);
     const relay = new Relay(config, await Spool.forDelivery(config.spool), createLogger('warn', process.stderr), false);
     await relay.load();
-    report = await relay.flush(filter);
+    report = await withProgress(relay.flush(filter), progress);
     await relay.stop();
   }
   process.stdout.write(

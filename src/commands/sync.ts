@@ -4,6 +4,7 @@ import { Syncer, type SyncReport } from '../directory/sync.js';
 import { createLogger } from '../log.js';
 import { directoryStore } from '../serve.js';
 import { Spool } from '../spool/spool.js';
+import { withProgress } from './progress.js';
 import { formatTable } from './table.js';
 
 /** sysexits.h EX_TEMPFAIL: some source kept its previous data; try again later. */
@@ -11,13 +12,14 @@ export const EX_TEMPFAIL = 75;
 
 /** `secondarymx sync [--force]`: through the running daemon, or on its own when none runs. */
 export async function syncCommand(config: Config, options: { force: boolean; json: boolean }): Promise<number> {
-  let report = await callDaemon<SyncReport>(config.spool, 'POST', `/sync${options.force ? '?force=1' : ''}`);
+  const progress = (elapsed: number) => `syncing ${config.sources.length} source(s)… ${elapsed.toFixed(0)} s`;
+  let report = await withProgress(callDaemon<SyncReport>(config.spool, 'POST', `/sync${options.force ? '?force=1' : ''}`), progress);
   const via = report ? 'daemon' : 'standalone';
   if (!report) {
     const pid = Spool.runningDaemonPid(config.spool);
     if (pid) throw new Error(`the daemon (pid ${pid}) holds ${config.spool} but its control socket does not answer`);
     const syncer = await Syncer.open(config, directoryStore(config.spool), createLogger('error', process.stderr), () => undefined);
-    report = await syncer.run({ force: options.force });
+    report = await withProgress(syncer.run({ force: options.force }), progress);
   }
   process.stdout.write(options.json ? `${JSON.stringify({ via, ...report }, null, 2)}\n` : formatSync(report, via));
   return report.sources.every((source) => source.result === 'updated') ? 0 : EX_TEMPFAIL;
