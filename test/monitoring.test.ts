@@ -30,6 +30,7 @@ describe('monitoring: /metrics and /healthz on control.listen', () => {
       await client.command('RSET');
       assert.equal((await client.sendMail('s@remote.example', ['alice@d1.example'], 'Subject: x\r\n\r\nbare\nlf\r\n')).code, 550);
       await waitFor(() => primary.received.length === 1);
+      await waitFor(async () => sample((await get(mx.daemon.monitoringPort, '/metrics')).body, 'secondarymx_spool_messages') === 0);
       const { status, body, type } = await get(mx.daemon.monitoringPort, '/metrics');
       assert.equal(status, 200);
       assert.match(type, /^text\/plain/);
