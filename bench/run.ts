@@ -1,15 +1,16 @@
 /*
  * `npm run bench`: every benchmark on loopback against the built daemon; one line per
  * figure, and bench/last-run.json for comparison across commits.
- * BENCH_ONLY=accept|relay|sync runs one group.
+ * BENCH_ONLY=accept|relay|sync|memory runs one group.
  */
 import { writeFileSync } from 'node:fs';
 import { acceptBenchmarks } from './accept.js';
 import type { Figure } from './figures.js';
+import { memoryBenchmarks } from './memory.js';
 import { relayBenchmarks } from './relay.js';
 import { syncBenchmarks } from './sync.js';
 
-const groups: Record<string, (report: (figure: Figure) => void) => Promise<void>> = { accept: acceptBenchmarks, relay: relayBenchmarks, sync: syncBenchmarks };
+const groups: Record<string, (report: (figure: Figure) => void) => Promise<void>> = { accept: acceptBenchmarks, relay: relayBenchmarks, sync: syncBenchmarks, memory: memoryBenchmarks };
 
 async function main(): Promise<void> {
   const figures: Figure[] = [];

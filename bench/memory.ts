@@ -1,0 +1,77 @@
+/*
+ * Memory and start-up benchmarks (the issue-8 targets): RSS growth while receiving a
+ * 50 MB message, RSS with 1,000 idle sessions open, and the start-up (recovery scan and
+ * relay index) of a spool of 100,000 messages (BENCH_SPOOL_MESSAGES).
+ */
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { spawnDaemon } from '../test/helpers/cli.js';
+import { baseConfig, writeTestConfig } from '../test/helpers/daemon.js';
+import { SmtpClient } from '../test/helpers/smtp-client.js';
+import { newQueueId } from '../src/spool/queue-id.js';
+import { peakRssMb, rssMb, type Report } from './figures.js';
+
+const LIMITS = 'limits: { connectionsPerClient: 2000, connections: 2000, messageSize: 60000000, dataTimeout: 600 }';
+
+export async function memoryBenchmarks(report: Report): Promise<void> {
+  const { dir, file } = writeTestConfig(baseConfig(LIMITS));
+  let daemon = await spawnDaemon(file);
+  try {
+    const pid = daemon.child.pid!;
+    const before = rssMb(pid);
+    const { client } = await SmtpClient.session(daemon.port);
+    for (const step of ['MAIL FROM:<s@remote.example>', 'RCPT TO:<alice@d1.example>', 'DATA']) await client.command(step);
+    const line = `${'x'.repeat(998)}\r\n`;
+    client.write('Subject: big\r\n\r\n');
+    let peak = before;
+    for (let sent = 0; sent < 50 * 1024 * 1024; sent += line.length * 1000) {
+      client.write(line.repeat(1000));
+      peak = Math.max(peak, rssMb(pid));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    const reply = await client.data('');
+    await client.quit();
+    report({ name: '50 MB message RSS growth', value: Math.max(peak, peakRssMb(pid)) - before, unit: 'MB', parameters: { reply: reply.code, baseline: `${before.toFixed(0)}MB` } });
+
+    const sockets: Socket[] = [];
+    const idleBefore = rssMb(pid);
+    for (let i = 0; i < 1000; i++) {
+      const socket = connect(daemon.port, '127.0.0.1');
+      socket.on('error', () => undefined);
+      sockets.push(socket);
+      if (i % 100 === 99) await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    report({ name: '1,000 idle sessions RSS', value: rssMb(pid), unit: 'MB', parameters: { sessions: 1000, before: `${idleBefore.toFixed(0)}MB` } });
+    for (const socket of sockets) socket.destroy();
+    daemon.child.kill('SIGTERM');
+    await daemon.exited;
+
+    const count = Number(process.env.BENCH_SPOOL_MESSAGES ?? 100_000);
+    const queue = join(dir, 'spool', 'queue');
+    mkdirSync(queue, { recursive: true });
+    const body = 'Received: from x by y; Wed, 25 Nov 2026 10:00:00 +0000\r\nSubject: s\r\n\r\nhi\r\n';
+    const base = Date.now() - 60_000;
+    for (let i = 0; i < count; i++) {
+      const id = newQueueId(base + i);
+      writeFileSync(join(queue, `${id}.msg`), body);
+      const envelope = { version: 1, id, arrival: new Date(base + i).toISOString(), sender: 's@remote.example', recipients: [{ address: 'alice@d1.example', state: 'pending', source: 'local' }], size: body.length, bodyType: '7bit', smtpUtf8: false, client: { address: '127.0.0.1', helo: 'x' } };
+      writeFileSync(join(queue, `${id}.env`), JSON.stringify(envelope));
+    }
+    const started = Date.now();
+    daemon = await spawnDaemon(file);
+    const listening = daemon.logs.find((l) => l.msg === 'listening');
+    const starting = daemon.logs.find((l) => l.msg === 'starting');
+    report({
+      name: 'start with a full spool',
+      value: (Date.parse(String(listening?.time)) - Date.parse(String(starting?.time))) / 1000,
+      unit: 's to listening',
+      parameters: { messages: count, rss: `${rssMb(daemon.child.pid!).toFixed(0)}MB`, peak: `${peakRssMb(daemon.child.pid!).toFixed(0)}MB`, wall: `${((Date.now() - started) / 1000).toFixed(1)}s` },
+    });
+  } finally {
+    daemon.child.kill('SIGTERM');
+    await daemon.exited;
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
