@@ -95,7 +95,8 @@ export class Relay extends EventEmitter {
 
   /** Indexes the spool; call once before anything else. */
   async load(): Promise<void> {
-    const { envelopes, unreadable } = await this.spool.list();
+    const recovered = this.spool.takeRecovered();
+    const { envelopes, unreadable } = recovered ? { envelopes: recovered, unreadable: [] } : await this.spool.list();
     for (const { id, reason } of unreadable) this.log.error({ queueId: id, reason }, 'unreadable envelope, not delivered');
     for (const envelope of envelopes) {
       if (envelope.notice) await this.locked(envelope.id, (current) => this.notifier.resume(current));

@@ -109,6 +109,7 @@ export class Spool {
     const names = new Set(await readdir(this.queueDir));
     let orphans = 0;
     let corrupt = 0;
+    const envelopeIds: string[] = [];
     for (const name of names) {
       const match = /^(.*)\.(msg|env)$/.exec(name);
       const id = match?.[1] ?? '';
@@ -119,25 +120,38 @@ export class Spool {
         await unlink(join(this.queueDir, name));
         orphans++;
       } else if (match[2] === 'env') {
-        const problem = names.has(`${id}.msg`) ? await this.envelopeProblem(id) : 'message file missing';
-        if (problem) {
-          await this.quarantine(`${id}.env`, problem, log);
-          if (names.has(`${id}.msg`)) await this.quarantine(`${id}.msg`, problem, log);
-          corrupt++;
-        }
+        envelopeIds.push(id);
       }
     }
-    log.info({ removedTemp: leftovers.length, removedUnacknowledged: orphans, corrupt }, 'spool recovered');
+    // Each envelope is read once, a few at a time: what parses is handed to the relay (takeRecovered).
+    const recovered: Envelope[] = [];
+    await forEachLimited(envelopeIds.sort(), READ_PARALLELISM, async (id) => {
+      let problem: string | undefined = names.has(`${id}.msg`) ? undefined : 'message file missing';
+      if (!problem) {
+        try {
+          recovered.push(await this.readEnvelope(id));
+        } catch (error) {
+          if (!(error instanceof CorruptEnvelopeError)) throw error;
+          problem = error.message;
+        }
+      }
+      if (problem) {
+        await this.quarantine(`${id}.env`, problem, log);
+        if (names.has(`${id}.msg`)) await this.quarantine(`${id}.msg`, problem, log);
+        corrupt++;
+      }
+    });
+    this.recovered = recovered.sort((a, b) => (a.id < b.id ? -1 : 1));
+    log.info({ removedTemp: leftovers.length, removedUnacknowledged: orphans, corrupt, queued: recovered.length }, 'spool recovered');
   }
 
-  private async envelopeProblem(id: string): Promise<string | undefined> {
-    try {
-      await this.readEnvelope(id);
-      return undefined;
-    } catch (error) {
-      if (error instanceof CorruptEnvelopeError) return error.message;
-      throw error;
-    }
+  private recovered: Envelope[] | undefined;
+
+  /** The envelopes start-up recovery read, once (saves the relay a second scan of the queue). */
+  takeRecovered(): Envelope[] | undefined {
+    const recovered = this.recovered;
+    this.recovered = undefined;
+    return recovered;
   }
 
   private async quarantine(name: string, reason: string, log: Logger): Promise<void> {
@@ -154,7 +168,7 @@ export class Spool {
     const names = (await readdir(this.queueDir)).filter((name) => name.endsWith('.env')).sort();
     const envelopes: Envelope[] = [];
     const unreadable: { id: string; reason: string }[] = [];
-    for (const name of names) {
+    await forEachLimited(names, READ_PARALLELISM, async (name) => {
       const id = name.slice(0, -'.env'.length);
       try {
         envelopes.push(await this.readEnvelope(id));
@@ -162,8 +176,8 @@ export class Spool {
         // ENOENT: delivered and removed between readdir and read.
         if ((error as NodeJS.ErrnoException).code !== 'ENOENT') unreadable.push({ id, reason: (error as Error).message });
       }
-    }
-    return { envelopes, unreadable };
+    });
+    return { envelopes: envelopes.sort((a, b) => (a.id < b.id ? -1 : 1)), unreadable };
   }
 
   /** Queued messages and their bytes, from file sizes only (cheap enough for every `status`). */
@@ -306,6 +320,18 @@ export class IncomingMessage {
     this.closed = true;
     await this.handle.close();
   }
+}
+
+/** Envelope reads in flight at once when scanning the queue. */
+const READ_PARALLELISM = 32;
+
+/** Runs `work` on every item, at most `limit` at a time. */
+async function forEachLimited<T>(items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const lane = async () => {
+    while (next < items.length) await work(items[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
 }
 
 function pidFileOf(root: string): string {
