@@ -6,6 +6,7 @@ import { Notifier } from '../dsn/notifier.js';
 import type { Envelope, Recipient } from '../spool/envelope.js';
 import type { Spool } from '../spool/spool.js';
 import { PrimaryConnection, PrimaryUnreachable, type RecipientReply } from './connection.js';
+import { MinHeap } from './heap.js';
 import { mailHosts, NoMailDomain } from './mx.js';
 import type { Metrics } from '../control/metrics.js';
 
@@ -51,6 +52,15 @@ interface Entry {
   primaries: Set<string>;
   /** Recipient domains, for `flush --domain`. */
   domains: Set<string>;
+  /** When its timer fires (due, delay notice or expiry); Infinity when none is set. */
+  timerAt: number;
+  /** Primaries whose ready queue holds it. */
+  readyFor: Set<string>;
+}
+
+interface Timer {
+  at: number;
+  entry: Entry;
 }
 
 interface PrimaryState {
@@ -72,12 +82,21 @@ const keyOf = (primary: HostPort) => `${primary.host}:${primary.port}`;
  * be reached is marked down and probed every relay.probeInterval; when a probe
  * succeeds, replay starts at once. 4xx replies back off (minBackoff doubling to
  * maxBackoff). Every decision is written to the envelope before the next step.
+ *
+ * Scheduling never scans the whole index (it holds the spool, 100,000s of messages
+ * while a primary is down): a timer heap holds each message's next event (due,
+ * delay notice, expiry), and each primary has a ready heap of due messages, oldest
+ * first. Heap items go stale when a message is re-indexed or taken; they are
+ * recognised and dropped when popped.
  */
 export class Relay extends EventEmitter {
   private readonly entries = new Map<string, Entry>();
   private readonly primaries = new Map<string, PrimaryState>();
   private readonly inFlight = new Set<string>();
+  private readonly timers = new MinHeap<Timer>((a, b) => a.at < b.at);
+  private readonly ready = new Map<string, MinHeap<Entry>>();
   private wake: NodeJS.Timeout | undefined;
+  private wakeAt = Infinity;
   private stopped = false;
   private readonly notifier: Notifier;
 
@@ -111,29 +130,20 @@ export class Relay extends EventEmitter {
     this.kick();
   }
 
-  /** Delivers every due message it can; starts workers, arms the next wake-up. */
+  /** Fires the timers that are due, starts workers for the ready messages, arms the next wake-up. */
   kick(): void {
     if (this.stopped) return;
     const now = Date.now();
-    const wanted = new Map<string, number>();
-    let nextDue = Infinity;
-    for (const entry of this.entries.values()) {
-      if (entry.held || this.inFlight.has(entry.id)) continue;
-      if (now >= entry.expires) {
-        this.maintain(entry, 'expire');
-        continue;
-      }
-      if (now >= entry.warnAt) this.maintain(entry, 'warn');
-      nextDue = Math.min(nextDue, entry.expires, entry.warnAt);
-      if (entry.due > now) {
-        nextDue = Math.min(nextDue, entry.due);
-        continue;
-      }
-      for (const key of entry.primaries) wanted.set(key, (wanted.get(key) ?? 0) + 1);
+    for (let timer = this.timers.peek(); timer && timer.at <= now; timer = this.timers.peek()) {
+      this.timers.pop();
+      const { entry } = timer;
+      if (this.entries.get(entry.id) !== entry || entry.timerAt !== timer.at) continue; // superseded
+      entry.timerAt = Infinity;
+      this.examine(entry, now);
     }
-    for (const [key, count] of wanted) {
-      const primary = this.primaries.get(key)!;
-      while (primary.up && primary.workers < Math.min(this.config.relay.concurrency, count)) {
+    for (const [key, queue] of this.ready) {
+      const primary = this.primaries.get(key);
+      while (primary?.up && queue.size > 0 && primary.workers < Math.min(this.config.relay.concurrency, queue.size)) {
         primary.workers++;
         void this.work(primary).finally(() => {
           primary.workers--;
@@ -141,8 +151,47 @@ export class Relay extends EventEmitter {
         });
       }
     }
+    this.armWake();
+  }
+
+  /** Decides what a message needs now: expiry, its delay notice, a place in the ready queues, or a timer. */
+  private examine(entry: Entry, now: number): void {
+    if (entry.held || this.inFlight.has(entry.id)) return; // a release or the end of its job re-examines it
+    if (now >= entry.expires) return this.maintain(entry, 'expire');
+    if (now >= entry.warnAt) return this.maintain(entry, 'warn');
+    if (entry.due > now) return this.setTimer(entry, Math.min(entry.due, entry.warnAt, entry.expires));
+    this.setTimer(entry, Math.min(entry.warnAt, entry.expires)); // it may wait for a down primary that long
+    for (const key of entry.primaries) {
+      if (entry.readyFor.has(key)) continue;
+      entry.readyFor.add(key);
+      let queue = this.ready.get(key);
+      if (!queue) this.ready.set(key, (queue = new MinHeap<Entry>((a, b) => a.id < b.id))); // ids sort by arrival
+      queue.push(entry);
+    }
+  }
+
+  private setTimer(entry: Entry, at: number): void {
+    if (at === Infinity || at >= entry.timerAt) return; // the earlier timer re-examines it anyway
+    entry.timerAt = at;
+    this.timers.push({ at, entry });
+    if (at < this.wakeAt) this.armWake();
+  }
+
+  private armWake(): void {
+    const next = this.timers.peek()?.at ?? Infinity;
+    if (!this.daemon || this.stopped || next === this.wakeAt) return;
     clearTimeout(this.wake);
-    if (this.daemon && nextDue < Infinity) this.wake = setTimeout(() => this.kick(), Math.min(Math.max(0, nextDue - Date.now()) + 10, 2 ** 31 - 1));
+    this.wakeAt = next;
+    if (next < Infinity) this.wake = setTimeout(() => {
+      this.wakeAt = Infinity;
+      this.kick();
+    }, Math.min(Math.max(0, next - Date.now()) + 10, 2 ** 31 - 1));
+  }
+
+  /** Ends a job on a message: one that was not re-indexed by it is examined again. */
+  private release(entry: Entry): void {
+    this.inFlight.delete(entry.id);
+    if (this.entries.get(entry.id) === entry) this.examine(entry, Date.now());
   }
 
   /** Expiry (pending recipients fail with 4.4.7) or the one delay notice, under the message lock. */
@@ -169,7 +218,7 @@ export class Relay extends EventEmitter {
       })
       .catch((error: unknown) => this.log.error({ err: error, queueId: entry.id, job }, 'queue maintenance failed'))
       .finally(() => {
-        this.inFlight.delete(entry.id);
+        this.release(entry);
         this.kick();
       });
   }
@@ -222,7 +271,10 @@ export class Relay extends EventEmitter {
     };
     this.on('attempt', onAttempt);
     try {
-      for (const entry of matching) entry.due = 0;
+      for (const entry of matching) {
+        entry.due = 0;
+        this.examine(entry, Date.now());
+      }
       const keys = new Set(matching.flatMap((entry) => [...entry.primaries]));
       await Promise.all([...keys].map((key) => this.primaries.get(key)!).filter((p) => !p.up).map((p) => this.probe(p)));
       this.kick();
@@ -300,7 +352,7 @@ export class Relay extends EventEmitter {
     }
     const arrival = Date.parse(envelope.arrival);
     const { queueLifetime, delayWarning } = this.config.relay;
-    this.entries.set(envelope.id, {
+    const entry: Entry = {
       id: envelope.id,
       due: envelope.nextAttempt ? Date.parse(envelope.nextAttempt) : 0,
       arrival,
@@ -309,7 +361,11 @@ export class Relay extends EventEmitter {
       held: Boolean(envelope.held),
       primaries: new Set(pending.map((r) => this.destinationFor(envelope, r).key)),
       domains: new Set(pending.map((r) => domainOf(r.address))),
-    });
+      timerAt: Infinity,
+      readyFor: new Set(),
+    };
+    this.entries.set(envelope.id, entry);
+    this.setTimer(entry, Math.min(entry.due, entry.warnAt, entry.expires));
   }
 
   /**
@@ -335,20 +391,25 @@ export class Relay extends EventEmitter {
     return state;
   }
 
+  /** The oldest ready message for this primary; stale queue items are dropped on the way. */
   private nextFor(primary: PrimaryState): Entry | undefined {
+    const queue = this.ready.get(primary.key);
     const now = Date.now();
-    let best: Entry | undefined;
-    for (const entry of this.entries.values()) {
-      if (entry.held || entry.due > now || this.inFlight.has(entry.id) || !entry.primaries.has(primary.key)) continue;
-      if (!best || entry.id < best.id) best = entry; // ids sort by arrival: oldest first
+    for (let entry = queue?.pop(); entry; entry = queue?.pop()) {
+      entry.readyFor.delete(primary.key);
+      if (this.entries.get(entry.id) !== entry || !entry.primaries.has(primary.key)) continue;
+      if (entry.held || entry.due > now || this.inFlight.has(entry.id)) continue; // its timer or job brings it back
+      return entry;
     }
-    return best;
+    return undefined;
   }
 
   private async work(primary: PrimaryState): Promise<void> {
     let connection: PrimaryConnection | undefined;
     try {
-      for (let entry = this.nextFor(primary); entry && primary.up && !this.stopped; entry = this.nextFor(primary)) {
+      while (primary.up && !this.stopped) {
+        const entry = this.nextFor(primary); // taken off its ready queue: release() puts it back if need be
+        if (!entry) break;
         this.inFlight.add(entry.id);
         try {
           if (!connection?.usable) {
@@ -368,7 +429,8 @@ export class Relay extends EventEmitter {
           this.emit('attempt', { id: entry.id, primary: primary.key, delivered: 0, deferred: 0, failed: 0, unreachable: true, busy: false });
           this.markDown(primary, error.message);
         } finally {
-          this.inFlight.delete(entry.id);
+          this.release(entry);
+          this.kick();
         }
       }
     } catch (error) {
