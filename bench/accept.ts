@@ -4,11 +4,10 @@
  *   A: many concurrent sessions, one message per connection (senders retrying to the backup MX)
  *   B: fewer sessions, many messages per connection (a big sender flushing its queue)
  */
-import { rmSync } from 'node:fs';
 import { spawnDaemon, type RunningDaemon } from '../test/helpers/cli.js';
 import { baseConfig, writeTestConfig } from '../test/helpers/daemon.js';
 import { message, SmtpClient } from '../test/helpers/smtp-client.js';
-import { cpuSeconds, rssMb, type Report } from './figures.js';
+import { cpuSeconds, removeAfterRun, rssMb, type Report } from './figures.js';
 
 export const BODY = `${'The quick brown fox jumps over the lazy dog. '.repeat(2).trim()}\r\n`.repeat(45); // ~4 KB
 async function sendOnOneConnection(port: number, count: number, seq: () => number): Promise<void> {
@@ -60,7 +59,7 @@ export async function acceptBenchmarks(report: Report): Promise<void> {
     } finally {
       daemon.child.kill('SIGTERM');
       await daemon.exited;
-      rmSync(dir, { recursive: true, force: true });
+      removeAfterRun(dir);
     }
   }
 }

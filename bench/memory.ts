@@ -3,14 +3,14 @@
  * 50 MB message, RSS with 1,000 idle sessions open, and the start-up (recovery scan and
  * relay index) of a spool of 100,000 messages (BENCH_SPOOL_MESSAGES).
  */
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { spawnDaemon } from '../test/helpers/cli.js';
 import { baseConfig, writeTestConfig } from '../test/helpers/daemon.js';
 import { SmtpClient } from '../test/helpers/smtp-client.js';
 import { newQueueId } from '../src/spool/queue-id.js';
-import { peakRssMb, rssMb, type Report } from './figures.js';
+import { peakRssMb, removeAfterRun, rssMb, type Report } from './figures.js';
 
 const LIMITS = 'limits: { connectionsPerClient: 2000, connections: 2000, messageSize: 60000000, dataTimeout: 600 }';
 
@@ -72,6 +72,6 @@ export async function memoryBenchmarks(report: Report): Promise<void> {
   } finally {
     daemon.child.kill('SIGTERM');
     await daemon.exited;
-    rmSync(dir, { recursive: true, force: true });
+    removeAfterRun(dir);
   }
 }

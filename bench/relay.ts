@@ -3,7 +3,7 @@
  * is down, then a fast local primary (smtp-server) starts: the delay from its return to
  * the first delivery, and the drain rate until the spool is empty.
  */
-import { readdirSync, rmSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnDaemon } from '../test/helpers/cli.js';
 import { baseConfig, withPrimary, writeTestConfig } from '../test/helpers/daemon.js';
@@ -11,7 +11,7 @@ import { freePort, TestPrimary } from '../test/helpers/primary.js';
 import { message, SmtpClient } from '../test/helpers/smtp-client.js';
 import { waitFor } from '../test/helpers/wait.js';
 import { BODY } from './accept.js';
-import type { Report } from './figures.js';
+import { cpuSeconds, removeAfterRun, type Report } from './figures.js';
 
 export async function relayBenchmarks(report: Report): Promise<void> {
   const total = Number(process.env.BENCH_DRAIN ?? 5000);
@@ -36,6 +36,8 @@ export async function relayBenchmarks(report: Report): Promise<void> {
     const queued = () => readdirSync(queue).filter((name) => name.endsWith('.env')).length;
     if (queued() !== total) throw new Error(`expected ${total} queued, found ${queued()}`);
 
+    const daemonCpu = cpuSeconds(daemon.child.pid!);
+    const benchCpu = process.cpuUsage();
     await primary.start();
     const back = Date.now();
     await waitFor(() => primary.received.length > 0, (probeInterval + 5) * 1000);
@@ -44,11 +46,14 @@ export async function relayBenchmarks(report: Report): Promise<void> {
     await waitFor(() => queued() === 0, 600_000);
     const seconds = (Date.now() - first) / 1000;
     report({ name: 'drain rate', value: total / seconds, unit: 'messages/s', parameters });
+    report({ name: 'drain cpu', value: ((cpuSeconds(daemon.child.pid!) - daemonCpu) * 1000) / total, unit: 'ms CPU/message', parameters });
+    const sinkCpu = process.cpuUsage(benchCpu);
+    report({ name: 'drain sink cpu (the primary, in the bench process)', value: (sinkCpu.user + sinkCpu.system) / 1000 / total, unit: 'ms CPU/message', parameters });
     report({ name: 'peak connections to the primary', value: primary.peakConnections, unit: 'connections', parameters });
   } finally {
     daemon.child.kill('SIGTERM');
     await daemon.exited;
     await primary.stop();
-    rmSync(dir, { recursive: true, force: true });
+    removeAfterRun(dir);
   }
 }

@@ -4,12 +4,11 @@
  * daemon: the first sync at start, a second one through `secondarymx sync`, and a
  * restart from the persisted list.
  */
-import { rmSync } from 'node:fs';
 import { runCli, spawnDaemon } from '../test/helpers/cli.js';
 import { baseConfig, writeTestConfig } from '../test/helpers/daemon.js';
 import { AlternCDatabase } from '../test/helpers/mysql.js';
 import type { SyncReport } from '../src/directory/sync.js';
-import { peakRssMb, rssMb, type Report } from './figures.js';
+import { peakRssMb, removeAfterRun, rssMb, type Report } from './figures.js';
 
 const ADDRESSES_PER_DOMAIN = 10;
 const BATCH = 10_000;
@@ -59,6 +58,6 @@ export async function syncBenchmarks(report: Report): Promise<void> {
     await daemon.exited;
   } finally {
     await db.drop();
-    rmSync(dir, { recursive: true, force: true });
+    removeAfterRun(dir);
   }
 }

@@ -5,6 +5,11 @@ import { pino, type DestinationStream, type Logger } from 'pino';
  * pino JSON lines on stdout (journald-friendly); secrets are redacted wherever they
  * appear in a logged object. On a terminal, in development (pino-pretty installed,
  * NODE_ENV not production), lines are pretty-printed instead.
+ *
+ * stdout is written asynchronously: lines logged while a write is in progress go out
+ * together in the next one (one write per burst instead of one per line, which cost
+ * the accept path a synchronous syscall per line). pino flushes what is left on exit;
+ * a SIGKILL can lose the last milliseconds of lines, never mail.
  */
 export function createLogger(level: string, destination?: DestinationStream): Logger {
   return pino(
@@ -14,7 +19,7 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
       timestamp: pino.stdTimeFunctions.isoTime,
       redact: { paths: ['password', '*.password', '*.*.password'], censor: '********' },
     },
-    destination ?? prettyOnTerminal(),
+    destination ?? prettyOnTerminal() ?? pino.destination({ dest: 1, sync: false }),
   );
 }
 

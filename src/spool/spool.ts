@@ -13,6 +13,7 @@ import { newQueueId, QUEUE_ID } from './queue-id.js';
  *   queue/<id>.env               the envelope (JSON); its presence is the commit point
  *   corrupt/                     files recovery could not make sense of, kept for a human
  *   locks/<id>                   a message being delivered (holds the pid of its deliverer)
+ *   locks/.holder.<pid>          the token every lock of process <pid> is a hard link to
  *   serve.pid                    held by the running `serve`
  */
 
@@ -231,8 +232,8 @@ export class Spool {
 
   /** Takes a message out of the queue: the envelope first, so a crash leaves an orphan recovery removes. */
   async remove(id: string): Promise<void> {
-    await rm(join(this.queueDir, `${id}.env`), { force: true });
-    await rm(join(this.queueDir, `${id}.msg`), { force: true });
+    await unlinkIfAny(join(this.queueDir, `${id}.env`));
+    await unlinkIfAny(join(this.queueDir, `${id}.msg`));
     await this.queueSync.sync();
   }
 
@@ -242,33 +243,48 @@ export class Spool {
    */
   async lockMessage(id: string): Promise<boolean> {
     const path = join(this.locksDir, id);
-    // link() creates the lock with its content in one step: nobody ever sees it empty.
-    const proposal = join(this.locksDir, `.${id}.${process.pid}.${newQueueId()}`);
-    await writeFile(proposal, `${process.pid}\n`, { mode: 0o600 });
-    try {
-      for (let attempt = 0; attempt < 2; attempt++) {
-        try {
-          await link(proposal, path);
-          return true;
-        } catch (error) {
-          if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        // A hard link to this process's token: the lock appears with its pid in one step, nobody ever sees it empty.
+        await link(await this.lockToken(), path);
+        return true;
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT') {
+          this.token = undefined; // someone cleaned locks/ by hand: make the token again
+          continue;
         }
-        const holder = Number.parseInt(readFileIfAny(path), 10);
-        if (holder === process.pid || processIsAlive(holder)) return false;
-        await rm(path, { force: true }); // its process is gone
+        if (code !== 'EEXIST') throw error;
       }
-      return false;
-    } finally {
-      await rm(proposal, { force: true });
+      const holder = Number.parseInt(readFileIfAny(path), 10);
+      if (holder === process.pid || processIsAlive(holder)) return false;
+      await unlinkIfAny(path); // its process is gone
     }
+    return false;
   }
 
   async unlockMessage(id: string): Promise<void> {
-    await rm(join(this.locksDir, id), { force: true });
+    await unlinkIfAny(join(this.locksDir, id));
+  }
+
+  private token: Promise<string> | undefined;
+
+  /** This process's lock token, created once; the tokens of processes that are gone are removed on the way. */
+  private lockToken(): Promise<string> {
+    this.token ??= (async () => {
+      for (const name of await readdir(this.locksDir)) {
+        const owner = /^\.holder\.(\d+)$/.exec(name)?.[1];
+        if (owner && !processIsAlive(Number(owner))) await unlinkIfAny(join(this.locksDir, name));
+      }
+      const token = join(this.locksDir, `.holder.${process.pid}`);
+      await writeFile(token, `${process.pid}\n`, { mode: 0o600 });
+      return token;
+    })();
+    return this.token;
   }
 
   async discardTemp(id: string): Promise<void> {
-    await rm(join(this.tmpDir, `${id}.msg`), { force: true });
+    await unlinkIfAny(join(this.tmpDir, `${id}.msg`));
   }
 }
 
@@ -332,6 +348,13 @@ async function forEachLimited<T>(items: readonly T[], limit: number, work: (item
     while (next < items.length) await work(items[next++]);
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
+}
+
+/** unlink() without the lstat() that rm() adds; a file already gone is fine. */
+async function unlinkIfAny(path: string): Promise<void> {
+  await unlink(path).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== 'ENOENT') throw error;
+  });
 }
 
 function pidFileOf(root: string): string {

@@ -33,9 +33,13 @@ export interface RunningDaemon {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-/** Spawns `secondarymx serve`; resolves once it listens (port 0 in the config picks one) and its first sync is done. */
+/**
+ * Spawns `secondarymx serve`; resolves once it listens (port 0 in the config picks one) and its first sync is done.
+ * BENCH_PROFILE=<dir> runs it under --cpu-prof, writing a .cpuprofile there when it exits.
+ */
 export async function spawnDaemon(configFile: string): Promise<RunningDaemon> {
-  const child = spawn(process.execPath, [CLI, 'serve', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [];
+  const child = spawn(process.execPath, [...profile, CLI, 'serve', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Array<Record<string, unknown>> = [];
   let stderr = '';
   child.stderr!.on('data', (data: Buffer) => {
