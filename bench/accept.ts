@@ -4,6 +4,9 @@
  *   A: many concurrent sessions, one message per connection (senders retrying to the backup MX)
  *   B: fewer sessions, many messages per connection (a big sender flushing its queue)
  */
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { spawnDaemon, type RunningDaemon } from '../test/helpers/cli.js';
 import { baseConfig, writeTestConfig } from '../test/helpers/daemon.js';
 import { message, SmtpClient } from '../test/helpers/smtp-client.js';
@@ -39,6 +42,23 @@ async function run(daemon: RunningDaemon, sessions: number, perSession: number, 
   return { rate: total / seconds, cpuMs: (cpu * 1000) / total };
 }
 
+/**
+ * Postfix's C load generator, when it is there (Debian's postfix package, or its files
+ * unpacked: see the README): it costs the shared CPUs far less than the JavaScript client.
+ */
+const SMTP_SOURCE = process.env.BENCH_SMTP_SOURCE ?? '/usr/sbin/smtp-source';
+
+async function runSmtpSource(daemon: RunningDaemon, sessions: number, perSession: number, total: number): Promise<{ rate: number; cpuMs: number }> {
+  const args = ['-s', String(sessions), '-m', String(total), '-l', '4096', '-f', 'sender@remote.example', '-t', 'alice@d1.example', '-M', 'bench.example'];
+  if (perSession > 1) args.push('-d');
+  const pid = daemon.child.pid!;
+  const cpuBefore = cpuSeconds(pid);
+  const start = process.hrtime.bigint();
+  await promisify(execFile)(SMTP_SOURCE, [...args, `127.0.0.1:${daemon.port}`]);
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+  return { rate: total / seconds, cpuMs: ((cpuSeconds(pid) - cpuBefore) * 1000) / total };
+}
+
 export async function acceptBenchmarks(report: Report): Promise<void> {
   const cases = [
     { name: 'accept A', sessions: 100, perSession: 1, total: Number(process.env.BENCH_ACCEPT_A ?? 3000) },
@@ -55,6 +75,12 @@ export async function acceptBenchmarks(report: Report): Promise<void> {
       const parameters = { sessions: c.sessions, messagesPerConnection: c.perSession, messages: c.total, size: '4KB', fsync: 'yes' };
       report({ name: `${c.name} rate`, value: rate, unit: 'messages/s', parameters });
       report({ name: `${c.name} cpu`, value: cpuMs, unit: 'ms CPU/message', parameters });
+      if (existsSync(SMTP_SOURCE)) {
+        const bySmtpSource = await runSmtpSource(daemon, c.sessions, c.perSession, c.total);
+        const generator = { ...parameters, generator: 'smtp-source' };
+        report({ name: `${c.name} rate`, value: bySmtpSource.rate, unit: 'messages/s', parameters: generator });
+        report({ name: `${c.name} cpu`, value: bySmtpSource.cpuMs, unit: 'ms CPU/message', parameters: generator });
+      }
       report({ name: `${c.name} rss`, value: rssMb(daemon.child.pid!), unit: 'MB RSS after', parameters });
     } finally {
       daemon.child.kill('SIGTERM');
