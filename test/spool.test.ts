@@ -157,3 +157,31 @@ describe('spool: start-up recovery', () => {
     }
   });
 });
+
+describe('spool: message locks', () => {
+  it('takes over the locks of a process that is gone, refuses those of a live one, and cleans the dead holder file', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'secondarymx-locks-'));
+    try {
+      const spool = await Spool.forDelivery(root);
+      const locks = join(root, 'locks');
+      const gone = Number(execFileSync(process.execPath, ['-p', 'process.pid'], { encoding: 'utf8' }));
+      const [stale, live] = [newQueueId(), newQueueId()];
+      writeFileSync(join(locks, `.holder.${gone}`), `${gone}\n`);
+      writeFileSync(join(locks, stale), `${gone}\n`);
+      writeFileSync(join(locks, live), '1\n'); // init: alive for as long as the machine is
+
+      assert.equal(await spool.lockMessage(stale), true);
+      assert.equal(readFileSync(join(locks, stale), 'utf8'), `${process.pid}\n`);
+      assert.equal(await spool.lockMessage(stale), false, 'a lock this process holds is not granted twice');
+      assert.equal(await spool.lockMessage(live), false);
+      assert.deepEqual(readdirSync(locks).sort(), [`.holder.${process.pid}`, live, stale].sort());
+
+      await spool.unlockMessage(stale);
+      rmSync(join(locks, `.holder.${process.pid}`)); // someone cleans locks/ by hand
+      assert.equal(await spool.lockMessage(stale), true);
+      assert.equal(readFileSync(join(locks, stale), 'utf8'), `${process.pid}\n`);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
