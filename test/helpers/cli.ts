@@ -1,9 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 
 /** The built CLI, as `npx secondarymx` runs it (npm test builds it first). */
 export const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url));
+
+/** The Node flags of the CLI's `#!/usr/bin/env -S node …` line: tests run it as installed. */
+const NODE_FLAGS = readFileSync(CLI, 'utf8').split('\n', 1)[0].split(/\s+/).slice(3);
 
 export interface CliResult {
   status: number | null;
@@ -13,7 +17,7 @@ export interface CliResult {
 
 /** Runs the CLI to completion (asynchronously: a daemon in this process must stay able to answer it). */
 export function runCli(args: string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
-  const child = spawn(process.execPath, [CLI, ...args], {
+  const child = spawn(process.execPath, [...NODE_FLAGS, CLI, ...args], {
     cwd: options.cwd,
     env: options.env ?? { ...process.env, SECONDARYMX_CONFIG: '' },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -39,7 +43,7 @@ export interface RunningDaemon {
  */
 export async function spawnDaemon(configFile: string): Promise<RunningDaemon> {
   const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [];
-  const child = spawn(process.execPath, [...profile, CLI, 'serve', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...NODE_FLAGS, ...profile, CLI, 'serve', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Array<Record<string, unknown>> = [];
   let stderr = '';
   child.stderr!.on('data', (data: Buffer) => {
