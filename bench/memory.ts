@@ -9,7 +9,9 @@ import { join } from 'node:path';
 import { spawnDaemon } from '../test/helpers/cli.js';
 import { baseConfig, writeTestConfig } from '../test/helpers/daemon.js';
 import { SmtpClient } from '../test/helpers/smtp-client.js';
+import type { Envelope } from '../src/spool/envelope.js';
 import { newQueueId } from '../src/spool/queue-id.js';
+import { envelopeTrailer } from '../src/spool/trailer.js';
 import { peakRssMb, removeAfterRun, rssMb, type Report } from './figures.js';
 
 const LIMITS = 'limits: { connectionsPerClient: 2000, connections: 2000, messageSize: 60000000, dataTimeout: 600 }';
@@ -55,9 +57,8 @@ export async function memoryBenchmarks(report: Report): Promise<void> {
     const base = Date.now() - 60_000;
     for (let i = 0; i < count; i++) {
       const id = newQueueId(base + i);
-      writeFileSync(join(queue, `${id}.msg`), body);
-      const envelope = { version: 1, id, arrival: new Date(base + i).toISOString(), sender: 's@remote.example', recipients: [{ address: 'alice@d1.example', state: 'pending', source: 'local' }], size: body.length, bodyType: '7bit', smtpUtf8: false, client: { address: '127.0.0.1', helo: 'x' } };
-      writeFileSync(join(queue, `${id}.env`), JSON.stringify(envelope));
+      const envelope: Envelope = { version: 1, id, arrival: new Date(base + i).toISOString(), sender: 's@remote.example', recipients: [{ address: 'alice@d1.example', state: 'pending', source: 'local' }], size: body.length, bodyType: '7bit', smtpUtf8: false, client: { address: '127.0.0.1', helo: 'x' } };
+      writeFileSync(join(queue, `${id}.msg`), Buffer.concat([Buffer.from(body), envelopeTrailer(envelope)]));
     }
     const started = Date.now();
     daemon = await spawnDaemon(file);

@@ -33,7 +33,7 @@ export async function relayBenchmarks(report: Report): Promise<void> {
       }),
     );
     const queue = join(dir, 'spool', 'queue');
-    const queued = () => readdirSync(queue).filter((name) => name.endsWith('.env')).length;
+    const queued = () => readdirSync(queue).filter((name) => name.endsWith('.msg')).length;
     if (queued() !== total) throw new Error(`expected ${total} queued, found ${queued()}`);
 
     const daemonCpu = cpuSeconds(daemon.child.pid!);

@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { simpleParser, type ParsedMail } from 'mailparser';
-import type { Envelope } from '../src/spool/envelope.js';
 import { newQueueId } from '../src/spool/queue-id.js';
 import { Spool } from '../src/spool/spool.js';
 import { spawnDaemon } from './helpers/cli.js';
@@ -10,6 +9,7 @@ import { baseConfig, startTestDaemon, withPrimary, writeTestConfig, type TestDae
 import { TestDnsServer } from './helpers/dns-server.js';
 import { freePort, TestPrimary, type Received } from './helpers/primary.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
+import { queuedEnvelope, queuedIds } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
 /** Sends raw commands (to set RFC 3461 parameters) and the body; returns the queue id. */
@@ -67,10 +67,6 @@ async function parseDsn(received: Received): Promise<Dsn> {
   return { received, parsed, status: statusBlocks(status), returned: parts[2]?.body ?? '' };
 }
 
-function queued(spoolDir: string): string[] {
-  return readdirSync(join(spoolDir, 'queue')).filter((n) => n.endsWith('.env')).map((n) => n.slice(0, -4)).sort();
-}
-
 describe('dsn: bounces through a smarthost', () => {
   let primary: TestPrimary;
   let smarthost: TestPrimary;
@@ -103,7 +99,7 @@ describe('dsn: bounces through a smarthost', () => {
       message('refused', 'Hello Alice.'),
     );
     await waitFor(() => smarthost.received.length === 1);
-    await waitFor(() => queued(mx!.spoolDir).length === 0);
+    await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
     assert.deepEqual(primary.received[0].to, ['bob.smith@d1.example']);
     assert.equal(primary.received[0].mailArgs.ENVID, 'env-42');
 
@@ -156,7 +152,7 @@ describe('dsn: bounces through a smarthost', () => {
     mx = await start(', queueLifetime: 2'); // the primary never comes up
     const id = await sendRaw(mx.port, mail('sender@remote.example', ['alice@d1.example']), message('expires'));
     await waitFor(() => smarthost.received.length === 1, 8000);
-    await waitFor(() => !queued(mx!.spoolDir).includes(id));
+    await waitFor(() => !queuedIds(mx!.spoolDir).includes(id));
     const dsn = await parseDsn(smarthost.received[0]);
     assert.deepEqual([dsn.status[1].Action, dsn.status[1].Status], ['failed', '5.4.7']);
     assert.match(dsn.parsed.text ?? '', /delivery time expired/);
@@ -174,8 +170,8 @@ describe('dsn: bounces through a smarthost', () => {
     assert.match(dsn.status[1].Status, /^4\./);
     assert.ok(dsn.status[1]['Will-Retry-Until']);
     assert.match(dsn.parsed.subject ?? '', /Delayed Mail/);
-    assert.deepEqual(queued(mx.spoolDir), [id]);
-    const envelope = JSON.parse(readFileSync(join(mx.spoolDir, 'queue', `${id}.env`), 'utf8')) as Envelope;
+    assert.deepEqual(queuedIds(mx.spoolDir), [id]);
+    const envelope = queuedEnvelope(mx.spoolDir, id);
     assert.equal(envelope.delayWarned, true);
   });
 
@@ -186,7 +182,7 @@ describe('dsn: bounces through a smarthost', () => {
     await sendRaw(mx.port, mail('', ['a@d2.example']), message('a bounce'));
     await sendRaw(mx.port, mail('sender@remote.example', ['b@d2.example'], { rcpt: ['NOTIFY=NEVER'] }), message('never'));
     await sendRaw(mx.port, mail('sender@remote.example', ['c@d2.example'], { rcpt: ['NOTIFY=SUCCESS'] }), message('success only'));
-    await waitFor(() => queued(mx!.spoolDir).length === 0);
+    await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
     await new Promise((resolve) => setTimeout(resolve, 500));
     assert.equal(smarthost.received.length, 0);
     assert.ok(mx.logs.some((line) => line.msg === 'no DSN for a message from the null sender: failed recipients dropped'));
@@ -238,7 +234,7 @@ describe('dsn: straight to the sender domain MX', () => {
     senderMx.rcptReplies.set('sender@remote.example', [550, '5.1.1 sender unknown']);
     await sendRaw(mx!.port, mail('sender@remote.example', ['alice@d1.example']), message('dead end'));
     await waitFor(() => mx!.logs.some((line) => line.msg === 'status=bounced' && (line.to as string[])[0] === 'sender@remote.example'));
-    await waitFor(() => queued(mx!.spoolDir).length === 0);
+    await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
     assert.equal(mx!.logs.filter((line) => line.msg === 'DSN queued (failed)').length, 1);
     assert.ok(mx!.logs.some((line) => line.msg === 'no DSN for a message from the null sender: failed recipients dropped' && line.kind === 'dsn'));
   });
@@ -246,7 +242,7 @@ describe('dsn: straight to the sender domain MX', () => {
   it('drops a DSN for a domain that does not exist', async () => {
     await sendRaw(mx!.port, mail('sender@nowhere.example', ['alice@d1.example']), message('nowhere'));
     await waitFor(() => mx!.logs.some((line) => line.msg === 'status=bounced' && /5\.1\.2 nowhere\.example: no such domain/.test(String(line.reply))));
-    await waitFor(() => queued(mx!.spoolDir).length === 0);
+    await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
   });
 });
 
@@ -267,7 +263,7 @@ describe('dsn: crash between queuing a DSN and settling the message', () => {
         // The state the notifier leaves after its first step (and, optionally, its second).
         const spoolDir = join(dir, 'spool');
         const envelopeFile = join(spoolDir, 'queue', `${id}.env`);
-        const envelope = JSON.parse(readFileSync(envelopeFile, 'utf8')) as Envelope;
+        const envelope = queuedEnvelope(spoolDir, id);
         const noticeId = newQueueId();
         envelope.recipients[0] = { ...envelope.recipients[0], state: 'failed', reply: '550 5.1.1 no such user' };
         envelope.notice = { id: noticeId, action: 'failed', recipients: ['alice@d1.example'] };
@@ -285,7 +281,7 @@ describe('dsn: crash between queuing a DSN and settling the message', () => {
           });
         }
         const second = await spawnDaemon(file);
-        await waitFor(() => smarthost.received.length >= 1 && queued(spoolDir).length === 0, 8000);
+        await waitFor(() => smarthost.received.length >= 1 && queuedIds(spoolDir).length === 0, 8000);
         await new Promise((resolve) => setTimeout(resolve, 500));
         second.child.kill('SIGTERM');
         await second.exited;

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { spawnDaemon, type RunningDaemon } from './helpers/cli.js';
 import { baseConfig, writeTestConfig } from './helpers/daemon.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
+import { queuedIds } from './helpers/spool-files.js';
 
 /** A small seeded PRNG (mulberry32): a failing run can be replayed with SECONDARYMX_FUZZ_SEED. */
 function prng(seed: number): () => number {
@@ -147,7 +148,7 @@ describe('fuzz: thousands of random and mutated sessions', () => {
       const { client, ehlo } = await SmtpClient.session(port);
       assert.equal(ehlo.code, 250, 'the daemon still answers');
       await client.quit();
-      const spooled = new Set(readdirSync(join(dir, 'spool', 'queue')).filter((n) => n.endsWith('.env')).map((n) => n.slice(0, -4)));
+      const spooled = new Set(queuedIds(join(dir, 'spool')));
       assert.deepEqual([...spooled].sort(), [...accepted].sort(), `seed ${seed}`);
       assert.equal(readdirSync(join(dir, 'spool', 'tmp')).length, 0, 'no partial file left');
       assert.ok(after < baseline + 60, `RSS ${after.toFixed(0)} MB after, baseline ${baseline.toFixed(0)} MB (seed ${seed})`);

@@ -9,15 +9,12 @@ import { runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, startTestDaemon, writeTestConfig, type TestDaemon } from './helpers/daemon.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
+import { queuedIds } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
 const isRoot = process.getuid?.() === 0;
 const pick = (reply: { code: number; enhanced: string }) => [reply.code, reply.enhanced];
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-function queued(spoolDir: string): string[] {
-  return readdirSync(join(spoolDir, 'queue')).filter((n) => n.endsWith('.env'));
-}
 
 describe('hardening: limits on hostile sessions', () => {
   let mx: TestDaemon;
@@ -94,7 +91,7 @@ describe('hardening: limits on hostile sessions', () => {
   });
 
   it('cuts off a slow-drip DATA after limits.dataTimeout and keeps nothing', async () => {
-    const before = queued(mx.spoolDir).length;
+    const before = queuedIds(mx.spoolDir).length;
     const { client } = await SmtpClient.session(mx.port);
     for (const step of ['MAIL FROM:<s@remote.example>', 'RCPT TO:<alice@d1.example>', 'DATA']) await client.command(step);
     const started = Date.now();
@@ -107,7 +104,7 @@ describe('hardening: limits on hostile sessions', () => {
     }
     assert.ok(Date.now() - started < 3000);
     await waitFor(() => readdirSync(join(mx.spoolDir, 'tmp')).length === 0);
-    assert.equal(queued(mx.spoolDir).length, before);
+    assert.equal(queuedIds(mx.spoolDir).length, before);
   });
 
   it('ends a session that outlasts limits.sessionTimeout even when it never goes idle', async () => {
@@ -177,7 +174,7 @@ describe('hardening: a read-only spool', () => {
       assert.deepEqual(pick(await client.sendMail('s@remote.example', ['alice@d1.example'], message('read-only'))), [452, '4.3.1']);
       execFileSync('mount', ['-o', 'remount,rw', mountPoint]);
       assert.equal((await client.sendMail('s@remote.example', ['alice@d1.example'], message('writable'))).code, 250);
-      assert.equal(queued(mountPoint).length, 1);
+      assert.equal(queuedIds(mountPoint).length, 1);
       await client.quit();
     } finally {
       await mx.stop();
@@ -205,14 +202,14 @@ describe('hardening: a misbehaving primary', () => {
       })();
       await sleep(3000);
       assert.ok(connections >= 2 && connections <= 6, `${connections} connections in 3 s with probeInterval 1 s`);
-      assert.equal(queued(mx.spoolDir).length, 1);
+      assert.equal(queuedIds(mx.spoolDir).length, 1);
       await new Promise<void>((resolve) => garbage.close(() => resolve()));
       const slow = new TestPrimary(port);
       slow.dataDelayMs = 2500; // longer than relay.commandTimeout: the first attempts time out
       await slow.start();
       await sleep(2500);
       slow.dataDelayMs = 0;
-      await waitFor(() => queued(mx.spoolDir).length === 0, 10_000);
+      await waitFor(() => queuedIds(mx.spoolDir).length === 0, 10_000);
       assert.ok(slow.messageIds().includes('<garbage@remote.example>'));
       await slow.stop();
     } finally {
@@ -318,9 +315,9 @@ describe('hardening: least privilege', () => {
       const { client } = await SmtpClient.session(daemon.port);
       assert.equal((await client.sendMail('s@remote.example', ['alice@d1.example'], message('as nobody'))).code, 250);
       await client.quit();
-      const [env] = queued(join(dir, 'spool'));
-      assert.equal(statSync(join(dir, 'spool', 'queue', env)).uid, uid);
-      assert.equal((statSync(join(dir, 'spool', 'queue', env)).mode & 0o777).toString(8), '600');
+      const [id] = queuedIds(join(dir, 'spool'));
+      assert.equal(statSync(join(dir, 'spool', 'queue', `${id}.msg`)).uid, uid);
+      assert.equal((statSync(join(dir, 'spool', 'queue', `${id}.msg`)).mode & 0o777).toString(8), '600');
       assert.equal((statSync(join(dir, 'spool', 'queue')).mode & 0o777).toString(8), '700');
       daemon.child.kill('SIGTERM');
       assert.equal((await daemon.exited).code, 0);

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { SmtpClient, message } from './helpers/smtp-client.js';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
+import { queuedEnvelope, queuedMessage } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
 function queued(spoolDir: string): string[] {
@@ -41,8 +42,8 @@ describe('receive: SMTP policy against a running server', () => {
     assert.equal(reply.enhanced, '2.0.0');
     const id = /queued as ([0-9A-Z]+)$/.exec(reply.text)?.[1];
     assert.ok(id, reply.text);
-    assert.equal(queued(mx.spoolDir).length, before + 2);
-    const envelope = JSON.parse(readFileSync(join(mx.spoolDir, 'queue', `${id}.env`), 'utf8'));
+    assert.equal(queued(mx.spoolDir).length, before + 1, 'one file per queued message');
+    const envelope = queuedEnvelope(mx.spoolDir, id!);
     assert.equal(envelope.sender, 'sender@remote.example');
     assert.deepEqual(
       envelope.recipients.map((r: { address: string; state: string }) => `${r.address}:${r.state}`),
@@ -64,7 +65,7 @@ describe('receive: SMTP policy against a running server', () => {
     assert.equal(reply.code, 354);
     const done = await client.data(message('idn'));
     const id = /queued as (\w+)/.exec(done.text)![1];
-    const envelope = JSON.parse(readFileSync(join(mx.spoolDir, 'queue', `${id}.env`), 'utf8'));
+    const envelope = queuedEnvelope(mx.spoolDir, id!);
     assert.deepEqual(envelope.recipients.map((r: { address: string }) => r.address), ['info@xn--bcher-kva.example']);
   });
 
@@ -130,7 +131,7 @@ describe('receive: SMTP policy against a running server', () => {
     assert.equal((await client.command('DATA')).code, 354);
     const reply = await client.data(message('limit'));
     const id = /queued as (\w+)/.exec(reply.text)![1];
-    const envelope = JSON.parse(readFileSync(join(mx.spoolDir, 'queue', `${id}.env`), 'utf8'));
+    const envelope = queuedEnvelope(mx.spoolDir, id!);
     assert.equal(envelope.recipients.length, 3);
   });
 
@@ -174,7 +175,7 @@ describe('receive: SMTP policy against a running server', () => {
     const sent = Buffer.from(message('bytes', body, ['Received: from earlier.example by relay.example; Wed, 25 Nov 2026 10:00:00 +0000']), 'utf8');
     const reply = await client.sendMail('s@remote.example', ['alice@d1.example'], sent);
     const id = /queued as (\w+)/.exec(reply.text)![1];
-    const stored = readFileSync(join(mx.spoolDir, 'queue', `${id}.msg`));
+    const stored = queuedMessage(mx.spoolDir, id); // the bytes before the envelope the file ends with
     const expected = Buffer.from(sent.toString('latin1').replace('\r\n..leading', '\r\n.leading'), 'latin1');
     const headerEnd = stored.length - expected.length;
     assert.ok(headerEnd > 0);
@@ -182,15 +183,13 @@ describe('receive: SMTP policy against a running server', () => {
     const ours = stored.subarray(0, headerEnd).toString('utf8');
     assert.match(ours, /^Received: from client\.example \(\[127\.0\.0\.1\]\)\r\n\tby mx2\.test\.example \(alternc-secondarymx\) with ESMTP id \w+\r\n\tfor <alice@d1\.example>;\r\n\t\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d \+0000\r\n$/);
     assert.ok(ours.includes(`id ${id}`));
-    const envelope = JSON.parse(readFileSync(join(mx.spoolDir, 'queue', `${id}.env`), 'utf8'));
-    assert.equal(envelope.size, stored.length);
-    assert.equal(envelope.messageId, '<bytes@remote.example>');
+    assert.equal(queuedEnvelope(mx.spoolDir, id).messageId, '<bytes@remote.example>');
   });
 
   it('keeps the null sender and logs one summary line per accepted message', async () => {
     const reply = await client.sendMail('', ['alice@d1.example'], message('bounce'));
     const id = /queued as (\w+)/.exec(reply.text)![1];
-    const envelope = JSON.parse(readFileSync(join(mx.spoolDir, 'queue', `${id}.env`), 'utf8'));
+    const envelope = queuedEnvelope(mx.spoolDir, id!);
     assert.equal(envelope.sender, '');
     const lines = mx.logs.filter((line) => line.queueId === id);
     assert.equal(lines.length, 1);

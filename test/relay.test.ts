@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Envelope } from '../src/spool/envelope.js';
 import { runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, startTestDaemon, withPrimary, writeTestConfig, type TestDaemon } from './helpers/daemon.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
+import { queuedEnvelope, queuedIds, queuedMessage } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
 const FAST = 'relay: { probeInterval: 1, minBackoff: 300 }';
@@ -19,14 +19,6 @@ async function send(port: number, from: string, to: string[], body: string): Pro
   } finally {
     await client.quit();
   }
-}
-
-function queuedIds(spoolDir: string): string[] {
-  return readdirSync(join(spoolDir, 'queue')).filter((n) => n.endsWith('.env')).map((n) => n.slice(0, -4)).sort();
-}
-
-function envelopeOf(spoolDir: string, id: string): Envelope {
-  return JSON.parse(readFileSync(join(spoolDir, 'queue', `${id}.env`), 'utf8')) as Envelope;
 }
 
 describe('relay: replay to a real primary', () => {
@@ -44,7 +36,7 @@ describe('relay: replay to a real primary', () => {
   it('keeps mail while the primary is down and delivers it, byte for byte, within one probe interval of its return', async () => {
     mx = await startTestDaemon({ primaryPort: primary.port, extra: FAST });
     const id = await send(mx.port, 'sender@remote.example', ['alice@d1.example', 'x@d2.example'], message('while down', 'Caf\u00e9\r\n..dot\r\n'));
-    const spooled = readFileSync(join(mx.spoolDir, 'queue', `${id}.msg`));
+    const spooled = queuedMessage(mx.spoolDir, id);
     await waitFor(() => mx!.logs.some((line) => line.msg === 'primary is DOWN: delivery stopped, probing'));
     await new Promise((resolve) => setTimeout(resolve, 1500));
     assert.deepEqual(queuedIds(mx.spoolDir), [id]);
@@ -80,7 +72,7 @@ describe('relay: replay to a real primary', () => {
     assert.equal(primary.received.length, 1);
     assert.equal(primary.received[0].from, '');
     assert.deepEqual(primary.received[0].to, ['ok@d2.example']);
-    const envelope = envelopeOf(mx.spoolDir, id);
+    const envelope = queuedEnvelope(mx.spoolDir, id);
     assert.deepEqual(
       envelope.recipients.map((r) => [r.address, r.state, r.reply?.slice(0, 3)]),
       [

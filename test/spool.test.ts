@@ -3,10 +3,12 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
+import { Writable, type Readable } from 'node:stream';
 import { createLogger } from '../src/log.js';
+import type { Envelope } from '../src/spool/envelope.js';
 import { newQueueId } from '../src/spool/queue-id.js';
 import { Spool, SpoolLockedError } from '../src/spool/spool.js';
+import { envelopeTrailer } from '../src/spool/trailer.js';
 import { startTestDaemon } from './helpers/daemon.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
 
@@ -15,6 +17,12 @@ const silent = createLogger('silent');
 function contents(spoolDir: string): Record<string, string[]> {
   const list = (dir: string) => readdirSync(join(spoolDir, dir)).sort();
   return { tmp: list('tmp'), queue: list('queue'), corrupt: list('corrupt') };
+}
+
+async function text(stream: Readable): Promise<string> {
+  let all = '';
+  for await (const chunk of stream) all += String(chunk);
+  return all;
 }
 
 function capturingLogger(): { log: ReturnType<typeof createLogger>; lines: Array<Record<string, unknown>> } {
@@ -44,7 +52,7 @@ describe('spool: storage failures', () => {
       assert.deepEqual(contents(mountPoint), { tmp: [], queue: [], corrupt: [] });
       const ok = await client.sendMail('s@remote.example', ['alice@d1.example'], message('fits'));
       assert.equal(ok.code, 250);
-      assert.equal(contents(mountPoint).queue.length, 2);
+      assert.deepEqual(contents(mountPoint).queue, [`${/queued as (\w+)/.exec(ok.text)![1]}.msg`]);
       await client.quit();
     } finally {
       await mx.stop();
@@ -82,44 +90,63 @@ describe('spool: start-up recovery', () => {
   });
   afterEach(() => rmSync(root, { recursive: true, force: true }));
 
-  function envelopeFor(id: string): string {
-    return JSON.stringify({
+  function envelopeFor(id: string, recipients = 1): Envelope {
+    return {
       version: 1,
       id,
       arrival: new Date().toISOString(),
       sender: 's@remote.example',
-      recipients: [{ address: 'alice@d1.example', state: 'pending' }],
+      recipients: Array.from({ length: recipients }, (_, n) => ({ address: `user${n}@d1.example`, state: 'pending' as const })),
       size: 5,
       bodyType: '7bit',
       smtpUtf8: false,
       client: { address: '127.0.0.1', helo: 'x' },
-    });
+    };
+  }
+
+  /** A message file as the spool writes it: "hello", then its envelope. */
+  function queueFile(id: string, envelope = envelopeFor(id)): Buffer {
+    return Buffer.concat([Buffer.from('hello'), envelopeTrailer(envelope)]);
   }
 
   it('keeps every acknowledged message, removes unacknowledged writes and sets corrupt files aside', async () => {
-    const [good, orphan, badJson, noMessage] = [1, 2, 3, 4].map((n) => newQueueId(Date.now() + n));
+    const [queued, updated, longEnvelope, legacy, truncated, noEnvelope, badJson, removed] = [1, 2, 3, 4, 5, 6, 7, 8].map((n) => newQueueId(Date.now() + n));
+    const put = (name: string, data: string | Buffer) => writeFileSync(join(root, 'queue', name), data);
     writeFileSync(join(root, 'tmp', `${newQueueId()}.msg`), 'half written');
-    writeFileSync(join(root, 'queue', `${good}.msg`), 'hello');
-    writeFileSync(join(root, 'queue', `${good}.env`), envelopeFor(good));
-    writeFileSync(join(root, 'queue', `${orphan}.msg`), 'renamed, envelope never written');
-    writeFileSync(join(root, 'queue', `${badJson}.msg`), 'hello');
-    writeFileSync(join(root, 'queue', `${badJson}.env`), '{"version": 1, "id": "trunc');
-    writeFileSync(join(root, 'queue', `${noMessage}.env`), envelopeFor(noMessage));
-    writeFileSync(join(root, 'queue', 'stray.txt'), '?');
+    put(`${queued}.msg`, queueFile(queued));
+    put(`${updated}.msg`, queueFile(updated)); // the envelope changed since: .env beside it wins
+    put(`${updated}.env`, JSON.stringify({ ...envelopeFor(updated), held: true }));
+    put(`${longEnvelope}.msg`, queueFile(longEnvelope, envelopeFor(longEnvelope, 300))); // trailer over 4 KB: read in two steps
+    put(`${legacy}.msg`, 'hello'); // the layout before envelopes were stored after the message
+    put(`${legacy}.env`, JSON.stringify(envelopeFor(legacy)));
+    put(`${truncated}.msg`, queueFile(truncated).subarray(0, 30));
+    put(`${noEnvelope}.msg`, 'hello, and no envelope after me');
+    put(`${badJson}.msg`, queueFile(badJson));
+    put(`${badJson}.env`, '{"version": 1, "id": "trunc');
+    put(`${removed}.env`, JSON.stringify(envelopeFor(removed))); // a removal cut short after the message went
+    put('stray.txt', '?');
     const { log, lines } = capturingLogger();
 
     const spool = await Spool.openForServing(root, log);
     try {
+      const corrupt = [`${truncated}.msg`, `${noEnvelope}.msg`, `${badJson}.env`, `${badJson}.msg`, 'stray.txt'].sort();
       assert.deepEqual(contents(root), {
         tmp: [],
-        queue: [`${good}.env`, `${good}.msg`],
-        corrupt: [`${badJson}.env`, `${badJson}.msg`, `${noMessage}.env`, 'stray.txt'].sort(),
+        queue: [`${queued}.msg`, `${updated}.env`, `${updated}.msg`, `${longEnvelope}.msg`, `${legacy}.env`, `${legacy}.msg`].sort(),
+        corrupt,
       });
+      const recovered = spool.takeRecovered()!;
+      assert.deepEqual(recovered.map((e) => e.id), [queued, updated, longEnvelope, legacy]);
+      assert.deepEqual(recovered.map((e) => [e.held ?? false, e.recipients.length]), [[false, 1], [true, 1], [false, 300], [false, 1]]);
       const { envelopes } = await spool.list();
-      assert.deepEqual(envelopes.map((e) => e.id), [good]);
+      assert.deepEqual(envelopes, recovered, 'the daemon reads back what recovery read');
+      for (const envelope of envelopes) {
+        assert.equal(await text(spool.openMessage(envelope)), 'hello', 'the message without its envelope');
+      }
       const setAside = lines.filter((line) => line.msg === 'corrupt spool file set aside').map((line) => line.file);
-      assert.deepEqual(setAside.sort(), [`${badJson}.env`, `${badJson}.msg`, `${noMessage}.env`, 'stray.txt'].sort());
+      assert.deepEqual(setAside.sort(), corrupt);
       assert.equal(readFileSync(join(root, 'corrupt', `${badJson}.env`), 'utf8'), '{"version": 1, "id": "trunc');
+      assert.equal(lines.find((line) => line.msg === 'spool recovered')?.removedEnvelopes, 1);
     } finally {
       await spool.unlock();
     }
@@ -150,8 +177,11 @@ describe('spool: start-up recovery', () => {
       });
       const mode = (name: string) => execFileSync('stat', ['-c', '%a', join(root, 'queue', name)]).toString().trim();
       assert.equal(mode(`${envelope.id}.msg`), '600');
-      assert.equal(mode(`${envelope.id}.env`), '600');
       assert.equal(envelope.size, 7);
+      assert.deepEqual(await spool.readEnvelope(envelope.id), envelope);
+      await spool.updateEnvelope({ ...envelope, held: true });
+      assert.equal(mode(`${envelope.id}.env`), '600');
+      assert.equal((await spool.readEnvelope(envelope.id)).held, true);
     } finally {
       await spool.unlock();
     }

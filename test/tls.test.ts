@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
+import { queuedMessage } from './helpers/spool-files.js';
 
 /** Sends one message with nodemailer's SMTP client, as a real sending MTA would. */
 function sendWithNodemailer(port: number, options: { requireTLS: boolean }, from: string, to: string[], body: string): Promise<string> {
@@ -55,7 +56,7 @@ describe('receive: STARTTLS and a real client', () => {
   it('accepts mail from nodemailer over STARTTLS and records ESMTPS in the Received header', async () => {
     const response = await sendWithNodemailer(mx.port, { requireTLS: true }, 'sender@remote.example', ['alice@d1.example'], message('over tls'));
     const id = /queued as (\w+)/.exec(response)![1];
-    const stored = readFileSync(join(mx.spoolDir, 'queue', `${id}.msg`), 'utf8');
+    const stored = queuedMessage(mx.spoolDir, id).toString('utf8');
     assert.match(stored, /^Received: from sender\.example \(\[127\.0\.0\.1\]\)\r\n\tby mx2\.test\.example \(alternc-secondarymx\) with ESMTPS id /);
   });
 

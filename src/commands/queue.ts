@@ -1,5 +1,6 @@
-import { createReadStream, existsSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import type { Readable } from 'node:stream';
 import type { Config } from '../config/schema.js';
 import { callDaemon } from '../control/client.js';
 import { editQueued, type QueueEdit } from '../spool/edit.js';
@@ -58,7 +59,7 @@ export async function showCommand(config: Config, id: string, json: boolean): Pr
   const envelope = await spool.readEnvelope(id).catch((error: NodeJS.ErrnoException) => {
     throw new Error(error.code === 'ENOENT' ? `${id}: no such message in the queue` : error.message);
   });
-  const headers = await readHeaders(spool.messagePath(id));
+  const headers = await readHeaders(spool.openMessage(envelope));
   if (json) {
     process.stdout.write(`${JSON.stringify({ ...envelope, state: messageState(envelope), headers }, null, 2)}\n`);
     return 0;
@@ -79,13 +80,14 @@ export async function showCommand(config: Config, id: string, json: boolean): Pr
   return 0;
 }
 
-async function readHeaders(path: string): Promise<string[]> {
+async function readHeaders(message: Readable): Promise<string[]> {
   const lines: string[] = [];
-  const input = createInterface({ input: createReadStream(path, { encoding: 'utf8' }), crlfDelay: Infinity });
+  const input = createInterface({ input: message.setEncoding('utf8'), crlfDelay: Infinity });
   for await (const line of input) {
     if (line === '' || lines.length >= 200) break;
     lines.push(line);
   }
   input.close();
+  message.destroy();
   return lines;
 }

@@ -1,5 +1,5 @@
 import { once } from 'node:events';
-import { createReadStream } from 'node:fs';
+import type { Readable } from 'node:stream';
 import { MailParser } from 'mailparser';
 import MimeNode from 'nodemailer/lib/mime-node';
 import { rfc5322Date } from '../receive/received.js';
@@ -13,8 +13,8 @@ export interface NoticeInput {
   envelope: Envelope;
   recipients: Recipient[];
   action: NoticeAction;
-  /** The original message on disk. */
-  messagePath: string;
+  /** Opens the original message as received. */
+  openOriginal: () => Readable;
   /** Largest original to return whole with RET=FULL (limits.messageSize). */
   maxReturnSize: number;
   /** Host of the primary that answered, for Remote-MTA. */
@@ -41,7 +41,7 @@ export function recipientStatus(recipient: Recipient, action: NoticeAction): str
  */
 export async function composeNotice(input: NoticeInput): Promise<Buffer> {
   const { envelope, action, hostname } = input;
-  const original = await readOriginal(input.messagePath);
+  const original = await readOriginal(input.openOriginal());
   const root = new MimeNode('multipart/report; report-type=delivery-status', { hostname, newline: 'win' });
   root.setHeader({
     From: `Mail Delivery System <MAILER-DAEMON@${hostname}>`,
@@ -54,7 +54,7 @@ export async function composeNotice(input: NoticeInput): Promise<Buffer> {
   root.createChild('text/plain; charset=utf-8').setContent(humanText(input, original.subject));
   root.createChild('message/delivery-status').setContent(deliveryStatus(input));
   const full = envelope.dsn?.ret === 'FULL' && envelope.size <= input.maxReturnSize;
-  if (full) root.createChild('message/rfc822').setContent(createReadStream(input.messagePath));
+  if (full) root.createChild('message/rfc822').setContent(input.openOriginal());
   else root.createChild('text/rfc822-headers').setContent(original.headerBlock);
   return root.build();
 }
@@ -95,9 +95,8 @@ function deliveryStatus(input: NoticeInput): string {
 }
 
 /** The original's header block as received (mailparser's raw header lines) and its subject. */
-async function readOriginal(path: string): Promise<{ headerBlock: string; subject: string | undefined }> {
+async function readOriginal(stream: Readable): Promise<{ headerBlock: string; subject: string | undefined }> {
   const parser = new MailParser();
-  const stream = createReadStream(path);
   const headerLines = once(parser, 'headerLines') as Promise<[Array<{ line: string }>]>;
   const headers = once(parser, 'headers') as Promise<[Map<string, unknown>]>;
   stream.pipe(parser);

@@ -76,7 +76,7 @@ export class Notifier {
       envelope,
       recipients,
       action: notice.action,
-      messagePath: this.spool.messagePath(envelope.id),
+      openOriginal: () => this.spool.openMessage(envelope),
       maxReturnSize: this.config.limits.messageSize,
       remoteMta: (recipient) => this.remoteMta(envelope, recipient),
       willRetryUntil: new Date(Date.parse(envelope.arrival) + this.config.relay.queueLifetime * 1000),

@@ -1,5 +1,4 @@
 import { EventEmitter, once } from 'node:events';
-import { createReadStream } from 'node:fs';
 import type { Logger } from 'pino';
 import type { Config, HostPort } from '../config/schema.js';
 import { Notifier } from '../dsn/notifier.js';
@@ -530,7 +529,7 @@ export class Relay extends EventEmitter {
       size: envelope.size,
       eightBit: envelope.bodyType === '8bitmime',
       smtpUtf8: envelope.smtpUtf8,
-      body: createReadStream(this.spool.messagePath(envelope.id)),
+      body: this.spool.openMessage(envelope),
     });
   }
 

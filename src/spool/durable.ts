@@ -38,7 +38,7 @@ export class DirectorySync {
 }
 
 /** Writes `data` to `temp`, fsyncs it and renames it to `target` (the caller syncs the directory). */
-export async function writeFileSynced(temp: string, target: string, data: string | Buffer | Iterable<string>, mode = 0o600): Promise<void> {
+export async function writeFileSynced(temp: string, target: string, data: string | Buffer | Iterable<string | Buffer>, mode = 0o600): Promise<void> {
   const handle: FileHandle = await open(temp, 'w', mode);
   try {
     await writeFile(handle, data);

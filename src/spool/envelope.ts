@@ -77,7 +77,7 @@ function envelopeProblem(envelope: Partial<Envelope> | null, expectedId: string)
   if (envelope.version !== 1) return `unknown version ${String(envelope.version)}`;
   if (envelope.id !== expectedId || !QUEUE_ID.test(expectedId)) return `id ${String(envelope.id)} does not match its file name`;
   if (typeof envelope.sender !== 'string' || typeof envelope.arrival !== 'string') return 'sender or arrival missing';
-  if (typeof envelope.size !== 'number') return 'size missing';
+  if (!Number.isInteger(envelope.size) || envelope.size! <= 0) return 'size missing or not a positive number';
   const recipients = envelope.recipients;
   if (!Array.isArray(recipients) || recipients.length === 0) return 'no recipients';
   if (!recipients.every((r) => typeof r?.address === 'string' && STATES.has(r?.state))) return 'bad recipient entry';

@@ -1,16 +1,19 @@
-import { constants, readFileSync } from 'node:fs';
+import { constants, createReadStream, readFileSync, type ReadStream } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { DirectorySync, writeFileSynced } from './durable.js';
 import { CorruptEnvelopeError, parseEnvelope, type Envelope } from './envelope.js';
 import { newQueueId, QUEUE_ID } from './queue-id.js';
+import { envelopeTrailer, readTrailer, readTrailerSync } from './trailer.js';
 
 /*
  * Layout under the spool directory:
  *   tmp/<id>.msg, tmp/<id>.env   being written; never acknowledged, removed at start
- *   queue/<id>.msg               the message bytes, immutable once queued
- *   queue/<id>.env               the envelope (JSON); its presence is the commit point
+ *   queue/<id>.msg               the message bytes, then the envelope it was queued with
+ *                                (trailer.ts); immutable, and its rename here is the commit point
+ *   queue/<id>.env               the envelope's later state (JSON), once it changed; it
+ *                                takes precedence over the trailer
  *   corrupt/                     files recovery could not make sense of, kept for a human
  *   locks/<id>                   a message being delivered (holds the pid of its deliverer)
  *   locks/.holder.<pid>          the token every lock of process <pid> is a hard link to
@@ -101,50 +104,47 @@ export class Spool {
   }
 
   /**
-   * Start-up recovery: removes what was never acknowledged (everything in tmp/, a
-   * queued .msg whose .env never landed) and moves unreadable envelopes to corrupt/.
+   * Start-up recovery: removes what was never acknowledged (everything in tmp/), the
+   * envelope of a message whose removal was cut short, and moves unreadable messages
+   * to corrupt/.
    */
   private async recover(log: Logger): Promise<void> {
     const leftovers = await readdir(this.tmpDir);
     await Promise.all(leftovers.map((name) => rm(join(this.tmpDir, name), { force: true })));
     const names = new Set(await readdir(this.queueDir));
-    let orphans = 0;
+    let removedEnvelopes = 0;
     let corrupt = 0;
-    const envelopeIds: string[] = [];
+    const messageIds: string[] = [];
     for (const name of names) {
       const match = /^(.*)\.(msg|env)$/.exec(name);
       const id = match?.[1] ?? '';
       if (!match || !QUEUE_ID.test(id)) {
         await this.quarantine(name, 'unexpected file in queue', log);
         corrupt++;
-      } else if (match[2] === 'msg' && !names.has(`${id}.env`)) {
-        await unlink(join(this.queueDir, name));
-        orphans++;
-      } else if (match[2] === 'env') {
-        envelopeIds.push(id);
+      } else if (match[2] === 'env' && !names.has(`${id}.msg`)) {
+        await unlink(join(this.queueDir, name)); // remove() takes the message first, then this
+        removedEnvelopes++;
+      } else if (match[2] === 'msg') {
+        messageIds.push(id);
       }
     }
     // Each envelope is read once and handed to the relay (takeRecovered). Synchronous reads:
     // nothing listens yet, and for 100,000 small files they take half the time of async ones.
     const recovered: Envelope[] = [];
-    for (const id of envelopeIds.sort()) {
-      let problem: string | undefined = names.has(`${id}.msg`) ? undefined : 'message file missing';
-      if (!problem) {
-        try {
-          recovered.push(parseEnvelope(readFileSync(join(this.queueDir, `${id}.env`), 'utf8'), id));
-        } catch (error) {
-          if (!(error instanceof CorruptEnvelopeError)) throw error;
-          problem = error.message;
-        }
-      }
-      if (problem) {
-        await this.quarantine(`${id}.env`, problem, log);
-        if (names.has(`${id}.msg`)) await this.quarantine(`${id}.msg`, problem, log);
+    for (const id of messageIds.sort()) {
+      const updated = names.has(`${id}.env`);
+      try {
+        const envelopeFile = join(this.queueDir, `${id}.env`);
+        recovered.push(updated ? parseEnvelope(readFileSync(envelopeFile, 'utf8'), id) : readTrailerSync(this.messagePath(id), id));
+      } catch (error) {
+        if (!(error instanceof CorruptEnvelopeError)) throw error;
+        if (updated) await this.quarantine(`${id}.env`, error.message, log);
+        await this.quarantine(`${id}.msg`, error.message, log);
         corrupt++;
       }
     }
     this.recovered = recovered.sort((a, b) => (a.id < b.id ? -1 : 1));
-    log.info({ removedTemp: leftovers.length, removedUnacknowledged: orphans, corrupt, queued: recovered.length }, 'spool recovered');
+    log.info({ removedTemp: leftovers.length, removedEnvelopes, corrupt, queued: recovered.length }, 'spool recovered');
   }
 
   private recovered: Envelope[] | undefined;
@@ -161,17 +161,23 @@ export class Spool {
     log.error({ file: name, reason, movedTo: this.corruptDir }, 'corrupt spool file set aside');
   }
 
+  /** A queued message's envelope: its latest state (.env), else the one it was queued with. */
   async readEnvelope(id: string): Promise<Envelope> {
-    return parseEnvelope(await readFile(join(this.queueDir, `${id}.env`), 'utf8'), id);
+    try {
+      return parseEnvelope(await readFile(join(this.queueDir, `${id}.env`), 'utf8'), id);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    }
+    return readTrailer(this.messagePath(id), id); // ENOENT here: no such message
   }
 
   /** Every queued message, oldest first. Unreadable envelopes are reported, not thrown. */
   async list(): Promise<{ envelopes: Envelope[]; unreadable: { id: string; reason: string }[] }> {
-    const names = (await readdir(this.queueDir)).filter((name) => name.endsWith('.env')).sort();
+    const names = (await readdir(this.queueDir)).filter((name) => name.endsWith('.msg')).sort();
     const envelopes: Envelope[] = [];
     const unreadable: { id: string; reason: string }[] = [];
     await forEachLimited(names, READ_PARALLELISM, async (name) => {
-      const id = name.slice(0, -'.env'.length);
+      const id = name.slice(0, -'.msg'.length);
       try {
         envelopes.push(await this.readEnvelope(id));
       } catch (error) {
@@ -182,10 +188,10 @@ export class Spool {
     return { envelopes: envelopes.sort((a, b) => (a.id < b.id ? -1 : 1)), unreadable };
   }
 
-  /** Queued messages and their bytes, from file sizes only (cheap enough for every `status`). */
+  /** Queued messages and their bytes on disk (envelopes included), from file sizes only: cheap enough for every `status`. */
   async summary(): Promise<{ messages: number; bytes: number }> {
     const names = await readdir(this.queueDir).catch(() => [] as string[]);
-    const queued = names.filter((name) => name.endsWith('.env')).map((name) => `${name.slice(0, -'.env'.length)}.msg`);
+    const queued = names.filter((name) => name.endsWith('.msg'));
     const sizes = await Promise.all(queued.map((name) => stat(join(this.queueDir, name)).then((s) => s.size, () => 0)));
     return { messages: queued.length, bytes: sizes.reduce((sum, size) => sum + size, 0) };
   }
@@ -197,32 +203,38 @@ export class Spool {
     return new IncomingMessage(id, handle, this);
   }
 
-  /** Moves a fully written message into the queue; resolves once it is durable. */
-  async commitMessage(id: string, envelope: Envelope): Promise<void> {
-    const queuedMessage = join(this.queueDir, `${id}.msg`);
-    const queuedEnvelope = join(this.queueDir, `${id}.env`);
-    try {
-      await rename(join(this.tmpDir, `${id}.msg`), queuedMessage);
-      await writeFileSynced(join(this.tmpDir, `${id}.env`), queuedEnvelope, JSON.stringify(envelope));
-      await this.queueSync.sync();
-    } catch (error) {
-      // Not acknowledged: take it back out so that the sender's retry is not a duplicate.
-      await Promise.all([queuedEnvelope, queuedMessage, join(this.tmpDir, `${id}.env`)].map((path) => rm(path, { force: true })));
-      throw error;
-    }
+  /** Moves a fully written and fsynced message (trailer included) into the queue; resolves once that is durable. */
+  async commitMessage(id: string): Promise<void> {
+    await this.publish(id, () => rename(join(this.tmpDir, `${id}.msg`), this.messagePath(id)));
   }
 
   /** Queues a message this MX wrote itself (a DSN) under a chosen id; no-op if it is already queued. */
   async enqueue(id: string, data: Buffer, fields: EnvelopeFields): Promise<Envelope> {
     const envelope: Envelope = { version: 1, id, size: data.length, ...fields };
-    if (await stat(join(this.queueDir, `${id}.env`)).then(() => true, () => false)) return this.readEnvelope(id);
-    await writeFileSynced(join(this.tmpDir, `${id}.msg.part`), join(this.tmpDir, `${id}.msg`), data);
-    await this.commitMessage(id, envelope);
+    if (await stat(this.messagePath(id)).then(() => true, () => false)) return this.readEnvelope(id);
+    await this.publish(id, () => writeFileSynced(join(this.tmpDir, `${id}.msg`), this.messagePath(id), [data, envelopeTrailer(envelope)]));
     return envelope;
+  }
+
+  /** Puts a message file in queue/ and makes that durable; on failure, takes it back out. */
+  private async publish(id: string, place: () => Promise<void>): Promise<void> {
+    try {
+      await place();
+      await this.queueSync.sync();
+    } catch (error) {
+      // Not acknowledged: take it back out so that the sender's retry is not a duplicate.
+      await Promise.all([this.messagePath(id), join(this.tmpDir, `${id}.msg`)].map(unlinkIfAny));
+      throw error;
+    }
   }
 
   messagePath(id: string): string {
     return join(this.queueDir, `${id}.msg`);
+  }
+
+  /** The message's bytes as received (without the envelope stored after them). */
+  openMessage(envelope: Envelope): ReadStream {
+    return createReadStream(this.messagePath(envelope.id), { start: 0, end: envelope.size - 1 });
   }
 
   /** Replaces a queued message's envelope durably (temp, fsync, rename, folder fsync). */
@@ -231,10 +243,10 @@ export class Spool {
     await this.queueSync.sync();
   }
 
-  /** Takes a message out of the queue: the envelope first, so a crash leaves an orphan recovery removes. */
+  /** Takes a message out of the queue: the message first, so a crash leaves a lone .env that recovery removes. */
   async remove(id: string): Promise<void> {
+    await unlinkIfAny(this.messagePath(id));
     await unlinkIfAny(join(this.queueDir, `${id}.env`));
-    await unlinkIfAny(join(this.queueDir, `${id}.msg`));
     await this.queueSync.sync();
   }
 
@@ -313,13 +325,14 @@ export class IncomingMessage {
     this.bytes += chunk.length;
   }
 
-  /** fsyncs the data, then queues it: the caller may acknowledge once this resolves. */
+  /** Appends the envelope, fsyncs, then queues the file: the caller may acknowledge once this resolves. */
   async commit(fields: EnvelopeFields): Promise<Envelope> {
     try {
+      const envelope: Envelope = { version: 1, id: this.id, size: this.bytes, ...fields };
+      await this.write(envelopeTrailer(envelope));
       await this.handle.sync();
       await this.close();
-      const envelope: Envelope = { version: 1, id: this.id, size: this.bytes, ...fields };
-      await this.spool.commitMessage(this.id, envelope);
+      await this.spool.commitMessage(this.id);
       return envelope;
     } catch (error) {
       await this.discard();

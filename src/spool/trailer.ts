@@ -1,0 +1,82 @@
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { CorruptEnvelopeError, parseEnvelope, type Envelope } from './envelope.js';
+
+/*
+ * A queued message file holds the message, then the envelope it was queued with:
+ *
+ *   <envelope.size bytes of message><envelope JSON>\n secondarymx-envelope 0000000123\n
+ *
+ * The last line (fixed length) gives the length of the JSON line before it. Queueing a
+ * message thus creates, fsyncs and renames one file, not two. The envelope's later
+ * states (delivery results, hold) go to <id>.env beside it, which takes precedence.
+ */
+const FOOTER_TAG = 'secondarymx-envelope ';
+const LENGTH_DIGITS = 10;
+const FOOTER_LENGTH = FOOTER_TAG.length + LENGTH_DIGITS + 1;
+const FOOTER = new RegExp(`^${FOOTER_TAG}(\\d{${LENGTH_DIGITS}})\\n$`);
+/** Bytes read from the end of the file at first: the whole trailer of a message with a few dozen recipients. */
+const TAIL_GUESS = 4096;
+
+export function envelopeTrailer(envelope: Envelope): Buffer {
+  const json = `${JSON.stringify(envelope)}\n`;
+  const length = Buffer.byteLength(json);
+  return Buffer.from(`${json}${FOOTER_TAG}${String(length).padStart(LENGTH_DIGITS, '0')}\n`);
+}
+
+/** Reads the envelope a message file was queued with, without reading the message. */
+export async function readTrailer(path: string, id: string): Promise<Envelope> {
+  const handle = await open(path, 'r');
+  try {
+    const reads = trailerReads((await handle.stat()).size, id);
+    for (let next = reads.next(); ; ) {
+      if (next.done) return next.value;
+      const buffer = Buffer.alloc(next.value.length);
+      const { bytesRead } = await handle.read(buffer, 0, buffer.length, next.value.position);
+      next = reads.next(buffer.subarray(0, bytesRead));
+    }
+  } finally {
+    await handle.close();
+  }
+}
+
+/** readTrailer, synchronously: for start-up recovery, where nothing else runs yet. */
+export function readTrailerSync(path: string, id: string): Envelope {
+  const fd = openSync(path, 'r');
+  try {
+    const reads = trailerReads(fstatSync(fd).size, id);
+    for (let next = reads.next(); ; ) {
+      if (next.done) return next.value;
+      const buffer = Buffer.alloc(next.value.length);
+      next = reads.next(buffer.subarray(0, readSync(fd, buffer, 0, buffer.length, next.value.position)));
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The reads that find the trailer (one, or two for a long envelope): both readers above drive it. */
+function* trailerReads(fileSize: number, id: string): Generator<{ position: number; length: number }, Envelope, Buffer> {
+  const tail = yield { position: Math.max(0, fileSize - TAIL_GUESS), length: Math.min(fileSize, TAIL_GUESS) };
+  const length = trailerLength(tail, fileSize);
+  const trailer = length <= tail.length ? tail.subarray(tail.length - length) : yield { position: fileSize - length, length };
+  return parseTrailer(trailer, fileSize, id);
+}
+
+/** The trailer's length (envelope line and footer), from the footer at the end of `tail`. */
+function trailerLength(tail: Buffer, fileSize: number): number {
+  const footer = tail.subarray(tail.length - FOOTER_LENGTH).toString('latin1');
+  const match = FOOTER.exec(footer);
+  if (tail.length < FOOTER_LENGTH || !match) throw new CorruptEnvelopeError('no envelope at the end of the message file');
+  const length = Number(match[1]) + FOOTER_LENGTH;
+  if (length > fileSize) throw new CorruptEnvelopeError('envelope length beyond the start of the message file');
+  return length;
+}
+
+function parseTrailer(trailer: Buffer, fileSize: number, id: string): Envelope {
+  const envelope = parseEnvelope(trailer.subarray(0, trailer.length - FOOTER_LENGTH).toString('utf8'), id);
+  if (envelope.size + trailer.length !== fileSize) {
+    throw new CorruptEnvelopeError(`message file is ${fileSize} bytes, its envelope says ${envelope.size} + ${trailer.length}`);
+  }
+  return envelope;
+}
