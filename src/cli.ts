@@ -1,7 +1,5 @@
-#!/usr/bin/env -S node --max-semi-space-size=1
-// A 1 MB young generation: V8 then collects short-lived buffers (socket reads, DATA
-// chunks) every megabyte instead of letting tens of megabytes pile up before a GC;
-// a 50 MB message raises RSS by ~20 MB instead of ~35, at no measurable CPU cost.
+#!/usr/bin/env -S node --expose-gc
+// --expose-gc: the receiver collects young garbage while a large message streams in (receive/young-gc.ts).
 import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigError, describeConfig, loadConfig } from './config/load.js';

@@ -13,6 +13,7 @@ import { receivedHeader } from './received.js';
 import { SmtpReply } from './replies.js';
 import './smtp-server-patches.js';
 import type { PatchOptions } from './smtp-server-patches.js';
+import { countDataBytes } from './young-gc.js';
 import { refusalReason, type Metrics } from '../control/metrics.js';
 
 export interface ReceiveOptions {
@@ -266,6 +267,7 @@ export class ReceiveServer {
     try {
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         inspector.inspect(chunk);
+        countDataBytes(chunk.length);
         if (!message) continue; // refused already: read on to the final dot, keep nothing
         if (inspector.problem) await dropMessage();
         else await message.write(chunk).catch(dropMessage);
