@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable, type Readable } from 'node:stream';
 import { createLogger } from '../src/log.js';
+import { DirectorySync } from '../src/spool/durable.js';
 import type { Envelope } from '../src/spool/envelope.js';
 import { newQueueId } from '../src/spool/queue-id.js';
 import { Spool, SpoolLockedError } from '../src/spool/spool.js';
@@ -50,6 +51,13 @@ describe('spool: storage failures', () => {
       const full = await client.sendMail('s@remote.example', ['alice@d1.example'], message('too big for the disk', body));
       assert.deepEqual([full.code, full.enhanced], [452, '4.3.1']);
       assert.deepEqual(contents(mountPoint), { tmp: [], queue: [], corrupt: [] });
+      // A small message is written in one go at commit: that write is the one that fails.
+      const filler = join(mountPoint, 'filler');
+      assert.throws(() => writeFileSync(filler, Buffer.alloc(512 * 1024)), { code: 'ENOSPC' });
+      const small = await client.sendMail('s@remote.example', ['alice@d1.example'], message('no room left at all'));
+      assert.deepEqual([small.code, small.enhanced], [452, '4.3.1']);
+      assert.deepEqual(contents(mountPoint), { tmp: [], queue: [], corrupt: [] });
+      rmSync(filler);
       const ok = await client.sendMail('s@remote.example', ['alice@d1.example'], message('fits'));
       assert.equal(ok.code, 250);
       assert.deepEqual(contents(mountPoint).queue, [`${/queued as (\w+)/.exec(ok.text)![1]}.msg`]);
@@ -213,5 +221,40 @@ describe('spool: message locks', () => {
     } finally {
       rmSync(root, { recursive: true, force: true });
     }
+  });
+});
+
+describe('spool: directory fsync (group commit)', () => {
+  let root: string;
+  beforeEach(() => (root = mkdtempSync(join(tmpdir(), 'secondarymx-dirsync-'))));
+  afterEach(() => rmSync(root, { recursive: true, force: true }));
+
+  const openOn = (dir: string) => readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`) === dir;
+    } catch {
+      return false; // the descriptor readdir itself used, gone already
+    }
+  }).length;
+
+  it('shares rounds between concurrent callers and leaves no descriptor open once idle', async () => {
+    const sync = new DirectorySync(root);
+    const first = [sync.sync(), sync.sync()];
+    assert.equal(first[0], first[1], 'callers before a round begins share it');
+    await new Promise((resolve) => setImmediate(resolve)); // the round has begun: its fsync may predate a new rename
+    const next = [sync.sync(), sync.sync()];
+    assert.equal(next[0], next[1]);
+    assert.notEqual(next[0], first[0], 'a caller during a round gets the next one');
+    await Promise.all([...first, ...next]);
+    assert.equal(openOn(root), 0, 'closed when no round follows (an idle spool can be unmounted)');
+    await sync.sync();
+    assert.equal(openOn(root), 0);
+  });
+
+  it('reports a failed fsync to its callers and opens the folder again for the next round', async () => {
+    const sync = new DirectorySync(join(root, 'missing'));
+    await assert.rejects(sync.sync(), { code: 'ENOENT' });
+    mkdirSync(join(root, 'missing'));
+    await sync.sync();
   });
 });

@@ -1,23 +1,17 @@
 import { open, rename, writeFile, type FileHandle } from 'node:fs/promises';
 
-/** Makes the directory's entries (creations, renames) durable. */
-export async function fsyncDirectory(path: string): Promise<void> {
-  const handle = await open(path, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
 /**
  * Coalesces directory fsyncs (group commit): callers that arrive while one fsync
  * runs share the next one, which starts after all of their renames. Each caller's
- * promise resolves only after an fsync that began after its call.
+ * promise resolves only after an fsync that began after its call. The directory stays
+ * open while rounds follow one another (one threadpool job per round instead of open,
+ * fsync and close, which took a quarter of a message's commit time under load) and is
+ * closed once none is waiting, so an idle daemon holds no descriptor on it.
  */
 export class DirectorySync {
   private inFlight: Promise<void> | undefined;
   private waiting: Promise<void> | undefined;
+  private handle: FileHandle | undefined;
 
   constructor(readonly path: string) {}
 
@@ -27,13 +21,26 @@ export class DirectorySync {
     const round: Promise<void> = (async () => {
       await previous.catch(() => undefined);
       this.waiting = undefined; // callers from now on need a later round
-      await fsyncDirectory(this.path);
+      try {
+        this.handle ??= await open(this.path, 'r');
+        await this.handle.sync();
+      } catch (error) {
+        await this.closeHandle();
+        throw error;
+      }
+      if (!this.waiting) await this.closeHandle();
     })().finally(() => {
       if (this.inFlight === round) this.inFlight = undefined;
     });
     this.waiting = round;
     this.inFlight = round;
     return round;
+  }
+
+  private async closeHandle(): Promise<void> {
+    const handle = this.handle;
+    this.handle = undefined;
+    await handle?.close().catch(() => undefined);
   }
 }
 
