@@ -72,6 +72,29 @@ describe('hardening: limits on hostile sessions', () => {
     assert.doesNotMatch(received, /^220 /m);
   });
 
+  it('waits limits.greetingPause before greeting: 0.3 s after connecting is early with 1 s, in time with the default 0.1 s', async () => {
+    const talkAfter = async (port: number) => {
+      const socket = connect(port, '127.0.0.1');
+      socket.setEncoding('latin1');
+      let received = '';
+      socket.on('data', (data: string) => (received += data));
+      await new Promise((resolve) => socket.once('connect', resolve));
+      await sleep(300);
+      socket.write('QUIT\r\n');
+      await new Promise((resolve) => socket.once('close', resolve));
+      return received;
+    };
+    const slow = await startTestDaemon({ extra: 'limits: { greetingPause: 1 }' });
+    try {
+      const early = await talkAfter(slow.port);
+      assert.match(early, /^554 5\.5\.1 /m);
+      assert.doesNotMatch(early, /^220 /m);
+    } finally {
+      await slow.stop();
+    }
+    assert.match(await talkAfter(mx.port), /^220 [^]*^221 /m);
+  });
+
   it('answers 503 5.5.0 to commands pipelined with EHLO, or after HELO, and disconnects', async () => {
     for (const [first, then] of [
       ['EHLO eager.example\r\nMAIL FROM:<s@remote.example>\r\n', undefined],

@@ -118,6 +118,11 @@ const limits = z.strictObject({
   dataTimeout: positiveInt.default(600),
   /** Seconds one session may last in total. */
   sessionTimeout: positiveInt.default(1800),
+  /**
+   * Seconds before the 220 greeting; a client that talks meanwhile gets 554 and is cut
+   * (an early-talker test, like postscreen's greet wait). 0 greets at once, as Postfix's smtpd.
+   */
+  greetingPause: z.number().min(0).max(10).default(0.1),
   /** Longest command line in bytes (RFC 5321 says 512; generously bounded). */
   commandLength: z.int().min(512).default(2048),
 });

@@ -107,6 +107,7 @@ export class ReceiveServer {
       maxRecipients: config.limits.recipients,
       maxCommandLength: config.limits.commandLength,
       sessionLimits: { errorsPerSession: config.limits.errorsPerSession, commandsBeforeMail: config.limits.commandsBeforeMail },
+      greetingPause: config.limits.greetingPause * 1000,
       socketTimeout: config.limits.idleTimeout * 1000,
       closeTimeout: config.limits.shutdownTimeout * 1000,
       authOptional: true,

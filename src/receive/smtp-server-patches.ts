@@ -121,6 +121,32 @@ connectionClass._onCommand = function onCommand(this: PatchedConnection, command
   libraryOnCommand.call(this, command, callback);
 };
 
+/*
+ * 6. The pause before the greeting, which smtp-server fixes at 100 ms: limits.greetingPause.
+ * A client that talks during it is an early talker (4. above). With 100 sessions of one
+ * message each, the pause alone caps the accept rate at 1,000 messages/s.
+ */
+type StartingConnection = PatchedConnection & {
+  _server: { options: PatchOptions & { maxClients?: number }; connections: Set<unknown> };
+  name: string;
+  _setListeners(callback: () => void): void;
+  connectionReady(): void;
+  init(): void;
+};
+const startingClass = SMTPConnection.prototype as unknown as StartingConnection;
+const libraryInit = startingClass.init;
+startingClass.init = function init(this: StartingConnection) {
+  const pause = this._server.options.greetingPause;
+  if (pause === undefined) return libraryInit.call(this);
+  this._setListeners(() => {
+    const { maxClients } = this._server.options;
+    if (maxClients && this._server.connections.size > maxClients) {
+      return this.send(421, `${this.name} Too many connected clients, try again in a moment`, false);
+    }
+    setTimeout(() => this.connectionReady(), pause).unref();
+  });
+};
+
 /** Decides an ETRN request; calls back with the reply code and text (text with its enhanced code). */
 export type EtrnHandler = (node: string, session: SMTPServerSession, reply: (code: number, text: string) => void) => void;
 
@@ -128,6 +154,8 @@ export type EtrnHandler = (node: string, session: SMTPServerSession, reply: (cod
 export interface PatchOptions {
   onEtrn?: EtrnHandler;
   sessionLimits?: SessionLimits;
+  /** Milliseconds before the greeting (smtp-server's own: 100). */
+  greetingPause?: number;
 }
 
 /*
