@@ -96,6 +96,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
         sources: syncer.sourceStates(),
         spool: await spool.summary(),
         primaries: relay.summary().primaries,
+        ...(relay.storageProblem ? { delivery: `stopped: the spool cannot record outcomes (${relay.storageProblem})` } : {}),
       };
     };
     const edit = (action: QueueEdit) => async (query: URLSearchParams) => {
@@ -118,7 +119,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     );
     await control.listen();
     cleanups.push(() => control.close());
-    const monitoring = new MonitoringServer(config.control.listen, metrics, () => health(config.spool, directory, server));
+    const monitoring = new MonitoringServer(config.control.listen, metrics, () => health(config.spool, directory, server, relay));
     const monitoringAddress = await monitoring.listen();
     cleanups.push(() => monitoring.close());
     log.info({ control: `${monitoringAddress.address}:${monitoringAddress.port}` }, 'monitoring: /metrics and /healthz');
@@ -158,8 +159,10 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
 }
 
 /** /healthz: serving, the spool writable, the directory loaded; else the first reason why not. */
-async function health(spoolRoot: string, directory: Directory, server: ReceiveServer): Promise<string | undefined> {
+async function health(spoolRoot: string, directory: Directory, server: ReceiveServer, relay: Relay): Promise<string | undefined> {
   if (server.isClosing) return 'shutting down';
+  const storage = relay.storageProblem;
+  if (storage) return `delivery stopped: the spool cannot record outcomes (${storage})`;
   const probe = join(spoolRoot, 'tmp', `.healthz.${process.pid}`);
   try {
     await writeFile(probe, 'ok');

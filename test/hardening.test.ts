@@ -228,11 +228,14 @@ describe('hardening: a misbehaving primary', () => {
       assert.equal(queuedIds(mx.spoolDir).length, 1);
       await new Promise<void>((resolve) => garbage.close(() => resolve()));
       const slow = new TestPrimary(port);
-      slow.dataDelayMs = 2500; // longer than relay.commandTimeout: the first attempts time out
+      slow.dataDelayMs = 2500; // longer than relay.commandTimeout: the attempt times out after the data
       await slow.start();
-      await sleep(2500);
+      await waitFor(() => mx.logs.some((line) => line.msg === 'status=deferred'), 10_000);
+      const deferred = mx.logs.find((line) => line.msg === 'status=deferred');
+      assert.match(String(deferred?.reply), /no answer from the primary for 1 s/);
       slow.dataDelayMs = 0;
-      await waitFor(() => queuedIds(mx.spoolDir).length === 0, 10_000);
+      assert.equal((await runCli(['flush', '--config', mx.file])).status, 0);
+      assert.deepEqual(queuedIds(mx.spoolDir), []);
       assert.ok(slow.messageIds().includes('<garbage@remote.example>'));
       await slow.stop();
     } finally {

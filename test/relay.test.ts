@@ -101,16 +101,21 @@ describe('relay: replay to a real primary', () => {
     assert.ok(mx.logs.some((line) => line.queueId === id && line.msg === 'no DSN for a message from the null sender: failed recipients dropped'));
   });
 
-  it('retries a message whose connection was cut in the middle of DATA, and delivers it once', async () => {
+  it('defers a message whose connection was cut in the middle of DATA (the primary answered: not down), and delivers it once', async () => {
     await primary.start();
     primary.dropInData = 1;
     mx = await startTestDaemon({ primaryPort: primary.port, extra: FAST });
     const id = await send(mx.port, 's@remote.example', ['alice@d1.example'], message('cut', 'x'.repeat(200_000)));
-    await waitFor(() => queuedIds(mx!.spoolDir).length === 0, 6000);
-    assert.equal(primary.received.length, 1);
-    assert.equal(primary.messageIds()[0], '<cut@remote.example>');
-    assert.ok(mx.logs.some((line) => line.msg === 'primary is DOWN: delivery stopped, probing'));
-    assert.ok(mx.logs.some((line) => line.queueId === id && line.msg === 'status=sent'));
+    await waitFor(() => mx!.logs.some((line) => line.queueId === id && line.msg === 'status=deferred'));
+    const deferred = mx.logs.find((line) => line.queueId === id && line.msg === 'status=deferred');
+    assert.match(String(deferred?.reply), /^lost connection with the primary while sending the message: /);
+    assert.equal(queuedEnvelope(mx.spoolDir, id).deferrals, 1, 'backs off like a 4xx (Postfix: "lost connection ... while sending message body")');
+    assert.ok(!mx.logs.some((line) => line.event === 'primary_down'), 'a primary that answered is not down');
+    assert.equal(primary.received.length, 0);
+    const flush = await runCli(['flush', '--json', '--config', mx.file]);
+    assert.equal(flush.status, 0, flush.stderr);
+    assert.deepEqual(queuedIds(mx.spoolDir), []);
+    assert.deepEqual(primary.messageIds(), ['<cut@remote.example>']);
   });
 
   it('treats a 421 greeting as the primary being down', async () => {

@@ -8,7 +8,8 @@ import { createLogger } from '../src/log.js';
 import { DirectorySync } from '../src/spool/durable.js';
 import type { Envelope } from '../src/spool/envelope.js';
 import { newQueueId } from '../src/spool/queue-id.js';
-import { Spool, SpoolLockedError } from '../src/spool/spool.js';
+import { SpoolLockedError } from '../src/spool/locks.js';
+import { Spool } from '../src/spool/spool.js';
 import { envelopeTrailer } from '../src/spool/trailer.js';
 import { startTestDaemon } from './helpers/daemon.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
@@ -208,15 +209,15 @@ describe('spool: message locks', () => {
       writeFileSync(join(locks, stale), `${gone}\n`);
       writeFileSync(join(locks, live), '1\n'); // init: alive for as long as the machine is
 
-      assert.equal(await spool.lockMessage(stale), true);
+      assert.equal(await spool.locks.lock(stale), true);
       assert.equal(readFileSync(join(locks, stale), 'utf8'), `${process.pid}\n`);
-      assert.equal(await spool.lockMessage(stale), false, 'a lock this process holds is not granted twice');
-      assert.equal(await spool.lockMessage(live), false);
+      assert.equal(await spool.locks.lock(stale), false, 'a lock this process holds is not granted twice');
+      assert.equal(await spool.locks.lock(live), false);
       assert.deepEqual(readdirSync(locks).sort(), [`.holder.${process.pid}`, live, stale].sort());
 
-      await spool.unlockMessage(stale);
+      await spool.locks.unlock(stale);
       rmSync(join(locks, `.holder.${process.pid}`)); // someone cleans locks/ by hand
-      assert.equal(await spool.lockMessage(stale), true);
+      assert.equal(await spool.locks.lock(stale), true);
       assert.equal(readFileSync(join(locks, stale), 'utf8'), `${process.pid}\n`);
     } finally {
       rmSync(root, { recursive: true, force: true });

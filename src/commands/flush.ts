@@ -2,6 +2,7 @@ import type { Config } from '../config/schema.js';
 import { callDaemon } from '../control/client.js';
 import { createLogger } from '../log.js';
 import { Relay, type FlushFilter, type FlushReport } from '../relay/relay.js';
+import { runningDaemonPid } from '../spool/locks.js';
 import { Spool } from '../spool/spool.js';
 import { withProgress } from './progress.js';
 import { EX_TEMPFAIL } from './sync.js';
@@ -22,7 +23,7 @@ export async function flushCommand(config: Config, filter: FlushFilter, json: bo
   let report = await withProgress(callDaemon<FlushReport>(config.spool, 'POST', `/flush?${query}`), progress);
   const via = report ? 'daemon' : 'standalone';
   if (!report) {
-    const pid = Spool.runningDaemonPid(config.spool);
+    const pid = runningDaemonPid(config.spool);
     if (pid) throw new Error(`the daemon (pid ${pid}) holds ${config.spool} but its control socket does not answer`);
     const relay = new Relay(config, await Spool.forDelivery(config.spool), createLogger('warn', process.stderr), false);
     await relay.load();

@@ -5,6 +5,7 @@ import type { Config } from '../config/schema.js';
 import { callDaemon } from '../control/client.js';
 import { editQueued, type QueueEdit } from '../spool/edit.js';
 import { messageState, type Envelope } from '../spool/envelope.js';
+import { runningDaemonPid } from '../spool/locks.js';
 import { Spool } from '../spool/spool.js';
 
 /** `secondarymx queue list`: reads the spool directly, so it works with or without the daemon. */
@@ -45,7 +46,7 @@ export function formatQueue(envelopes: readonly Envelope[]): string {
 export async function editCommand(config: Config, edit: QueueEdit, id: string): Promise<number> {
   const done = await callDaemon(config.spool, 'POST', `/queue/${edit}?id=${encodeURIComponent(id)}`);
   if (!done) {
-    const pid = Spool.runningDaemonPid(config.spool);
+    const pid = runningDaemonPid(config.spool);
     if (pid) throw new Error(`the daemon (pid ${pid}) holds ${config.spool} but its control socket does not answer`);
     await editQueued(await Spool.forDelivery(config.spool), id, edit);
   }

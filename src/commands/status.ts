@@ -34,6 +34,7 @@ export function formatStatus(report: StatusReport): string {
     for (const c of directory.conflicts) lines.push(`conflict: ${c.domain} is listed by ${c.keptBy} and ${c.claimedBy}; ${c.keptBy} keeps it`);
   }
   for (const p of report.primaries ?? []) lines.push(`primary ${p.primary}: ${p.up ? 'UP' : 'DOWN (probing)'}`);
+  if (report.delivery) lines.push(`delivery: ${report.delivery}`);
   lines.push(`spool: ${spool.messages} ${spool.messages === 1 ? 'message' : 'messages'}, ${Math.ceil(spool.bytes / 1024)} KB`, '');
   const rows = report.sources.map((s) => [s.name, s.type, s.domains, s.addresses, shortTime(s.lastSuccess), shortTime(s.lastAttempt), s.lastError ? `failing: ${s.lastError}` : 'ok']);
   return lines.join('\n') + formatTable(['source', 'type', 'domains', 'addresses', 'last success', 'last attempt', 'state'], rows);

@@ -3,7 +3,7 @@ import { callDaemon } from '../control/client.js';
 import { Syncer, type SyncReport } from '../directory/sync.js';
 import { createLogger } from '../log.js';
 import { directoryStore } from '../serve.js';
-import { Spool } from '../spool/spool.js';
+import { runningDaemonPid } from '../spool/locks.js';
 import { withProgress } from './progress.js';
 import { formatTable } from './table.js';
 
@@ -16,7 +16,7 @@ export async function syncCommand(config: Config, options: { force: boolean; jso
   let report = await withProgress(callDaemon<SyncReport>(config.spool, 'POST', `/sync${options.force ? '?force=1' : ''}`), progress);
   const via = report ? 'daemon' : 'standalone';
   if (!report) {
-    const pid = Spool.runningDaemonPid(config.spool);
+    const pid = runningDaemonPid(config.spool);
     if (pid) throw new Error(`the daemon (pid ${pid}) holds ${config.spool} but its control socket does not answer`);
     const syncer = await Syncer.open(config, directoryStore(config.spool), createLogger('error', process.stderr), () => undefined);
     report = await withProgress(syncer.run({ force: options.force }), progress);

@@ -43,6 +43,17 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly relayHeld = new Counter({
+    name: 'secondarymx_relay_held_total',
+    help: 'Messages the relay held because it could not process them (see "queue list"; release once fixed)',
+    registers: [this.registry],
+  });
+  readonly spoolFault = new Gauge({
+    name: 'secondarymx_spool_fault',
+    help: '1 while delivery is stopped because the spool cannot record outcomes (full, read-only, I/O errors)',
+    registers: [this.registry],
+  });
+
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
     const spoolMessages = new Gauge({ name: 'secondarymx_spool_messages', help: 'Messages in the spool', registers });
@@ -64,6 +75,7 @@ export class Metrics {
       labelNames: ['primary'],
       registers,
       collect() {
+        this.reset(); // only the primaries known now
         for (const { primary, up } of sources.primaries()) this.set({ primary }, up ? 1 : 0);
       },
     });

@@ -10,4 +10,6 @@ export interface StatusReport {
   spool: { messages: number; bytes: number };
   /** Only from a running daemon: each primary the relay talks to. */
   primaries?: Array<{ primary: string; up: boolean }>;
+  /** Only while the relay is stopped by a storage fault: why. */
+  delivery?: string;
 }

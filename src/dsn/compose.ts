@@ -21,6 +21,8 @@ export interface NoticeInput {
   remoteMta: (recipient: Recipient) => string | undefined;
   /** For delayed notices: until when we keep trying. */
   willRetryUntil?: Date;
+  /** Why the original is left out (it could not be read or parsed): the notice goes without it. */
+  withoutOriginal?: string;
 }
 
 const ENHANCED = /^\d{3}[ -]([245]\.\d{1,3}\.\d{1,3})\b/;
@@ -41,7 +43,7 @@ export function recipientStatus(recipient: Recipient, action: NoticeAction): str
  */
 export async function composeNotice(input: NoticeInput): Promise<Buffer> {
   const { envelope, action, hostname } = input;
-  const original = await readOriginal(input.openOriginal());
+  const original = input.withoutOriginal === undefined ? await readOriginal(input.openOriginal()) : undefined;
   const root = new MimeNode('multipart/report; report-type=delivery-status', { hostname, newline: 'win' });
   root.setHeader({
     From: `Mail Delivery System <MAILER-DAEMON@${hostname}>`,
@@ -51,15 +53,17 @@ export async function composeNotice(input: NoticeInput): Promise<Buffer> {
     Date: rfc5322Date(new Date()),
     'Message-ID': `<${envelope.id}.${Date.now()}.dsn@${hostname}>`,
   });
-  root.createChild('text/plain; charset=utf-8').setContent(humanText(input, original.subject));
+  root.createChild('text/plain; charset=utf-8').setContent(humanText(input, original?.subject));
   root.createChild('message/delivery-status').setContent(deliveryStatus(input));
   const full = envelope.dsn?.ret === 'FULL' && envelope.size <= input.maxReturnSize;
+  if (!original) return root.build(); // RFC 6522: the third part is optional
   if (full) root.createChild('message/rfc822').setContent(input.openOriginal());
   else root.createChild('text/rfc822-headers').setContent(original.headerBlock);
   return root.build();
 }
 
-function humanText({ envelope, recipients, action, hostname }: NoticeInput, subject: string | undefined): string {
+function humanText(input: NoticeInput, subject: string | undefined): string {
+  const { envelope, recipients, action, hostname } = input;
   const lines = [
     `This is the mail system at host ${hostname}.`,
     '',
@@ -71,6 +75,7 @@ function humanText({ envelope, recipients, action, hostname }: NoticeInput, subj
     '',
     ...recipients.map((r) => `<${r.address}>: ${r.status === '4.4.7' ? 'delivery time expired; ' : ''}${r.reply ? `last reply: ${r.reply}` : 'no answer from the primary mail server'}`),
     '',
+    ...(input.withoutOriginal === undefined ? [] : [`The original message's headers are not included: ${input.withoutOriginal}.`, '']),
   ];
   return lines.join('\r\n');
 }

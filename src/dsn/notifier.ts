@@ -3,7 +3,7 @@ import type { Config } from '../config/schema.js';
 import type { Envelope, Recipient } from '../spool/envelope.js';
 import { newQueueId } from '../spool/queue-id.js';
 import type { Spool } from '../spool/spool.js';
-import { composeNotice, type NoticeAction } from './compose.js';
+import { composeNotice, type NoticeAction, type NoticeInput } from './compose.js';
 
 /**
  * Turns failed (or long-delayed) recipients into a DSN queued in the spool, only
@@ -71,7 +71,7 @@ export class Notifier {
   private async write(envelope: Envelope): Promise<void> {
     const notice = envelope.notice!;
     const recipients = envelope.recipients.filter((r) => notice.recipients.includes(r.address));
-    const data = await composeNotice({
+    const input: NoticeInput = {
       hostname: this.config.hostname,
       envelope,
       recipients,
@@ -80,6 +80,12 @@ export class Notifier {
       maxReturnSize: this.config.limits.messageSize,
       remoteMta: (recipient) => this.remoteMta(envelope, recipient),
       willRetryUntil: new Date(Date.parse(envelope.arrival) + this.config.relay.queueLifetime * 1000),
+    };
+    const data = await composeNotice(input).catch((error: unknown) => {
+      if ((error as NodeJS.ErrnoException).syscall) throw error; // the spool, not the message: a storage fault
+      // A message the parser cannot read (a header of 17,000 lines) still gets its notice, without the original.
+      this.log.warn({ event: 'notice_without_original', queueId: envelope.id, reason: (error as Error).message }, 'the original cannot be read: notice sent without it');
+      return composeNotice({ ...input, withoutOriginal: 'they could not be read' });
     });
     const dsn = await this.spool.enqueue(notice.id, data, {
       arrival: new Date().toISOString(),

@@ -7,6 +7,7 @@ const HEADER_END = Buffer.from('\r\n\r\n');
 const HEADER_CAPTURE_LIMIT = 256 * 1024;
 
 export interface InspectorLimits {
+  /** Bytes the stored message may have, our Received header included: what the primary will be sent. */
   messageSize: number;
   hops: number;
 }
@@ -26,7 +27,11 @@ export class MessageInspector {
   private headerDone = false;
   private refusal: SmtpReply | undefined;
 
-  constructor(private readonly limits: InspectorLimits) {}
+  /** `stored`: bytes the spool holds before the data (our Received header); they count against the size limit. */
+  constructor(
+    private readonly limits: InspectorLimits,
+    private readonly stored = 0,
+  ) {}
 
   /** The first reason to refuse the message, once there is one; it never goes away. */
   get problem(): SmtpReply | undefined {
@@ -36,7 +41,7 @@ export class MessageInspector {
   inspect(chunk: Buffer): void {
     this.size += chunk.length;
     if (this.refusal) return; // only the byte count matters any more
-    if (this.size > this.limits.messageSize) {
+    if (this.stored + this.size > this.limits.messageSize) {
       this.refuse(new SmtpReply(552, '5.3.4', `Message size exceeds fixed limit of ${this.limits.messageSize} bytes`));
     } else if (chunk.includes(0)) {
       this.refuse(new SmtpReply(550, '5.6.0', 'NUL character in message data'));

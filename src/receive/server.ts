@@ -251,7 +251,6 @@ export class ReceiveServer {
       if (!dsnOf.has(address)) dsnOf.set(address, { ...(rcpt.dsn?.notify ? { notify: rcpt.dsn.notify } : {}), ...(rcpt.dsn?.orcpt ? { orcpt: rcpt.dsn.orcpt } : {}) });
     }
     const recipients = [...dsnOf.keys()];
-    const inspector = new MessageInspector(config.limits);
     let message: IncomingMessage | undefined;
     let storageError: unknown;
     const dropMessage = async (error?: unknown) => {
@@ -259,12 +258,17 @@ export class ReceiveServer {
       await message?.discard();
       message = undefined;
     };
+    let received = 0;
     try {
       message = await spool.receive();
-      await message.write(Buffer.from(receivedHeader(session, recipients, config.hostname, message.id, arrival)));
+      const header = Buffer.from(receivedHeader(session, recipients, config.hostname, message.id, arrival));
+      received = header.length;
+      await message.write(header);
     } catch (error) {
       await dropMessage(error);
     }
+    // The limit counts our Received header: the primary is sent (and told SIZE=) the stored bytes.
+    const inspector = new MessageInspector(config.limits, received);
     try {
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         inspector.inspect(chunk);

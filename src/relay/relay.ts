@@ -1,15 +1,19 @@
 import { EventEmitter, once } from 'node:events';
 import type { Logger } from 'pino';
-import type { Config, HostPort } from '../config/schema.js';
-import { Notifier } from '../dsn/notifier.js';
-import type { Envelope, Recipient } from '../spool/envelope.js';
-import type { Spool } from '../spool/spool.js';
-import { PrimaryConnection, PrimaryUnreachable, type RecipientReply } from './connection.js';
-import { MinHeap } from './heap.js';
-import { mailHosts, NoMailDomain } from './mx.js';
+import type { Config } from '../config/schema.js';
 import type { Metrics } from '../control/metrics.js';
+import { Notifier } from '../dsn/notifier.js';
+import { CorruptEnvelopeError, type Envelope, type Recipient } from '../spool/envelope.js';
+import { probeStorage } from '../spool/probe.js';
+import type { Spool } from '../spool/spool.js';
+import { onQueuedMessage, type Change, type QueuedOutcome } from '../spool/transaction.js';
+import { mailHosts, NoMailDomain } from './mx.js';
+import { Routes, type Route } from './routes.js';
+import { backoff, Schedule, type Chore, type Scheduled } from './schedule.js';
+import { PrimaryUnreachable, SmtpSession } from './session.js';
+import { sendMessage, type OutgoingMessage, type RecipientResult } from './transaction.js';
 
-/** What one attempt did with one message's recipients for one primary. */
+/** What one attempt did with one message's recipients for one route. */
 export interface AttemptOutcome {
   id: string;
   primary: string;
@@ -36,68 +40,33 @@ export interface FlushReport {
   busy: number;
 }
 
-interface Entry {
-  id: string;
-  /** Epoch ms before which the message is not attempted. */
-  due: number;
-  /** Epoch ms of arrival. */
-  arrival: number;
-  /** Epoch ms: arrival + relay.queueLifetime. */
-  expires: number;
-  /** Epoch ms of the delay notice; Infinity when none is due (off, or sent). */
-  warnAt: number;
-  held: boolean;
-  /** Primaries ("host:port") that still have pending recipients of this message. */
-  primaries: Set<string>;
-  /** Recipient domains, for `flush --domain`. */
-  domains: Set<string>;
-  /** When its timer fires (due, delay notice or expiry); Infinity when none is set. */
-  timerAt: number;
-  /** Primaries whose ready queue holds it. */
-  readyFor: Set<string>;
-}
-
-interface Timer {
-  at: number;
-  entry: Entry;
-}
-
-interface PrimaryState {
-  key: string;
-  address: HostPort;
-  /** A sender domain reached through its MX hosts (DSNs without dsn.relay): never marked down. */
-  mxDomain?: string;
-  up: boolean;
-  workers: number;
-  probe: NodeJS.Timeout | undefined;
-}
-
-const keyOf = (primary: HostPort) => `${primary.host}:${primary.port}`;
+/** Delivery stopped because the spool cannot record what happened (full, read-only, I/O errors). */
+export class SpoolFaultError extends Error {}
 
 /**
- * The scheduler and delivery agent: replays the spool to the primaries. It keeps
- * an index of queued messages; workers (up to relay.concurrency per primary) each
- * hold one connection and deliver due messages oldest first. A primary that cannot
- * be reached is marked down and probed every relay.probeInterval; when a probe
- * succeeds, replay starts at once. 4xx replies back off (minBackoff doubling to
- * maxBackoff). Every decision is written to the envelope before the next step.
+ * The delivery agent: replays the spool to the primaries. The schedule says which
+ * message is due where; workers (up to relay.concurrency per route) each hold one
+ * session and deliver due messages oldest first, one transaction per message. A
+ * primary that cannot be connected to is marked down and probed every
+ * relay.probeInterval; when a probe succeeds, replay starts at once.
  *
- * Scheduling never scans the whole index (it holds the spool, 100,000s of messages
- * while a primary is down): a timer heap holds each message's next event (due,
- * delay notice, expiry), and each primary has a ready heap of due messages, oldest
- * first. Heap items go stale when a message is re-indexed or taken; they are
- * recognised and dropped when popped.
+ * Every change to a message goes through one spool transaction (lock, read, change,
+ * save, unlock). What can go wrong with one message is contained to it: a message
+ * that cannot be processed is held with the reason, never retried in a loop. What is
+ * our own fault (the spool cannot be written) stops all delivery until a probe of
+ * the spool succeeds: attempts whose outcome cannot be recorded would repeat forever.
  */
 export class Relay extends EventEmitter {
-  private readonly entries = new Map<string, Entry>();
-  private readonly primaries = new Map<string, PrimaryState>();
-  private readonly inFlight = new Set<string>();
-  private readonly timers = new MinHeap<Timer>((a, b) => a.at < b.at);
-  private readonly ready = new Map<string, MinHeap<Entry>>();
+  private readonly schedule: Schedule;
+  private readonly routes: Routes;
+  private readonly notifier: Notifier;
+  private choresRunning = 0;
   private wake: NodeJS.Timeout | undefined;
   private wakeAt = Infinity;
   private stopped = false;
-  private readonly notifier: Notifier;
+  private fault: { reason: string; probe: NodeJS.Timeout | undefined } | undefined;
+  /** Storage faults since the last attempt that could be recorded: the spool probe backs off with it. */
+  private faultStreak = 0;
 
   constructor(
     private config: Config,
@@ -108,146 +77,191 @@ export class Relay extends EventEmitter {
     private readonly metrics?: Metrics,
   ) {
     super();
-    this.notifier = new Notifier(config, spool, log, (dsn) => this.add(dsn), (envelope, recipient) => this.destinationFor(envelope, recipient).address.host);
+    this.routes = new Routes(config);
+    this.schedule = new Schedule(config.relay, (kind, recipient) => this.routes.keyFor(kind, recipient));
+    this.notifier = new Notifier(config, spool, log, (dsn) => this.add(dsn), (envelope, recipient) => this.routes.resolve(envelope.kind, recipient).address.host);
   }
 
-  /** Indexes the spool; call once before anything else. */
+  /** Indexes the spool; call once before anything else. Interrupted notices are finished as chores, not here. */
   async load(): Promise<void> {
     const recovered = this.spool.takeRecovered();
     const { envelopes, unreadable } = recovered ? { envelopes: recovered, unreadable: [] } : await this.spool.list();
     for (const { id, reason } of unreadable) this.log.error({ queueId: id, reason }, 'unreadable envelope, not delivered');
-    for (const envelope of envelopes) {
-      if (envelope.notice) await this.locked(envelope.id, (current) => this.notifier.resume(current));
-      else this.index(envelope);
-    }
-    this.log.info({ messages: this.entries.size }, 'relay: queue indexed');
+    const now = Date.now();
+    for (const envelope of envelopes) this.schedule.index(envelope, now);
+    this.log.info({ messages: this.schedule.size }, 'relay: queue indexed');
+    if (this.daemon) this.kick();
   }
 
   /** A message the receiver just queued: due now. */
   add(envelope: Envelope): void {
-    this.index(envelope);
+    this.schedule.index(envelope, Date.now());
     this.kick();
   }
 
-  /** Fires the timers that are due, starts workers for the ready messages, arms the next wake-up. */
+  /** Fires the timers that are due, starts chores and workers, arms the next wake-up. */
   kick(): void {
     if (this.stopped) return;
-    const now = Date.now();
-    for (let timer = this.timers.peek(); timer && timer.at <= now; timer = this.timers.peek()) {
-      this.timers.pop();
-      const { entry } = timer;
-      if (this.entries.get(entry.id) !== entry || entry.timerAt !== timer.at) continue; // superseded
-      entry.timerAt = Infinity;
-      this.examine(entry, now);
-    }
-    for (const [key, queue] of this.ready) {
-      const primary = this.primaries.get(key);
-      while (primary?.up && queue.size > 0 && primary.workers < Math.min(this.config.relay.concurrency, queue.size)) {
-        primary.workers++;
-        void this.work(primary).finally(() => {
-          primary.workers--;
-          this.emit('progress');
-        });
+    this.schedule.advance(Date.now());
+    if (!this.fault) {
+      this.startChores();
+      for (const key of this.schedule.readyRoutes()) {
+        const route = this.routes.get(key);
+        while (route?.up && route.workers < Math.min(this.config.relay.concurrency, this.schedule.readyCount(key))) {
+          route.workers++;
+          void this.work(route).finally(() => {
+            route.workers--;
+            this.routes.sweep((k) => this.schedule.uses(k));
+            this.emit('progress');
+          });
+        }
       }
     }
     this.armWake();
   }
 
-  /** Decides what a message needs now: expiry, its delay notice, a place in the ready queues, or a timer. */
-  private examine(entry: Entry, now: number): void {
-    if (entry.held || this.inFlight.has(entry.id)) return; // a release or the end of its job re-examines it
-    if (now >= entry.expires) return this.maintain(entry, 'expire');
-    if (now >= entry.warnAt) return this.maintain(entry, 'warn');
-    if (entry.due > now) return this.setTimer(entry, Math.min(entry.due, entry.warnAt, entry.expires));
-    this.setTimer(entry, Math.min(entry.warnAt, entry.expires)); // it may wait for a down primary that long
-    for (const key of entry.primaries) {
-      if (entry.readyFor.has(key)) continue;
-      entry.readyFor.add(key);
-      let queue = this.ready.get(key);
-      if (!queue) this.ready.set(key, (queue = new MinHeap<Entry>((a, b) => a.id < b.id))); // ids sort by arrival
-      queue.push(entry);
-    }
-  }
-
-  private setTimer(entry: Entry, at: number): void {
-    if (at === Infinity || at >= entry.timerAt) return; // the earlier timer re-examines it anyway
-    entry.timerAt = at;
-    this.timers.push({ at, entry });
-    if (at < this.wakeAt) this.armWake();
-  }
-
   private armWake(): void {
-    const next = this.timers.peek()?.at ?? Infinity;
+    const next = this.schedule.nextWake();
     if (!this.daemon || this.stopped || next === this.wakeAt) return;
     clearTimeout(this.wake);
     this.wakeAt = next;
-    if (next < Infinity) this.wake = setTimeout(() => {
-      this.wakeAt = Infinity;
-      this.kick();
-    }, Math.min(Math.max(0, next - Date.now()) + 10, 2 ** 31 - 1));
+    if (next < Infinity) {
+      this.wake = setTimeout(
+        () => {
+          this.wakeAt = Infinity;
+          this.kick();
+        },
+        Math.min(Math.max(0, next - Date.now()) + 10, 2 ** 31 - 1),
+      );
+    }
   }
 
-  /** Ends a job on a message: one that was not re-indexed by it is examined again. */
-  private release(entry: Entry): void {
-    this.inFlight.delete(entry.id);
-    if (this.entries.get(entry.id) === entry) this.examine(entry, Date.now());
-  }
-
-  /** Expiry (pending recipients fail with 4.4.7) or the one delay notice, under the message lock. */
-  private maintain(entry: Entry, job: 'expire' | 'warn'): void {
-    this.inFlight.add(entry.id);
-    if (job === 'warn') entry.warnAt = Infinity;
-    void this.locked(entry.id, async (envelope) => {
-      const pending = envelope.recipients.filter((r) => r.state === 'pending');
-      if (job === 'warn') {
-        if (!envelope.delayWarned && pending.length > 0) await this.notifier.notify(envelope, pending, 'delayed');
-        return;
-      }
-      for (const recipient of pending) {
-        recipient.state = 'failed';
-        recipient.status = '4.4.7';
-      }
-      this.log.info({ queueId: envelope.id, to: pending.map((r) => r.address), lifetime: this.config.relay.queueLifetime }, 'status=expired');
-    })
-      .then((done) => {
-        if (done) return;
-        // Another process holds the message: look again in a second, not in a tight loop.
-        if (job === 'expire') entry.expires = Date.now() + 1000;
-        else entry.warnAt = Date.now() + 1000;
-      })
-      .catch((error: unknown) => this.log.error({ err: error, queueId: entry.id, job }, 'queue maintenance failed'))
-      .finally(() => {
-        this.release(entry);
+  /** Expiries, delay notices and interrupted notices, at most relay.concurrency at a time. */
+  private startChores(): void {
+    while (this.choresRunning < this.config.relay.concurrency) {
+      const next = this.schedule.nextChore();
+      if (!next) return;
+      this.choresRunning++;
+      this.schedule.take(next.entry);
+      void this.chore(next.chore, next.entry).finally(() => {
+        this.choresRunning--;
+        this.schedule.finish(next.entry, Date.now());
+        this.emit('progress');
         this.kick();
       });
+    }
+  }
+
+  private async chore(chore: Chore, entry: Scheduled): Promise<void> {
+    if (chore === 'warn') entry.warnAt = Infinity;
+    await this.onMessage(entry, async (envelope) => {
+      const pending = envelope.recipients.filter((r) => r.state === 'pending');
+      if (chore === 'warn' && !envelope.delayWarned && pending.length > 0) await this.notifier.notify(envelope, pending, 'delayed');
+      if (chore === 'expire') {
+        for (const recipient of pending) {
+          recipient.state = 'failed';
+          recipient.status = '4.4.7';
+        }
+        this.log.info({ queueId: envelope.id, to: pending.map((r) => r.address), lifetime: this.config.relay.queueLifetime }, 'status=expired');
+      }
+      return this.settle(envelope);
+    });
   }
 
   /**
-   * Runs `change` on a message's envelope under its lock, then settles it: failed
-   * recipients get their DSN, and the message leaves the spool once every recipient
-   * is delivered or reported. Resolves false when another process holds the lock.
+   * Runs `change` in a spool transaction on the message and re-indexes what it left.
+   * Another process holding it: look again in a second. Anything thrown is handled
+   * here (storage fault, or a message that cannot be processed), never passed on.
    */
-  private async locked(id: string, change: (envelope: Envelope) => Promise<void> | void): Promise<boolean> {
-    if (!(await this.spool.lockMessage(id))) return false;
+  private async onMessage(entry: Scheduled, change: (envelope: Envelope) => Promise<Change<Envelope>>): Promise<QueuedOutcome<Envelope> | undefined> {
     try {
-      let envelope: Envelope;
-      try {
-        envelope = await this.spool.readEnvelope(id);
-      } catch {
-        this.entries.delete(id); // delivered or deleted by another process
-        return true;
-      }
-      await change(envelope);
-      const unreported = envelope.recipients.filter((r) => r.state === 'failed' && !r.reported);
-      if (unreported.length > 0) await this.notifier.notify(envelope, unreported, 'failed');
-      const settled = envelope.recipients.every((r) => r.state === 'delivered' || (r.state === 'failed' && r.reported));
-      if (settled) await this.spool.remove(envelope.id);
-      else await this.spool.updateEnvelope(envelope);
-      this.index(settled ? { ...envelope, recipients: [] } : envelope);
-      return true;
-    } finally {
-      await this.spool.unlockMessage(id);
+      const outcome = await onQueuedMessage(this.spool, entry.id, async (envelope) => {
+        if (envelope.notice) await this.notifier.resume(envelope); // finish what a crash or a fault interrupted first
+        return change(envelope);
+      });
+      if (outcome.kind === 'busy') entry.blockedUntil = Date.now() + 1000;
+      else if (outcome.kind === 'gone') this.schedule.delete(entry.id);
+      else this.schedule.index(outcome.value, Date.now()); // only once saved: a change that could not be saved is not taken for done
+      this.faultStreak = 0;
+      return outcome;
+    } catch (error) {
+      await this.failed(entry, error);
+      return undefined;
     }
+  }
+
+  /** Settles a message: failed recipients get their DSN; it leaves the spool once every recipient is delivered or reported. */
+  private async settle(envelope: Envelope): Promise<Change<Envelope>> {
+    const unreported = envelope.recipients.filter((r) => r.state === 'failed' && !r.reported);
+    if (unreported.length > 0) await this.notifier.notify(envelope, unreported, 'failed');
+    const settled = envelope.recipients.every((r) => r.state === 'delivered' || (r.state === 'failed' && r.reported));
+    return settled ? { save: 'remove', value: { ...envelope, recipients: [] } } : { save: 'update', value: envelope };
+  }
+
+  /** A job on a message threw: our storage (stop delivery until it works), a corrupt envelope, or a message we cannot process (hold it). */
+  private async failed(entry: Scheduled, error: unknown): Promise<void> {
+    if (isStorageError(error)) return this.storageFault(error, entry.id);
+    try {
+      if (error instanceof CorruptEnvelopeError) {
+        this.schedule.delete(entry.id);
+        return await this.spool.quarantine(entry.id, error.message, this.log);
+      }
+      const reason = `cannot process this message: ${(error as Error).message}`;
+      this.log.error({ event: 'message_held', queueId: entry.id, err: error }, 'message held: the relay cannot process it (release it with "queue release" once fixed)');
+      this.metrics?.relayHeld.inc();
+      const outcome = await onQueuedMessage(this.spool, entry.id, (envelope) => {
+        envelope.held = true;
+        envelope.heldReason = reason;
+        return { save: 'update', value: envelope };
+      });
+      if (outcome.kind === 'busy') entry.blockedUntil = Date.now() + 1000;
+      else if (outcome.kind === 'done') this.schedule.index(outcome.value, Date.now());
+    } catch (second) {
+      if (isStorageError(second)) return this.storageFault(second, entry.id);
+      this.log.error({ queueId: entry.id, err: second }, 'message set aside until restart: it can be neither processed nor held');
+      this.schedule.delete(entry.id);
+    }
+  }
+
+  /**
+   * The spool cannot record an outcome. Attempting more would deliver messages again
+   * and again (a 250 we cannot record) or hammer the primary (a 4xx we cannot back
+   * off): everything stops, and a probe of the spool resumes delivery once it works.
+   */
+  private storageFault(error: unknown, queueId: string): void {
+    const { code, syscall, path } = error as NodeJS.ErrnoException;
+    const reason = `${code} on ${syscall}${path ? ` ${path}` : ''}`;
+    if (this.fault) return;
+    this.fault = { reason, probe: undefined };
+    this.metrics?.spoolFault.set(1);
+    this.log.error({ event: 'spool_fault', queueId, err: error, reason }, 'spool cannot record delivery outcomes: delivery stopped until it can');
+    this.emit('progress');
+    this.probeSpoolLater();
+  }
+
+  private probeSpoolLater(): void {
+    if (!this.daemon || this.stopped || !this.fault) return;
+    const { probeInterval, maxBackoff } = this.config.relay;
+    const delay = backoff(++this.faultStreak, probeInterval, Math.max(probeInterval, maxBackoff));
+    this.fault.probe = setTimeout(() => {
+      probeStorage(this.spool).then(
+        () => {
+          this.log.info({ event: 'spool_fault_cleared', reason: this.fault?.reason }, 'spool writable again: delivery resumed');
+          this.fault = undefined;
+          this.metrics?.spoolFault.set(0);
+          this.kick();
+        },
+        (error: unknown) => {
+          this.log.debug({ err: error }, 'spool probe failed');
+          this.probeSpoolLater();
+        },
+      );
+    }, delay * 1000);
+  }
+
+  /** Why delivery is stopped by the spool, if it is. */
+  get storageProblem(): string | undefined {
+    return this.fault?.reason;
   }
 
   /**
@@ -270,18 +284,22 @@ export class Relay extends EventEmitter {
     };
     this.on('attempt', onAttempt);
     try {
+      const now = Date.now();
       for (const entry of matching) {
         entry.due = 0;
-        this.examine(entry, Date.now());
+        entry.blockedUntil = 0;
+        this.schedule.touch(entry, now);
       }
-      const keys = new Set(matching.flatMap((entry) => [...entry.primaries]));
-      await Promise.all([...keys].map((key) => this.primaries.get(key)!).filter((p) => !p.up).map((p) => this.probe(p)));
+      const keys = new Set(matching.flatMap((entry) => [...entry.routes]));
+      const down = [...keys].map((key) => this.routes.get(key)).filter((route): route is Route => Boolean(route && !route.up && !route.mxDomain));
+      await Promise.all(down.map((route) => this.probe(route)));
       this.kick();
       while (waiting.size > 0) {
+        if (this.fault) throw new SpoolFaultError(`delivery stopped: the spool cannot be written (${this.fault.reason})`);
         for (const id of waiting) {
-          if (this.inFlight.has(id)) continue; // its outcome is on the way
-          const entry = this.entries.get(id);
-          const reachable = entry && [...entry.primaries].some((key) => this.primaries.get(key)!.up);
+          if (this.schedule.isBusy(id)) continue; // its outcome is on the way
+          const entry = this.schedule.get(id);
+          const reachable = entry && [...entry.routes].some((key) => this.routes.get(key)?.up);
           if (!entry || !reachable || entry.held) {
             if (entry && !reachable && !entry.held) report.unreachable++;
             waiting.delete(id);
@@ -304,247 +322,181 @@ export class Relay extends EventEmitter {
     return count;
   }
 
-  /** Stops scheduling; resolves when the workers have finished their current message. */
+  /** Stops scheduling; resolves when the workers and chores have finished their current message. */
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.wake);
-    for (const primary of this.primaries.values()) clearTimeout(primary.probe);
-    while ([...this.primaries.values()].some((p) => p.workers > 0)) await once(this, 'progress');
+    clearTimeout(this.fault?.probe);
+    for (const route of this.routes.all()) clearTimeout(route.probe);
+    while ([...this.routes.all()].some((r) => r.workers > 0) || this.choresRunning > 0) await once(this, 'progress');
   }
 
-  private matching(filter: FlushFilter): Entry[] {
-    return [...this.entries.values()].filter(
+  private matching(filter: FlushFilter): Scheduled[] {
+    return [...this.schedule.values()].filter(
       (entry) => !entry.held && (!filter.id || entry.id === filter.id) && (!filter.domain || entry.domains.has(filter.domain.toLowerCase())),
     );
   }
 
-  /** Primary states and queue counts, for `status`. */
-  summary(): { primaries: Array<{ primary: string; up: boolean }>; indexed: number; oldestArrival: number | undefined } {
+  /** Primary states and queue counts, for `status` and metrics. */
+  summary(): { primaries: Array<{ primary: string; up: boolean }>; indexed: number; oldestArrival: number | undefined; storageProblem?: string } {
     let oldestArrival: number | undefined;
-    for (const entry of this.entries.values()) oldestArrival = Math.min(oldestArrival ?? Infinity, entry.arrival);
-    return { primaries: [...this.primaries.values()].map((p) => ({ primary: p.key, up: p.up })), indexed: this.entries.size, oldestArrival };
+    for (const entry of this.schedule.values()) oldestArrival = Math.min(oldestArrival ?? Infinity, entry.arrival);
+    return { primaries: this.routes.primaries(), indexed: this.schedule.size, oldestArrival, ...(this.fault ? { storageProblem: this.fault.reason } : {}) };
   }
 
   /** A reloaded config (SIGHUP): concurrency, backoff, lifetimes, primaries apply from now on. */
   updateConfig(config: Config): void {
     this.config = config;
     this.notifier.updateConfig(config);
-    for (const entry of this.entries.values()) entry.primaries.clear();
-    void this.spool.list().then(({ envelopes }) => {
-      for (const envelope of envelopes) if (this.entries.has(envelope.id)) this.index(envelope);
-      this.kick();
-    });
+    this.routes.updateConfig(config);
+    this.schedule.reconfigure(config.relay, (kind, recipient) => this.routes.keyFor(kind, recipient), Date.now());
+    this.kick();
   }
 
   /** Reflects a message edited outside the relay (hold, release, delete). */
   refresh(id: string, envelope: Envelope | undefined): void {
-    this.entries.delete(id);
-    if (envelope) this.index(envelope);
+    if (envelope) this.schedule.index(envelope, Date.now());
+    else this.schedule.delete(id);
     this.kick();
   }
 
-  private index(envelope: Envelope): void {
-    const pending = envelope.recipients.filter((r) => r.state === 'pending');
-    if (pending.length === 0) {
-      this.entries.delete(envelope.id);
-      return;
-    }
-    const arrival = Date.parse(envelope.arrival);
-    const { queueLifetime, delayWarning } = this.config.relay;
-    const entry: Entry = {
-      id: envelope.id,
-      due: envelope.nextAttempt ? Date.parse(envelope.nextAttempt) : 0,
-      arrival,
-      expires: arrival + queueLifetime * 1000,
-      warnAt: delayWarning > 0 && !envelope.delayWarned && envelope.kind !== 'dsn' ? arrival + delayWarning * 1000 : Infinity,
-      held: Boolean(envelope.held),
-      primaries: new Set(pending.map((r) => this.destinationFor(envelope, r).key)),
-      domains: new Set(pending.map((r) => domainOf(r.address))),
-      timerAt: Infinity,
-      readyFor: new Set(),
-    };
-    this.entries.set(envelope.id, entry);
-    this.setTimer(entry, Math.min(entry.due, entry.warnAt, entry.expires));
-  }
-
-  /**
-   * Where a recipient goes: its source's primary (else the global one); a DSN goes to
-   * dsn.relay, else to the MX hosts of the sender's domain.
-   */
-  private destinationFor(envelope: Envelope, recipient: Recipient): PrimaryState {
-    if (envelope.kind === 'dsn' && !this.config.dsn.relay) {
-      const domain = domainOf(recipient.address);
-      return this.state(`mx:${domain}`, { host: domain, port: this.config.dsn.port }, domain);
-    }
-    const source = this.config.sources.find((s) => s.name === recipient.source);
-    const address = envelope.kind === 'dsn' ? this.config.dsn.relay! : (source?.primary ?? this.config.primary);
-    return this.state(keyOf(address), address);
-  }
-
-  private state(key: string, address: HostPort, mxDomain?: string): PrimaryState {
-    let state = this.primaries.get(key);
-    if (!state) {
-      state = { key, address, mxDomain, up: true, workers: 0, probe: undefined };
-      this.primaries.set(key, state);
-    }
-    return state;
-  }
-
-  /** The oldest ready message for this primary; stale queue items are dropped on the way. */
-  private nextFor(primary: PrimaryState): Entry | undefined {
-    const queue = this.ready.get(primary.key);
-    const now = Date.now();
-    for (let entry = queue?.pop(); entry; entry = queue?.pop()) {
-      entry.readyFor.delete(primary.key);
-      if (this.entries.get(entry.id) !== entry || !entry.primaries.has(primary.key)) continue;
-      if (entry.held || entry.due > now || this.inFlight.has(entry.id)) continue; // its timer or job brings it back
-      return entry;
-    }
-    return undefined;
-  }
-
-  private async work(primary: PrimaryState): Promise<void> {
-    let connection: PrimaryConnection | undefined;
+  private async work(route: Route): Promise<void> {
+    let session: SmtpSession | undefined;
     try {
-      while (primary.up && !this.stopped) {
-        const entry = this.nextFor(primary); // taken off its ready queue: release() puts it back if need be
+      while (route.up && !this.stopped && !this.fault) {
+        const entry = this.schedule.next(route.key, Date.now());
         if (!entry) break;
-        this.inFlight.add(entry.id);
+        this.schedule.take(entry);
         try {
-          if (!connection?.usable) {
-            connection?.quit();
-            connection = await this.connect(primary);
-          }
-          const outcome = await this.attempt(entry, primary, connection);
-          this.emit('attempt', outcome);
-          if (!outcome.busy && connection.usable && outcome.delivered === 0) await connection.reset();
+          if (!session?.usable) session = await this.connect(route);
+          const outcome = await this.attempt(entry, route, session);
+          if (outcome) this.emit('attempt', outcome);
         } catch (error) {
           if (!(error instanceof PrimaryUnreachable) && !(error instanceof NoMailDomain)) throw error;
-          if (primary.mxDomain) {
+          if (route.mxDomain) {
             // A sender's MX is not ours to probe: this message backs off like a 4xx (or fails for good).
-            this.emit('attempt', await this.unreachableMx(entry, primary, error));
+            const outcome = await this.unreachableMx(entry, route, error);
+            if (outcome) this.emit('attempt', outcome);
             break;
           }
-          this.emit('attempt', { id: entry.id, primary: primary.key, delivered: 0, deferred: 0, failed: 0, unreachable: true, busy: false });
-          this.markDown(primary, error.message);
+          this.emit('attempt', { id: entry.id, primary: route.key, delivered: 0, deferred: 0, failed: 0, unreachable: true, busy: false });
+          this.markDown(route, error.message);
         } finally {
-          this.release(entry);
+          this.schedule.finish(entry, Date.now());
           this.kick();
         }
       }
     } catch (error) {
-      this.log.error({ err: error, primary: primary.key }, 'relay worker failed');
+      this.log.error({ err: error, primary: route.key }, 'relay worker failed');
     } finally {
-      connection?.quit();
+      session?.quit();
     }
   }
 
-  /** A connection to a primary, or to the first MX host of a sender domain that answers. */
-  private async connect(primary: PrimaryState): Promise<PrimaryConnection> {
-    if (!primary.mxDomain) return PrimaryConnection.open(primary.address, this.connectionOptions());
-    const hosts = await mailHosts(primary.mxDomain, this.config.dns.servers).catch((error: unknown) => {
+  /** A session with a primary, or with the first MX host of a sender domain that answers. */
+  private async connect(route: Route): Promise<SmtpSession> {
+    if (!route.mxDomain) return SmtpSession.open(route.address, this.sessionOptions());
+    const hosts = await mailHosts(route.mxDomain, this.config.dns.servers).catch((error: unknown) => {
       if (error instanceof NoMailDomain) throw error;
-      throw new PrimaryUnreachable(`MX lookup for ${primary.mxDomain} failed: ${(error as Error).message}`);
+      throw new PrimaryUnreachable(`MX lookup for ${route.mxDomain} failed: ${(error as Error).message}`);
     });
     const failures: string[] = [];
     for (const host of hosts) {
       try {
-        return await PrimaryConnection.open({ host: host.address, port: primary.address.port }, { ...this.connectionOptions(), servername: host.name });
+        return await SmtpSession.open({ host: host.address, port: route.address.port }, { ...this.sessionOptions(), servername: host.name });
       } catch (error) {
         failures.push(`${host.name}[${host.address}]: ${(error as Error).message}`);
       }
     }
-    throw new PrimaryUnreachable(failures.length ? failures.join('; ') : `no address for the mail hosts of ${primary.mxDomain}`);
+    throw new PrimaryUnreachable(failures.length ? failures.join('; ') : `no address for the mail hosts of ${route.mxDomain}`);
   }
 
-  private async unreachableMx(entry: Entry, primary: PrimaryState, error: Error): Promise<AttemptOutcome> {
-    const permanent = error instanceof NoMailDomain;
-    const outcome: AttemptOutcome = { id: entry.id, primary: primary.key, delivered: 0, deferred: 0, failed: 0, unreachable: false, busy: false };
-    const done = await this.locked(entry.id, (envelope) => {
-      const recipients = envelope.recipients.filter((r) => r.state === 'pending' && this.destinationFor(envelope, r).key === primary.key);
-      const reply = permanent ? `550 5.1.2 ${error.message}` : `451 4.4.1 ${error.message}`;
-      const replies = recipients.map((r) => ({ address: r.address, code: permanent ? 550 : 451, reply }));
-      this.record(envelope, recipients, replies, outcome);
-      this.logAttempt(envelope, primary, replies, Date.now());
-    });
-    return done ? outcome : { ...outcome, busy: true };
-  }
-
-  private connectionOptions() {
+  private sessionOptions() {
     const { hostname, relay } = this.config;
     return { name: hostname, connectTimeout: relay.connectTimeout, commandTimeout: relay.commandTimeout };
   }
 
-  /** One attempt: this primary's pending recipients of one message, under the message lock. */
-  private async attempt(entry: Entry, primary: PrimaryState, connection: PrimaryConnection): Promise<AttemptOutcome> {
-    const outcome: AttemptOutcome = { id: entry.id, primary: primary.key, delivered: 0, deferred: 0, failed: 0, unreachable: false, busy: false };
-    const done = await this.locked(entry.id, async (envelope) => {
-      if (envelope.held) return;
-      const recipients = envelope.recipients.filter((r) => r.state === 'pending' && this.destinationFor(envelope, r).key === primary.key);
-      const started = Date.now();
-      const replies: RecipientReply[] = [];
-      for (const group of dsnGroups(recipients)) {
-        if (replies.length > 0 && !replies.some((r) => r.code >= 200 && r.code < 300)) await connection.reset();
-        replies.push(...(await this.send(envelope, group, connection)));
-      }
-      this.record(envelope, recipients, replies, outcome);
-      this.logAttempt(envelope, primary, replies, started);
+  private async unreachableMx(entry: Scheduled, route: Route, error: Error): Promise<AttemptOutcome | undefined> {
+    const permanent = error instanceof NoMailDomain;
+    const reply = permanent ? `550 5.1.2 ${error.message}` : `451 4.4.1 ${error.message}`;
+    return this.attemptWith(entry, route, async (recipients) => recipients.map((r) => ({ address: r.address, outcome: permanent ? 'failed' : 'deferred', reply })));
+  }
+
+  /** One attempt: this route's pending recipients of one message, in one transaction on the session. */
+  private attempt(entry: Scheduled, route: Route, session: SmtpSession): Promise<AttemptOutcome | undefined> {
+    return this.attemptWith(entry, route, async (recipients, envelope) => {
+      const result = await sendMessage(session, this.outgoing(envelope, recipients));
+      if (!result.reusable) session.close();
+      return result.recipients;
     });
-    if (!done) {
-      entry.due = Date.now() + 1000; // another process delivers or edits it; look again later
-      return { ...outcome, busy: true };
-    }
-    return outcome;
   }
 
-  /** Applies the replies to the recipients, and the backoff when any was deferred. */
-  private record(envelope: Envelope, recipients: Recipient[], replies: RecipientReply[], outcome: AttemptOutcome): void {
-    for (const reply of replies) {
-      const recipient = recipients.find((r) => r.address === reply.address)!;
-      recipient.reply = reply.reply;
-      if (reply.code >= 200 && reply.code < 300) recipient.state = 'delivered';
-      else if (reply.code >= 500) recipient.state = 'failed';
-    }
-    outcome.delivered = replies.filter((r) => r.code >= 200 && r.code < 300).length;
-    outcome.failed = replies.filter((r) => r.code >= 500).length;
-    outcome.deferred = replies.length - outcome.delivered - outcome.failed;
-    envelope.lastAttempt = new Date().toISOString();
-    if (outcome.deferred > 0) {
-      envelope.deferrals = (envelope.deferrals ?? 0) + 1;
-      const backoff = Math.min(this.config.relay.minBackoff * 2 ** (envelope.deferrals - 1), this.config.relay.maxBackoff);
-      envelope.nextAttempt = new Date(Date.now() + backoff * 1000).toISOString();
-    }
+  private async attemptWith(
+    entry: Scheduled,
+    route: Route,
+    deliver: (recipients: Recipient[], envelope: Envelope) => Promise<RecipientResult[]>,
+  ): Promise<AttemptOutcome | undefined> {
+    const counts: AttemptOutcome = { id: entry.id, primary: route.key, delivered: 0, deferred: 0, failed: 0, unreachable: false, busy: false };
+    let retryAt: number | undefined;
+    const outcome = await this.onMessage(entry, async (envelope) => {
+      const recipients = envelope.recipients.filter((r) => r.state === 'pending' && this.routes.keyFor(envelope.kind, r) === route.key);
+      if (envelope.held || recipients.length === 0) return this.settle(envelope);
+      const started = Date.now();
+      const results = await deliver(recipients, envelope);
+      this.record(envelope, recipients, results, counts);
+      this.logAttempt(envelope, route, results, started);
+      retryAt = envelope.nextAttempt === undefined ? undefined : Date.parse(envelope.nextAttempt);
+      return this.settle(envelope);
+    });
+    if (!outcome && retryAt !== undefined) entry.due = Math.max(entry.due, retryAt); // not recorded (storage fault): keep the backoff in memory
+    if (!outcome) return undefined;
+    return outcome.kind === 'busy' ? { ...counts, busy: true } : counts;
   }
 
-  private async send(envelope: Envelope, recipients: Recipient[], connection: PrimaryConnection): Promise<RecipientReply[]> {
-    if (envelope.smtpUtf8 && !connection.offersSmtpUtf8) {
-      const reply = '550 5.6.7 The primary does not offer SMTPUTF8, which this message needs';
-      return recipients.map((r) => ({ address: r.address, code: 550, reply }));
-    }
-    const [first] = recipients;
-    return connection.send({
+  private outgoing(envelope: Envelope, recipients: Recipient[]): OutgoingMessage {
+    return {
       sender: envelope.sender,
-      recipients: recipients.map((r) => r.address),
-      dsn: { ret: envelope.dsn?.ret, envid: envelope.dsn?.envid, notify: first.notify, orcpt: first.orcpt },
+      recipients: recipients.map(({ address, notify, orcpt }) => ({ address, notify, orcpt })),
       size: envelope.size,
       eightBit: envelope.bodyType === '8bitmime',
       smtpUtf8: envelope.smtpUtf8,
-      body: this.spool.openMessage(envelope),
-    });
+      ret: envelope.dsn?.ret,
+      envid: envelope.dsn?.envid,
+      body: () => this.spool.openMessage(envelope),
+    };
+  }
+
+  /** Applies the results to the recipients, and the backoff when any was deferred. */
+  private record(envelope: Envelope, recipients: Recipient[], results: RecipientResult[], counts: AttemptOutcome): void {
+    for (const result of results) {
+      const recipient = recipients.find((r) => r.address === result.address)!;
+      recipient.reply = result.reply;
+      if (result.outcome === 'delivered') recipient.state = 'delivered';
+      else if (result.outcome === 'failed') recipient.state = 'failed';
+      counts[result.outcome]++;
+    }
+    envelope.lastAttempt = new Date().toISOString();
+    if (counts.deferred > 0) {
+      envelope.deferrals = (envelope.deferrals ?? 0) + 1;
+      const seconds = backoff(envelope.deferrals, this.config.relay.minBackoff, this.config.relay.maxBackoff);
+      envelope.nextAttempt = new Date(Date.now() + seconds * 1000).toISOString();
+    }
   }
 
   /** One line per outcome, like Postfix's status=sent / deferred / bounced. */
-  private logAttempt(envelope: Envelope, primary: PrimaryState, replies: RecipientReply[], started: number): void {
-    const groups: Record<string, RecipientReply[]> = { sent: [], deferred: [], bounced: [] };
-    for (const reply of replies) groups[reply.code >= 200 && reply.code < 300 ? 'sent' : reply.code >= 500 ? 'bounced' : 'deferred'].push(reply);
-    for (const [status, group] of Object.entries(groups)) {
+  private logAttempt(envelope: Envelope, route: Route, results: RecipientResult[], started: number): void {
+    const statusOf = { delivered: 'sent', deferred: 'deferred', failed: 'bounced' } as const;
+    for (const outcome of ['delivered', 'deferred', 'failed'] as const) {
+      const group = results.filter((r) => r.outcome === outcome);
       if (group.length === 0) continue;
+      const status = statusOf[outcome];
       this.metrics?.deliveries.inc({ status }, group.length);
       this.log.info(
         {
+          event: 'delivery',
           queueId: envelope.id,
           to: group.map((r) => r.address),
-          primary: primary.key,
+          primary: route.key,
           status,
           reply: group[0].reply,
           delay: (Date.now() - Date.parse(envelope.arrival)) / 1000,
@@ -556,51 +508,38 @@ export class Relay extends EventEmitter {
     }
   }
 
-  private markDown(primary: PrimaryState, reason: string): void {
-    if (!primary.up) return;
-    primary.up = false;
-    this.log.warn({ primary: primary.key, reason, probeInterval: this.config.relay.probeInterval }, 'primary is DOWN: delivery stopped, probing');
+  private markDown(route: Route, reason: string): void {
+    if (!route.up) return;
+    route.up = false;
+    this.log.warn({ event: 'primary_down', primary: route.key, reason, probeInterval: this.config.relay.probeInterval }, 'primary is DOWN: delivery stopped, probing');
     this.emit('progress');
-    this.scheduleProbe(primary);
+    this.scheduleProbe(route);
   }
 
-  private scheduleProbe(primary: PrimaryState): void {
+  private scheduleProbe(route: Route): void {
     if (!this.daemon || this.stopped) return;
-    clearTimeout(primary.probe);
-    primary.probe = setTimeout(() => void this.probe(primary), this.config.relay.probeInterval * 1000);
+    clearTimeout(route.probe);
+    route.probe = setTimeout(() => void this.probe(route), this.config.relay.probeInterval * 1000);
   }
 
   /** Connect, EHLO, QUIT: the primary is up again when that works. */
-  private async probe(primary: PrimaryState): Promise<void> {
+  private async probe(route: Route): Promise<void> {
     try {
-      const connection = await PrimaryConnection.open(primary.address, this.connectionOptions());
-      connection.quit();
+      (await SmtpSession.open(route.address, this.sessionOptions())).quit();
     } catch (error) {
-      this.log.debug({ primary: primary.key, reason: (error as Error).message }, 'probe failed');
-      primary.up = false;
-      this.scheduleProbe(primary);
+      this.log.debug({ primary: route.key, reason: (error as Error).message }, 'probe failed');
+      route.up = false;
+      this.scheduleProbe(route);
       return;
     }
-    clearTimeout(primary.probe);
-    if (!primary.up) this.log.info({ primary: primary.key }, 'primary is UP: replaying the spool');
-    primary.up = true;
+    clearTimeout(route.probe);
+    if (!route.up) this.log.info({ event: 'primary_up', primary: route.key }, 'primary is UP: replaying the spool');
+    route.up = true;
     this.kick();
   }
 }
 
-function domainOf(address: string): string {
-  return address.slice(address.lastIndexOf('@') + 1).toLowerCase();
-}
-
-/**
- * nodemailer sends one NOTIFY and one ORCPT for a whole envelope, so recipients
- * whose RFC 3461 parameters differ go in separate transactions on the same connection.
- */
-function dsnGroups(recipients: Recipient[]): Recipient[][] {
-  const groups = new Map<string, Recipient[]>();
-  for (const recipient of recipients) {
-    const key = `${recipient.notify?.join(',') ?? ''}|${recipient.orcpt ?? ''}`;
-    groups.set(key, [...(groups.get(key) ?? []), recipient]);
-  }
-  return [...groups.values()];
+/** An error of the file system under the spool (a system call failed), as opposed to one about a message. */
+function isStorageError(error: unknown): error is NodeJS.ErrnoException {
+  return typeof (error as NodeJS.ErrnoException | null)?.syscall === 'string';
 }

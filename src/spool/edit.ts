@@ -1,6 +1,7 @@
 import type { Envelope } from './envelope.js';
 import { QUEUE_ID } from './queue-id.js';
 import type { Spool } from './spool.js';
+import { onQueuedMessage } from './transaction.js';
 
 export type QueueEdit = 'hold' | 'release' | 'delete';
 
@@ -12,24 +13,16 @@ export class QueueEditError extends Error {}
  */
 export async function editQueued(spool: Spool, id: string, edit: QueueEdit): Promise<Envelope | undefined> {
   if (!QUEUE_ID.test(id)) throw new QueueEditError(`${JSON.stringify(id)} is not a queue id`);
-  if (!(await spool.lockMessage(id))) throw new QueueEditError(`${id} is being delivered right now; try again in a moment`);
-  try {
-    let envelope: Envelope;
-    try {
-      envelope = await spool.readEnvelope(id);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') throw new QueueEditError(`${id}: no such message in the queue`);
-      throw error;
-    }
-    if (edit === 'delete') {
-      await spool.remove(id);
-      return undefined;
-    }
+  const outcome = await onQueuedMessage(spool, id, (envelope) => {
+    if (edit === 'delete') return { save: 'remove', value: undefined };
     envelope.held = edit === 'hold';
-    if (!envelope.held) delete envelope.nextAttempt; // released: due now
-    await spool.updateEnvelope(envelope);
-    return envelope;
-  } finally {
-    await spool.unlockMessage(id);
-  }
+    if (!envelope.held) {
+      delete envelope.nextAttempt; // released: due now
+      delete envelope.heldReason;
+    }
+    return { save: 'update', value: envelope };
+  });
+  if (outcome.kind === 'busy') throw new QueueEditError(`${id} is being delivered right now; try again in a moment`);
+  if (outcome.kind === 'gone') throw new QueueEditError(`${id}: no such message in the queue`);
+  return outcome.value;
 }

@@ -42,6 +42,8 @@ export interface Envelope {
   lastAttempt?: string;
   /** Held messages are never delivered until released. */
   held?: boolean;
+  /** Why the relay held it by itself (a message it could not process); absent when an admin did. */
+  heldReason?: string;
   /** RFC 3461 MAIL parameters as received. */
   dsn?: { ret?: 'FULL' | 'HDRS'; envid?: string };
   /** 'dsn': a delivery status notification this MX generated (goes to the sender's MX, never bounced). */

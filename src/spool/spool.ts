@@ -1,11 +1,13 @@
-import { constants, createReadStream, readFileSync, type ReadStream } from 'node:fs';
-import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { createReadStream, type ReadStream } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { DirectorySync, writeFileSynced } from './durable.js';
-import { CorruptEnvelopeError, parseEnvelope, type Envelope } from './envelope.js';
-import { newQueueId, QUEUE_ID } from './queue-id.js';
-import { envelopeTrailer, readTrailer, readTrailerSync } from './trailer.js';
+import { parseEnvelope, type Envelope } from './envelope.js';
+import { MessageLocks, releaseDaemonLock, takeDaemonLock, unlinkIfAny } from './locks.js';
+import { newQueueId } from './queue-id.js';
+import { recoverSpool } from './recovery.js';
+import { envelopeTrailer, readTrailer } from './trailer.js';
 
 /*
  * Layout under the spool directory:
@@ -15,12 +17,8 @@ import { envelopeTrailer, readTrailer, readTrailerSync } from './trailer.js';
  *   queue/<id>.env               the envelope's later state (JSON), once it changed; it
  *                                takes precedence over the trailer
  *   corrupt/                     files recovery could not make sense of, kept for a human
- *   locks/<id>                   a message being delivered (holds the pid of its deliverer)
- *   locks/.holder.<pid>          the token every lock of process <pid> is a hard link to
- *   serve.pid                    held by the running `serve`
+ *   locks/, serve.pid            locks.ts
  */
-
-export class SpoolLockedError extends Error {}
 
 /** What the receiver knows when it commits a message; the spool adds id, size and version. */
 export type EnvelopeFields = Omit<Envelope, 'version' | 'id' | 'size'>;
@@ -30,13 +28,16 @@ export class Spool {
   readonly queueDir: string;
   readonly corruptDir: string;
   readonly locksDir: string;
+  readonly locks: MessageLocks;
   private readonly queueSync: DirectorySync;
+  private recovered: Envelope[] | undefined;
 
   private constructor(readonly root: string) {
     this.tmpDir = join(root, 'tmp');
     this.queueDir = join(root, 'queue');
     this.corruptDir = join(root, 'corrupt');
     this.locksDir = join(root, 'locks');
+    this.locks = new MessageLocks(this.locksDir);
     this.queueSync = new DirectorySync(this.queueDir);
   }
 
@@ -56,8 +57,8 @@ export class Spool {
   static async openForServing(root: string, log: Logger): Promise<Spool> {
     const spool = new Spool(root);
     await spool.createLayout();
-    await spool.lock();
-    await spool.recover(log);
+    await takeDaemonLock(root);
+    spool.recovered = await recoverSpool(spool, log);
     return spool;
   }
 
@@ -67,87 +68,9 @@ export class Spool {
     }
   }
 
-  private get pidFile(): string {
-    return pidFileOf(this.root);
-  }
-
-  /** The pid of a live `serve` holding this spool, if any. */
-  static runningDaemonPid(root: string): number | undefined {
-    const holder = Number.parseInt(readFileIfAny(pidFileOf(root)), 10);
-    return Number.isInteger(holder) && holder > 0 && processIsAlive(holder) ? holder : undefined;
-  }
-
-  private async lock(): Promise<void> {
-    for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        const handle = await open(this.pidFile, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
-        await handle.writeFile(`${process.pid}\n`);
-        await handle.close();
-        return;
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      }
-      const holder = Spool.runningDaemonPid(this.root);
-      if (holder) {
-        throw new SpoolLockedError(
-          `spool ${this.root} is in use by process ${holder} (another secondarymx serve); ` +
-            `if that process is not secondarymx, remove ${this.pidFile}`,
-        );
-      }
-      await rm(this.pidFile, { force: true }); // stale: its process is gone
-    }
-    throw new SpoolLockedError(`cannot take the lock ${this.pidFile}`);
-  }
-
   async unlock(): Promise<void> {
-    await rm(this.pidFile, { force: true });
+    await releaseDaemonLock(this.root);
   }
-
-  /**
-   * Start-up recovery: removes what was never acknowledged (everything in tmp/), the
-   * envelope of a message whose removal was cut short, and moves unreadable messages
-   * to corrupt/.
-   */
-  private async recover(log: Logger): Promise<void> {
-    const leftovers = await readdir(this.tmpDir);
-    await Promise.all(leftovers.map((name) => rm(join(this.tmpDir, name), { force: true })));
-    const names = new Set(await readdir(this.queueDir));
-    let removedEnvelopes = 0;
-    let corrupt = 0;
-    const messageIds: string[] = [];
-    for (const name of names) {
-      const match = /^(.*)\.(msg|env)$/.exec(name);
-      const id = match?.[1] ?? '';
-      if (!match || !QUEUE_ID.test(id)) {
-        await this.quarantine(name, 'unexpected file in queue', log);
-        corrupt++;
-      } else if (match[2] === 'env' && !names.has(`${id}.msg`)) {
-        await unlink(join(this.queueDir, name)); // remove() takes the message first, then this
-        removedEnvelopes++;
-      } else if (match[2] === 'msg') {
-        messageIds.push(id);
-      }
-    }
-    // Each envelope is read once and handed to the relay (takeRecovered). Synchronous reads:
-    // nothing listens yet, and for 100,000 small files they take half the time of async ones.
-    const recovered: Envelope[] = [];
-    for (const id of messageIds.sort()) {
-      const updated = names.has(`${id}.env`);
-      try {
-        const envelopeFile = join(this.queueDir, `${id}.env`);
-        recovered.push(updated ? parseEnvelope(readFileSync(envelopeFile, 'utf8'), id) : readTrailerSync(this.messagePath(id), id));
-      } catch (error) {
-        if (!(error instanceof CorruptEnvelopeError)) throw error;
-        if (updated) await this.quarantine(`${id}.env`, error.message, log);
-        await this.quarantine(`${id}.msg`, error.message, log);
-        corrupt++;
-      }
-    }
-    this.recovered = recovered.sort((a, b) => (a.id < b.id ? -1 : 1));
-    log.info({ removedTemp: leftovers.length, removedEnvelopes, corrupt, queued: recovered.length }, 'spool recovered');
-  }
-
-  private recovered: Envelope[] | undefined;
 
   /** The envelopes start-up recovery read, once (saves the relay a second scan of the queue). */
   takeRecovered(): Envelope[] | undefined {
@@ -156,9 +79,15 @@ export class Spool {
     return recovered;
   }
 
-  private async quarantine(name: string, reason: string, log: Logger): Promise<void> {
-    await rename(join(this.queueDir, name), join(this.corruptDir, name));
-    log.error({ file: name, reason, movedTo: this.corruptDir }, 'corrupt spool file set aside');
+  /** Moves a queued message's files to corrupt/ for a human to look at. */
+  async quarantine(id: string, reason: string, log: Logger): Promise<void> {
+    for (const name of [`${id}.env`, `${id}.msg`]) {
+      await rename(join(this.queueDir, name), join(this.corruptDir, name)).catch((error: NodeJS.ErrnoException) => {
+        if (error.code !== 'ENOENT') throw error;
+      });
+    }
+    await this.queueSync.sync();
+    log.error({ queueId: id, reason, movedTo: this.corruptDir }, 'corrupt spool file set aside');
   }
 
   /** A queued message's envelope: its latest state (.env), else the one it was queued with. */
@@ -248,52 +177,6 @@ export class Spool {
     await unlinkIfAny(this.messagePath(id));
     await unlinkIfAny(join(this.queueDir, `${id}.env`));
     await this.queueSync.sync();
-  }
-
-  /**
-   * Exclusive right to deliver or edit a message, across processes (the daemon, a
-   * `flush` without daemon, `queue` commands). A lock whose process is gone is taken over.
-   */
-  async lockMessage(id: string): Promise<boolean> {
-    const path = join(this.locksDir, id);
-    for (let attempt = 0; attempt < 3; attempt++) {
-      try {
-        // A hard link to this process's token: the lock appears with its pid in one step, nobody ever sees it empty.
-        await link(await this.lockToken(), path);
-        return true;
-      } catch (error) {
-        const code = (error as NodeJS.ErrnoException).code;
-        if (code === 'ENOENT') {
-          this.token = undefined; // someone cleaned locks/ by hand: make the token again
-          continue;
-        }
-        if (code !== 'EEXIST') throw error;
-      }
-      const holder = Number.parseInt(readFileIfAny(path), 10);
-      if (holder === process.pid || processIsAlive(holder)) return false;
-      await unlinkIfAny(path); // its process is gone
-    }
-    return false;
-  }
-
-  async unlockMessage(id: string): Promise<void> {
-    await unlinkIfAny(join(this.locksDir, id));
-  }
-
-  private token: Promise<string> | undefined;
-
-  /** This process's lock token, created once; the tokens of processes that are gone are removed on the way. */
-  private lockToken(): Promise<string> {
-    this.token ??= (async () => {
-      for (const name of await readdir(this.locksDir)) {
-        const owner = /^\.holder\.(\d+)$/.exec(name)?.[1];
-        if (owner && !processIsAlive(Number(owner))) await unlinkIfAny(join(this.locksDir, name));
-      }
-      const token = join(this.locksDir, `.holder.${process.pid}`);
-      await writeFile(token, `${process.pid}\n`, { mode: 0o600 });
-      return token;
-    })();
-    return this.token;
   }
 
   async discardTemp(id: string): Promise<void> {
@@ -386,33 +269,4 @@ async function forEachLimited<T>(items: readonly T[], limit: number, work: (item
     while (next < items.length) await work(items[next++]);
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
-}
-
-/** unlink() without the lstat() that rm() adds; a file already gone is fine. */
-async function unlinkIfAny(path: string): Promise<void> {
-  await unlink(path).catch((error: NodeJS.ErrnoException) => {
-    if (error.code !== 'ENOENT') throw error;
-  });
-}
-
-function pidFileOf(root: string): string {
-  return join(root, 'serve.pid');
-}
-
-function readFileIfAny(path: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return '';
-  }
-}
-
-function processIsAlive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }

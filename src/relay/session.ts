@@ -1,0 +1,249 @@
+import { connect as netConnect, type Socket } from 'node:net';
+import type { Duplex, Readable } from 'node:stream';
+import { connect as tlsConnect } from 'node:tls';
+import type { HostPort } from '../config/schema.js';
+import { dotStuffer } from './dot-stuff.js';
+
+/** The primary could not be talked to at all: refused, timed out, closed, 421 or no 2xx greeting. */
+export class PrimaryUnreachable extends Error {}
+
+/** An open session ended under us: closed, reset, timed out, a 421, or a reply that is not SMTP. */
+export class SessionLost extends Error {}
+
+export interface Reply {
+  code: number;
+  /** The whole reply, lines joined by a space: "250 2.1.5 Ok". */
+  text: string;
+}
+
+export interface SessionOptions {
+  /** Our EHLO name. */
+  name: string;
+  /** Seconds for the connection and the greeting. */
+  connectTimeout: number;
+  /** Seconds the primary may stay silent while we wait for a reply or it reads our data. */
+  commandTimeout: number;
+  /** TLS server name (SNI) when it is not the host we connect to. */
+  servername?: string;
+}
+
+/** A reply's lines are capped: a peer that sends an endless line is not an SMTP server. */
+const MAX_REPLY_BYTES = 64 * 1024;
+
+/**
+ * One SMTP client session (RFC 5321) on a socket: greeting, EHLO, opportunistic
+ * STARTTLS, then pipelined commands (RFC 2920) and DATA. Replies are matched to
+ * commands in order; every way a session can end becomes a SessionLost for whoever
+ * waits. It knows nothing about messages or recipients (transaction.ts does).
+ */
+export class SmtpSession {
+  private readonly extensions = new Map<string, string>();
+  private readonly replies: Reply[] = [];
+  private readonly waiting: Array<{ resolve: (reply: Reply) => void; reject: (error: Error) => void }> = [];
+  private partial: string[] = [];
+  private buffered = '';
+  private lost: SessionLost | undefined;
+
+  private constructor(private readonly stream: Duplex) {
+    stream.setEncoding('latin1');
+    stream.on('data', (text: string) => this.read(text));
+    stream.on('error', (error: Error) => this.end(`${(error as NodeJS.ErrnoException).code ?? 'error'}: ${error.message}`));
+    stream.on('close', () => this.end('connection closed by the primary'));
+    stream.on('end', () => this.end('connection closed by the primary'));
+  }
+
+  /** Connects, reads the greeting, says EHLO, and starts TLS when offered (retrying in clear if the handshake fails). */
+  static async open(address: HostPort, options: SessionOptions): Promise<SmtpSession> {
+    try {
+      return await SmtpSession.openOnce(address, options, true);
+    } catch (error) {
+      if (!(error instanceof TlsFailed)) throw error;
+      return SmtpSession.openOnce(address, options, false); // opportunistic TLS (RFC 7435), as Postfix's "may" level
+    }
+  }
+
+  private static async openOnce(address: HostPort, options: SessionOptions, tryTls: boolean): Promise<SmtpSession> {
+    const socket = netConnect({ host: address.host, port: address.port });
+    watchTimeout(socket, options.connectTimeout);
+    const session = await SmtpSession.start(socket, options).catch((error: Error) => {
+      socket.destroy();
+      throw error instanceof PrimaryUnreachable ? error : new PrimaryUnreachable(error.message);
+    });
+    if (!tryTls || !session.offers('STARTTLS')) return session.ready(socket, options);
+    const answer = await session.command('STARTTLS').catch(() => undefined);
+    if (answer?.code !== 220) {
+      if (!session.usable) throw new PrimaryUnreachable('connection lost after STARTTLS');
+      return session.ready(socket, options);
+    }
+    socket.removeAllListeners('data');
+    const secure = tlsConnect({ socket, servername: options.servername ?? (/^[\d.:]+$/.test(address.host) ? undefined : address.host), rejectUnauthorized: false });
+    await new Promise<void>((resolve, reject) => {
+      secure.once('secureConnect', resolve);
+      secure.once('error', (error) => reject(new TlsFailed(error.message)));
+    }).catch((error: Error) => {
+      secure.destroy();
+      throw error;
+    });
+    watchTimeout(secure, options.connectTimeout);
+    const encrypted = new SmtpSession(secure);
+    await encrypted.hello(options.name).catch((error: Error) => {
+      secure.destroy();
+      throw new PrimaryUnreachable(error.message);
+    });
+    return encrypted.ready(secure, options);
+  }
+
+  /** A session over any stream (tests script a primary on one): greeting and EHLO. */
+  static async start(stream: Duplex, options: Pick<SessionOptions, 'name'>): Promise<SmtpSession> {
+    const session = new SmtpSession(stream);
+    const greeting = await session.reply();
+    if (greeting.code !== 220) {
+      session.close();
+      throw new PrimaryUnreachable(`greeting: ${greeting.text}`);
+    }
+    await session.hello(options.name);
+    return session;
+  }
+
+  private ready(socket: Socket, options: SessionOptions): SmtpSession {
+    watchTimeout(socket, options.commandTimeout);
+    return this;
+  }
+
+  private async hello(name: string): Promise<void> {
+    let reply = await this.command(`EHLO ${name}`);
+    if (reply.code >= 500 && reply.code !== 521) reply = await this.command(`HELO ${name}`);
+    if (reply.code !== 250) throw new PrimaryUnreachable(`EHLO: ${reply.text}`);
+    this.extensions.clear();
+    for (const line of reply.lines.slice(1)) {
+      const [keyword, ...params] = line.split(' ');
+      this.extensions.set(keyword.toUpperCase(), params.join(' '));
+    }
+  }
+
+  /** Whether the primary's EHLO reply lists this keyword (PIPELINING, SIZE, DSN, SMTPUTF8, 8BITMIME, STARTTLS). */
+  offers(keyword: string): boolean {
+    return this.extensions.has(keyword);
+  }
+
+  /** The primary's SIZE limit from EHLO (RFC 1870); undefined when it gave none (or 0: no limit). */
+  get sizeLimit(): number | undefined {
+    const limit = Number(this.extensions.get('SIZE'));
+    return Number.isInteger(limit) && limit > 0 ? limit : undefined;
+  }
+
+  get usable(): boolean {
+    return !this.lost;
+  }
+
+  /** Sends one command and waits for its reply. */
+  async command(line: string): Promise<Reply & { lines: string[] }> {
+    this.write(`${line}\r\n`);
+    return this.reply();
+  }
+
+  /** Sends commands in one write (PIPELINING) and resolves with their replies, in order. */
+  async pipeline(lines: readonly string[]): Promise<Reply[]> {
+    this.write(lines.map((line) => `${line}\r\n`).join(''));
+    const replies: Reply[] = [];
+    for (let i = 0; i < lines.length; i++) replies.push(await this.reply());
+    return replies;
+  }
+
+  /**
+   * Sends the message after a 354: dot-stuffed, then the final dot; resolves with the
+   * reply to it. A failure to read the body (the spool) ends the session without the
+   * final dot, so the primary never takes a truncated message, and is thrown as it is.
+   */
+  async data(body: Readable): Promise<Reply> {
+    const stuff = dotStuffer();
+    try {
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        if (this.lost) throw this.lost;
+        if (!this.stream.write(stuff(chunk))) await this.drained();
+      }
+    } catch (error) {
+      body.destroy();
+      if (!(error instanceof SessionLost)) this.close();
+      throw error;
+    }
+    this.write(stuff.end());
+    return this.reply();
+  }
+
+  /** QUIT when the session is healthy; the socket closes either way. */
+  quit(): void {
+    if (this.lost) return this.close();
+    this.write('QUIT\r\n');
+    this.stream.end();
+    this.end('closed by us');
+    setTimeout(() => this.stream.destroy(), 1000).unref();
+  }
+
+  close(): void {
+    this.end('closed by us');
+    this.stream.destroy();
+  }
+
+  private write(text: string | Buffer): void {
+    if (this.lost) return; // the next reply() rejects with the reason
+    this.stream.write(typeof text === 'string' ? Buffer.from(text, 'latin1') : text);
+  }
+
+  private drained(): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        this.stream.off('drain', done);
+        this.stream.off('close', done);
+        resolve();
+      };
+      this.stream.on('drain', done);
+      this.stream.on('close', done);
+    });
+  }
+
+  private reply(): Promise<Reply & { lines: string[] }> {
+    const ready = this.replies.shift();
+    if (ready) return Promise.resolve(ready as Reply & { lines: string[] });
+    if (this.lost) return Promise.reject(this.lost);
+    return new Promise((resolve, reject) => this.waiting.push({ resolve: resolve as (reply: Reply) => void, reject }));
+  }
+
+  private read(text: string): void {
+    this.buffered += text;
+    for (let end = this.buffered.indexOf('\n'); end !== -1; end = this.buffered.indexOf('\n')) {
+      const line = this.buffered.slice(0, end).replace(/\r$/, '');
+      this.buffered = this.buffered.slice(end + 1);
+      const match = /^(\d{3})([ -])(.*)$/.exec(line) ?? (/^\d{3}$/.test(line) ? [line, line, ' ', ''] : null);
+      if (!match || (this.partial.length > 0 && !this.partial[0].startsWith(match[1]))) {
+        return this.end(`not an SMTP reply: ${JSON.stringify(line.slice(0, 100))}`);
+      }
+      this.partial.push(line);
+      if (match[2] === '-') continue;
+      const lines = this.partial.map((l) => l.slice(4));
+      this.partial = [];
+      const reply = { code: Number(match[1]), text: `${match[1]} ${lines.join(' ')}`.trimEnd(), lines };
+      const waiter = this.waiting.shift();
+      if (waiter) waiter.resolve(reply);
+      else this.replies.push(reply);
+      if (reply.code === 421) this.end(reply.text); // the primary closes the session (RFC 5321 §3.8)
+    }
+    if (this.buffered.length > MAX_REPLY_BYTES) this.end('reply line too long');
+  }
+
+  private end(reason: string): void {
+    if (this.lost) return;
+    this.lost = new SessionLost(reason);
+    for (const waiter of this.waiting.splice(0)) waiter.reject(this.lost);
+    if (reason !== 'closed by us') this.stream.destroy();
+  }
+}
+
+class TlsFailed extends PrimaryUnreachable {}
+
+/** Ends the socket when the primary stays silent this many seconds (while we wait for it, or it for our data). */
+function watchTimeout(socket: Socket, seconds: number): void {
+  socket.setTimeout(seconds * 1000);
+  socket.removeAllListeners('timeout');
+  socket.on('timeout', () => socket.destroy(Object.assign(new Error(`no answer from the primary for ${seconds} s`), { code: 'ETIMEDOUT' })));
+}

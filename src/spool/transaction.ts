@@ -1,0 +1,35 @@
+import type { Envelope } from './envelope.js';
+import type { Spool } from './spool.js';
+
+/** What a change decides about the message it was given: how to store it, and what to report. */
+export interface Change<T> {
+  save: 'update' | 'remove' | 'none';
+  value: T;
+}
+
+/** busy: another process (or job) holds the message; gone: it is not in the queue (ENOENT only). */
+export type QueuedOutcome<T> = { kind: 'busy' } | { kind: 'gone' } | { kind: 'done'; value: T };
+
+/**
+ * One transaction on a queued message: lock, read, change, save, unlock. Every writer
+ * of queued messages (the relay, `queue hold|release|delete`) goes through it, so none
+ * races another. Errors other than "no such message" are thrown, never taken for "gone".
+ */
+export async function onQueuedMessage<T>(spool: Spool, id: string, change: (envelope: Envelope) => Promise<Change<T>> | Change<T>): Promise<QueuedOutcome<T>> {
+  if (!(await spool.locks.lock(id))) return { kind: 'busy' };
+  try {
+    let envelope: Envelope;
+    try {
+      envelope = await spool.readEnvelope(id);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { kind: 'gone' };
+      throw error;
+    }
+    const { save, value } = await change(envelope);
+    if (save === 'remove') await spool.remove(id);
+    else if (save === 'update') await spool.updateEnvelope(envelope);
+    return { kind: 'done', value };
+  } finally {
+    await spool.locks.unlock(id);
+  }
+}
