@@ -222,6 +222,8 @@ describe('dsn: straight to the sender domain MX', () => {
     await waitFor(() => senderMx.received.length === 1);
     assert.deepEqual([senderMx.received[0].from, senderMx.received[0].to], ['', ['sender@remote.example']]);
     assert.equal((await parseDsn(senderMx.received[0])).status[1].Status, '5.1.1');
+    await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
+    assert.deepEqual(mx!.daemon.relay.summary().primaries.map((p) => p.primary), [`127.0.0.1:${primary.port}`], 'the route to the sender MX is forgotten once used');
   });
 
   it('falls back to the A record of a domain without MX', async () => {

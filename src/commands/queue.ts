@@ -15,7 +15,7 @@ export async function printQueue(spoolRoot: string, json: boolean): Promise<numb
   const { envelopes, unreadable } = existsSync(spool.queueDir) ? await spool.list() : { envelopes: [], unreadable: [] };
   for (const { id, reason } of unreadable) process.stderr.write(`secondarymx: ${id}: unreadable envelope: ${reason}\n`);
   if (json) {
-    const rows = envelopes.map((e) => ({ id: e.id, arrival: e.arrival, size: e.size, sender: e.sender, state: messageState(e), recipients: e.recipients }));
+    const rows = envelopes.map((e) => ({ id: e.id, arrival: e.arrival, size: e.size, sender: e.sender, state: messageState(e), ...(e.heldReason ? { heldReason: e.heldReason } : {}), recipients: e.recipients }));
     process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
     return 0;
   }
@@ -34,6 +34,7 @@ export function formatQueue(envelopes: readonly Envelope[]): string {
     lines.push(
       `${envelope.id} ${String(envelope.size).padStart(8)} ${arrival.padEnd(20)} ${messageState(envelope).padEnd(8)} ${envelope.sender || '<>'}`,
     );
+    if (envelope.heldReason) lines.push(`${' '.repeat(20)}held by the relay: ${envelope.heldReason}`);
     for (const recipient of envelope.recipients) lines.push(`${' '.repeat(60)}${recipient.address} (${recipient.state})`);
     lines.push('');
   }
@@ -72,6 +73,7 @@ export async function showCommand(config: Config, id: string, json: boolean): Pr
     `sender:      ${envelope.sender || '<>'}`,
     `client:      ${envelope.client.address} (${envelope.client.helo})`,
     `attempts:    ${envelope.deferrals ?? 0} deferred; last ${envelope.lastAttempt ?? 'never'}; next ${envelope.held ? 'held' : (envelope.nextAttempt ?? 'now')}`,
+    ...(envelope.heldReason ? [`held:        ${envelope.heldReason}`] : []),
     'recipients:',
     ...envelope.recipients.map((r) => `  ${r.address} (${r.state})${r.reply ? ` ${r.reply}` : ''}`),
     'headers:',

@@ -82,7 +82,7 @@ export class Notifier {
       willRetryUntil: new Date(Date.parse(envelope.arrival) + this.config.relay.queueLifetime * 1000),
     };
     const data = await composeNotice(input).catch((error: unknown) => {
-      if ((error as NodeJS.ErrnoException).syscall) throw error; // the spool, not the message: a storage fault
+      if ((error as NodeJS.ErrnoException).syscall) throw error; // reading the spool failed: not the message's fault
       // A message the parser cannot read (a header of 17,000 lines) still gets its notice, without the original.
       this.log.warn({ event: 'notice_without_original', queueId: envelope.id, reason: (error as Error).message }, 'the original cannot be read: notice sent without it');
       return composeNotice({ ...input, withoutOriginal: 'they could not be read' });

@@ -207,19 +207,20 @@ export class Relay extends EventEmitter {
         return await this.spool.quarantine(entry.id, error.message, this.log);
       }
       const reason = `cannot process this message: ${(error as Error).message}`;
-      this.log.error({ event: 'message_held', queueId: entry.id, err: error }, 'message held: the relay cannot process it (release it with "queue release" once fixed)');
-      this.metrics?.relayHeld.inc();
       const outcome = await onQueuedMessage(this.spool, entry.id, (envelope) => {
         envelope.held = true;
         envelope.heldReason = reason;
         return { save: 'update', value: envelope };
       });
       if (outcome.kind === 'busy') entry.blockedUntil = Date.now() + 1000;
-      else if (outcome.kind === 'done') this.schedule.index(outcome.value, Date.now());
+      if (outcome.kind !== 'done') return;
+      this.schedule.index(outcome.value, Date.now());
+      this.metrics?.relayHeld.inc();
+      this.log.error({ event: 'message_held', queueId: entry.id, err: error }, 'message held: the relay cannot process it (release it with "queue release" once fixed)');
     } catch (second) {
       if (isStorageError(second)) return this.storageFault(second, entry.id);
-      this.log.error({ queueId: entry.id, err: second }, 'message set aside until restart: it can be neither processed nor held');
       this.schedule.delete(entry.id);
+      this.log.error({ event: 'message_set_aside', queueId: entry.id, err: error }, 'message set aside until restart: it can be neither processed nor held');
     }
   }
 
@@ -539,7 +540,10 @@ export class Relay extends EventEmitter {
   }
 }
 
-/** An error of the file system under the spool (a system call failed), as opposed to one about a message. */
+/** System errors that say the spool (or the process's descriptors) cannot be used now, whatever the message. */
+const STORAGE_ERRORS = new Set(['ENOSPC', 'EDQUOT', 'EROFS', 'EIO', 'EACCES', 'EPERM', 'EMFILE', 'ENFILE', 'ENOMEM', 'EBUSY', 'ESTALE', 'EAGAIN']);
+
+/** A fault of the storage under the spool, as opposed to a problem with one message (a file that is a directory, say). */
 function isStorageError(error: unknown): error is NodeJS.ErrnoException {
-  return typeof (error as NodeJS.ErrnoException | null)?.syscall === 'string';
+  return STORAGE_ERRORS.has((error as NodeJS.ErrnoException | null)?.code ?? '');
 }
