@@ -63,7 +63,7 @@ export class SmtpSession {
   }
 
   private static async openOnce(address: HostPort, options: SessionOptions, tryTls: boolean): Promise<SmtpSession> {
-    const socket = netConnect({ host: address.host, port: address.port });
+    const socket = netConnect({ host: address.host, port: address.port, noDelay: true }); // each write is a whole step: never wait for an ACK (Nagle)
     watchTimeout(socket, options.connectTimeout);
     const session = await SmtpSession.start(socket, options).catch((error: Error) => {
       socket.destroy();
@@ -157,17 +157,19 @@ export class SmtpSession {
    */
   async data(body: Readable): Promise<Reply> {
     const stuff = dotStuffer();
+    let held: Buffer | undefined; // the last chunk goes out with the final dot: a small message is one write
     try {
       for await (const chunk of body as AsyncIterable<Buffer>) {
         if (this.lost) throw this.lost;
-        if (!this.stream.write(stuff(chunk))) await this.drained();
+        if (held && !this.stream.write(held)) await this.drained();
+        held = stuff(chunk);
       }
     } catch (error) {
       body.destroy();
       if (!(error instanceof SessionLost)) this.close();
       throw error;
     }
-    this.write(stuff.end());
+    this.write(held ? Buffer.concat([held, stuff.end()]) : stuff.end());
     return this.reply();
   }
 
