@@ -165,10 +165,13 @@ describe('spool: start-up recovery', () => {
     const first = await Spool.openForServing(root, silent);
     await assert.rejects(Spool.openForServing(root, silent), SpoolLockedError);
     await first.unlock();
-    writeFileSync(join(root, 'serve.pid'), '999999999\n'); // no such process
-    const second = await Spool.openForServing(root, silent);
-    assert.equal(readFileSync(join(root, 'serve.pid'), 'utf8'), `${process.pid}\n`);
-    await second.unlock();
+    for (const stale of ['999999999\n', `${process.pid}\n`, '1 12345 x\n']) {
+      // No such process; this very pid in an older lock (pid 1 in a container, after kill -9); a reused pid.
+      writeFileSync(join(root, 'serve.pid'), stale);
+      const second = await Spool.openForServing(root, silent);
+      assert.match(readFileSync(join(root, 'serve.pid'), 'utf8'), new RegExp(`^${process.pid} \\d+ `));
+      await second.unlock();
+    }
   });
 
   it('writes queue files readable by the service user only', async () => {
@@ -198,27 +201,31 @@ describe('spool: start-up recovery', () => {
 });
 
 describe('spool: message locks', () => {
-  it('takes over the locks of a process that is gone, refuses those of a live one, and cleans the dead holder file', async () => {
+  it('takes over the locks of a process that is gone or whose pid is reused, refuses those of a live one, and cleans the dead holder file', async () => {
     const root = mkdtempSync(join(tmpdir(), 'secondarymx-locks-'));
     try {
       const spool = await Spool.forDelivery(root);
       const locks = join(root, 'locks');
       const gone = Number(execFileSync(process.execPath, ['-p', 'process.pid'], { encoding: 'utf8' }));
-      const [stale, live] = [newQueueId(), newQueueId()];
+      const [stale, reused, mine, live] = [newQueueId(), newQueueId(), newQueueId(), newQueueId()];
       writeFileSync(join(locks, `.holder.${gone}`), `${gone}\n`);
       writeFileSync(join(locks, stale), `${gone}\n`);
-      writeFileSync(join(locks, live), '1\n'); // init: alive for as long as the machine is
+      writeFileSync(join(locks, reused), '1 12345 x\n'); // pid 1 runs, but it is not the process that wrote this
+      writeFileSync(join(locks, mine), `${process.pid}\n`); // an older lock naming this very pid: not ours to honour
+      writeFileSync(join(locks, live), '1\n'); // an older lock of a live process (init): honoured
 
-      assert.equal(await spool.locks.lock(stale), true);
-      assert.equal(readFileSync(join(locks, stale), 'utf8'), `${process.pid}\n`);
+      for (const id of [stale, reused, mine]) assert.equal(await spool.locks.lock(id), true, id);
+      const me = readFileSync(join(locks, stale), 'utf8');
+      assert.match(me, new RegExp(`^${process.pid} \\d+ [0-9a-f-]+\\n$`));
       assert.equal(await spool.locks.lock(stale), false, 'a lock this process holds is not granted twice');
       assert.equal(await spool.locks.lock(live), false);
-      assert.deepEqual(readdirSync(locks).sort(), [`.holder.${process.pid}`, live, stale].sort());
+      const token = readdirSync(locks).find((name) => name.startsWith(`.holder.${process.pid}.`))!;
+      assert.deepEqual(readdirSync(locks).sort(), [token, live, mine, reused, stale].sort());
 
       await spool.locks.unlock(stale);
-      rmSync(join(locks, `.holder.${process.pid}`)); // someone cleans locks/ by hand
+      rmSync(join(locks, token)); // someone cleans locks/ by hand
       assert.equal(await spool.locks.lock(stale), true);
-      assert.equal(readFileSync(join(locks, stale), 'utf8'), `${process.pid}\n`);
+      assert.equal(readFileSync(join(locks, stale), 'utf8'), me);
     } finally {
       rmSync(root, { recursive: true, force: true });
     }

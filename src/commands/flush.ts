@@ -36,5 +36,5 @@ export async function flushCommand(config: Config, filter: FlushFilter, json: bo
       : `flush (${via}): ${report.messages} messages: ${report.delivered} recipients delivered, ${report.deferred} deferred, ` +
           `${report.failed} failed; ${report.unreachable} messages not attempted (primary unreachable), ${report.busy} busy elsewhere\n`,
   );
-  return report.unreachable > 0 ? EX_TEMPFAIL : 0;
+  return report.unreachable > 0 || report.busy > 0 ? EX_TEMPFAIL : 0; // something is left to try later
 }

@@ -58,6 +58,8 @@ export class Spool {
     const spool = new Spool(root);
     await spool.createLayout();
     await takeDaemonLock(root);
+    const stale = await spool.locks.clearStale();
+    if (stale > 0) log.info({ locks: stale }, 'stale message locks removed (their holders are gone)');
     spool.recovered = await recoverSpool(spool, log);
     return spool;
   }

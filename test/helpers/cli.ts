@@ -38,12 +38,13 @@ export interface RunningDaemon {
 }
 
 /**
- * Spawns `secondarymx serve`; resolves once it listens (port 0 in the config picks one) and its first sync is done.
+ * Spawns `secondarymx serve` (after `prefix`, e.g. unshare); resolves once it listens (port 0 in the config picks one) and its first sync is done.
  * BENCH_PROFILE=<dir> runs it under --cpu-prof, writing a .cpuprofile there when it exits.
  */
-export async function spawnDaemon(configFile: string): Promise<RunningDaemon> {
+export async function spawnDaemon(configFile: string, options: { prefix?: string[] } = {}): Promise<RunningDaemon> {
   const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [];
-  const child = spawn(process.execPath, [...NODE_FLAGS, ...profile, CLI, 'serve', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const command = [...(options.prefix ?? []), process.execPath, ...NODE_FLAGS, ...profile, CLI, 'serve', '--config', configFile];
+  const child = spawn(command[0], command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Array<Record<string, unknown>> = [];
   let stderr = '';
   child.stderr!.on('data', (data: Buffer) => {
