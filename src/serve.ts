@@ -17,6 +17,7 @@ import { Relay } from './relay/relay.js';
 import { editQueued, type QueueEdit } from './spool/edit.js';
 import { dropPrivileges, lookupIdentity } from './privileges.js';
 import { Spool } from './spool/spool.js';
+import { SpoolWatch } from './spool/watch.js';
 
 /** A running daemon: what tests and the CLI start and stop. */
 export interface Daemon {
@@ -48,11 +49,13 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
   const spool = await Spool.openForServing(config.spool, log);
   const directory = new Directory();
   const store = directoryStore(config.spool);
-  const cleanups: Array<() => Promise<void> | void> = [() => spool.unlock()];
+  const watch = new SpoolWatch(spool, minFree(config), log);
+  const cleanups: Array<() => Promise<void> | void> = [() => spool.unlock(), () => watch.stop()];
   const stop = async () => {
     for (const cleanup of cleanups.reverse()) await cleanup();
   };
   try {
+    await watch.start();
     await store.ensure();
     await store.removeLeftovers();
     const syncer = await Syncer.open(config, store, log, (snapshot) => directory.replace(snapshot));
@@ -65,10 +68,14 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
       primaries: () => relay.summary().primaries,
       sources: () => syncer.sourceStates(),
       sessions: () => server.openSessions, // read at scrape time, once everything runs
+      spoolFree: () => watch.freeBytes,
     });
     const relay: Relay = new Relay(config, spool, log, true, metrics);
     await relay.load();
     cleanups.push(() => relay.stop());
+    watch.on('change', (condition) => {
+      if (condition === 'gone') relay.suspend(watch.problem!);
+    });
     const server = new ReceiveServer({
       config,
       directory,
@@ -76,6 +83,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
       log,
       metrics,
       onQueued: (envelope) => relay.add(envelope),
+      spoolCondition: () => watch.state,
       onEtrn: (domain) => relay.flushInBackground({ domain }),
     });
     cleanups.push(() => server.close());
@@ -119,7 +127,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     );
     await control.listen();
     cleanups.push(() => control.close());
-    const monitoring = new MonitoringServer(config.control.listen, metrics, () => health(config.spool, directory, server, relay));
+    const monitoring = new MonitoringServer(config.control.listen, metrics, () => health(config.spool, directory, server, relay, watch));
     const monitoringAddress = await monitoring.listen();
     cleanups.push(() => monitoring.close());
     log.info({ control: `${monitoringAddress.address}:${monitoringAddress.port}` }, 'monitoring: /metrics and /healthz');
@@ -142,6 +150,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
       const applied = { ...next, ...Object.fromEntries(RESTART_KEYS.map((key) => [key, running[key]])) } as Config;
       server.updateConfig(applied);
       relay.updateConfig(applied);
+      watch.updateMinFree(minFree(applied));
       await syncer.updateConfig(applied);
       if (next.sync.schedule !== running.sync.schedule) {
         await task.destroy();
@@ -159,8 +168,10 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
 }
 
 /** /healthz: serving, the spool writable, the directory loaded; else the first reason why not. */
-async function health(spoolRoot: string, directory: Directory, server: ReceiveServer, relay: Relay): Promise<string | undefined> {
+async function health(spoolRoot: string, directory: Directory, server: ReceiveServer, relay: Relay, watch: SpoolWatch): Promise<string | undefined> {
   if (server.isClosing) return 'shutting down';
+  await watch.check(); // what MAIL would meet now, not a second ago
+  if (watch.problem) return watch.problem;
   const storage = relay.storageProblem;
   if (storage) return `delivery stopped: the spool cannot record outcomes (${storage})`;
   const probe = join(spoolRoot, 'tmp', `.healthz.${process.pid}`);
@@ -174,6 +185,11 @@ async function health(spoolRoot: string, directory: Directory, server: ReceiveSe
   if (!snapshot.complete) return `directory incomplete: never loaded: ${snapshot.missingSources.join(', ')}`;
   if (snapshot.domainCount === 0) return 'directory empty';
   return undefined;
+}
+
+/** Free space the spool needs to take a message: 1.5 × the size limit, as Postfix's smtpd asks of its queue. */
+function minFree(config: Config): number {
+  return 1.5 * config.limits.messageSize;
 }
 
 /** Passwords in a config anyone on the machine can read deserve a warning at every start. */

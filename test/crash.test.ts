@@ -2,12 +2,13 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { newQueueId } from '../src/spool/queue-id.js';
 import { Spool } from '../src/spool/spool.js';
 import { runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, withPrimary, writeTestConfig } from './helpers/daemon.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
-import { queuedIds } from './helpers/spool-files.js';
+import { queuedEnvelope, queuedIds } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
 const isRoot = process.getuid?.() === 0;
@@ -86,6 +87,45 @@ describe('crash: locks die with their holder', () => {
       assert.deepEqual(JSON.parse(flush.stdout), { via: 'standalone', messages: 2, delivered: 1, deferred: 0, failed: 0, unreachable: 0, busy: 1 });
     } finally {
       await spool.locks.unlock(held);
+    }
+  });
+});
+
+describe('crash: start-up after a crash during a mass expiry', () => {
+  it('listens before it has finished the notices the crash interrupted, then finishes every one, once', async function () {
+    this.timeout(60_000);
+    const { dir, file } = writeTestConfig(baseConfig('relay: { probeInterval: 1 }'));
+    const spoolDir = join(dir, 'spool');
+    try {
+      const spool = await Spool.forDelivery(spoolDir);
+      const total = 300;
+      for (let i = 0; i < total; i++) {
+        // Failed on expiry, notice recorded, not yet queued: what a kill -9 leaves.
+        await spool.enqueue(newQueueId(), Buffer.from(message(`expired ${i}`)), {
+          arrival: new Date(Date.now() - 86400_000).toISOString(),
+          sender: 'sender@remote.example',
+          recipients: [{ address: 'alice@d1.example', state: 'failed', status: '4.4.7' }],
+          bodyType: '7bit',
+          smtpUtf8: false,
+          client: { address: '127.0.0.1', helo: 'x' },
+          notice: { id: newQueueId(), action: 'failed', recipients: ['alice@d1.example'] },
+        });
+      }
+      const daemon = await spawnDaemon(file);
+      try {
+        const listening = daemon.logs.findIndex((line) => line.msg === 'listening');
+        const notices = () => daemon.logs.filter((line) => line.msg === 'DSN queued (failed)').length;
+        const beforeListening = daemon.logs.slice(0, listening).filter((line) => line.msg === 'DSN queued (failed)').length;
+        assert.ok(beforeListening < total, `${beforeListening} of ${total} notices finished before listening`);
+        await waitFor(() => notices() === total, 30_000);
+        await waitFor(() => queuedIds(spoolDir).length === total, 10_000); // the originals left, their DSNs wait for the sender's MX
+        assert.ok(queuedIds(spoolDir).every((id) => queuedEnvelope(spoolDir, id).kind === 'dsn'));
+      } finally {
+        daemon.child.kill('SIGTERM');
+        await daemon.exited;
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -114,7 +114,7 @@ describe('deploy: alert rules', () => {
     const rules = parseYaml(readFileSync(fileURLToPath(new URL('../deploy/alerts.yml', import.meta.url)), 'utf8')) as {
       groups: Array<{ rules: Array<{ alert: string; expr: string }> }>;
     };
-    const metrics = new Metrics({ spool: async () => ({ messages: 0, bytes: 0, oldestArrival: undefined }), primaries: () => [], sources: () => [], sessions: () => 0 });
+    const metrics = new Metrics({ spool: async () => ({ messages: 0, bytes: 0, oldestArrival: undefined }), primaries: () => [], sources: () => [], sessions: () => 0, spoolFree: () => Infinity });
     const exported = new Set((await metrics.registry.getMetricsAsJSON()).map((metric) => metric.name));
     const alerts = rules.groups.flatMap((group) => group.rules);
     assert.deepEqual(

@@ -190,7 +190,7 @@ describe('hardening: a read-only spool', () => {
     if (!isRoot) this.skip(); // remounting needs root; CI runs as root
     const mountPoint = mkdtempSync(join(tmpdir(), 'secondarymx-ro-'));
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0700', 'tmpfs', mountPoint]);
-    const mx = await startTestDaemon({ spoolDir: mountPoint });
+    const mx = await startTestDaemon({ spoolDir: mountPoint, extra: 'limits: { messageSize: 1000000 }' });
     try {
       const { client } = await SmtpClient.session(mx.port);
       execFileSync('mount', ['-o', 'remount,ro', mountPoint]);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseConfig } from '../src/config/load.js';
@@ -201,7 +201,7 @@ describe('relay: the spool cannot record outcomes', () => {
   }
 
   it('with queue/ read-only and a healthy primary: stops, says so, delivers each message at most twice, resumes when writable', async () => {
-    const mx = await startTestDaemon({ spoolDir: mountPoint, primaryPort: primary.port, extra: 'relay: { probeInterval: 1 }' });
+    const mx = await startTestDaemon({ spoolDir: mountPoint, primaryPort: primary.port, extra: 'relay: { probeInterval: 1 }\nlimits: { messageSize: 100000 }' });
     try {
       await queueWhileDown(mx, 10);
       const queue = join(mountPoint, 'queue');
@@ -235,7 +235,7 @@ describe('relay: the spool cannot record outcomes', () => {
   });
 
   it('with a full spool and a primary answering 451: no more connections than messages until the backoff is due', async () => {
-    const mx = await startTestDaemon({ spoolDir: mountPoint, primaryPort: primary.port, extra: 'relay: { probeInterval: 1 }' });
+    const mx = await startTestDaemon({ spoolDir: mountPoint, primaryPort: primary.port, extra: 'relay: { probeInterval: 1 }\nlimits: { messageSize: 100000 }' });
     try {
       await queueWhileDown(mx, 10, 'busy@d2.example');
       primary.rcptReplies.set('busy@d2.example', [451, '4.3.0 try again later']);
@@ -248,6 +248,7 @@ describe('relay: the spool cannot record outcomes', () => {
       await primary.start();
       await waitFor(() => mx.logs.some((line) => line.event === 'spool_fault'));
       await sleep(3000);
+      assert.deepEqual(readdirSync(join(mountPoint, 'tmp')), [], 'no half-written envelope left in tmp/');
       const whileFull = primary.connections;
       assert.ok(whileFull <= 11, `${whileFull} connections while full: one probe, then at most one per message`);
       rmSync(filler);

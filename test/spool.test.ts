@@ -44,21 +44,34 @@ describe('spool: storage failures', () => {
   it('answers 452 4.3.1 when the disk is full, leaves no partial file, and accepts again once there is room', async function () {
     if (!isRoot) this.skip(); // mounting a small tmpfs needs root; CI runs as root
     const mountPoint = mkdtempSync(join(tmpdir(), 'secondarymx-full-'));
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k,mode=0700', 'tmpfs', mountPoint]);
-    const mx = await startTestDaemon({ spoolDir: mountPoint, extra: 'limits: { messageSize: 5000000 }' });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,mode=0700', 'tmpfs', mountPoint]);
+    const mx = await startTestDaemon({ spoolDir: mountPoint, extra: 'limits: { messageSize: 300000 }' });
     try {
       const { client } = await SmtpClient.session(mx.port);
-      const body = `${'y'.repeat(998)}\r\n`.repeat(400); // ~400 KB, more than the filesystem holds
-      const full = await client.sendMail('s@remote.example', ['alice@d1.example'], message('too big for the disk', body));
+      // MAIL checks for room (1.5 x limits.messageSize); the disk fills up after it, as other sessions' messages would fill it.
+      const filler = join(mountPoint, 'filler');
+      const sendAfterFilling = async (fillerBytes: number, body: string) => {
+        for (const command of ['MAIL FROM:<s@remote.example>', 'RCPT TO:<alice@d1.example>', 'DATA']) await client.command(command);
+        try {
+          writeFileSync(filler, Buffer.alloc(fillerBytes));
+        } catch (error) {
+          assert.equal((error as NodeJS.ErrnoException).code, 'ENOSPC');
+        }
+        return client.data(body);
+      };
+      const full = await sendAfterFilling(800 * 1024, message('too big for what is left', `${'y'.repeat(998)}\r\n`.repeat(250)));
       assert.deepEqual([full.code, full.enhanced], [452, '4.3.1']);
       assert.deepEqual(contents(mountPoint), { tmp: [], queue: [], corrupt: [] });
+      rmSync(filler);
+      await new Promise((resolve) => setTimeout(resolve, 1100)); // the room check runs every second
       // A small message is written in one go at commit: that write is the one that fails.
-      const filler = join(mountPoint, 'filler');
-      assert.throws(() => writeFileSync(filler, Buffer.alloc(512 * 1024)), { code: 'ENOSPC' });
-      const small = await client.sendMail('s@remote.example', ['alice@d1.example'], message('no room left at all'));
+      const small = await sendAfterFilling(1024 * 1024, message('no room left at all'));
       assert.deepEqual([small.code, small.enhanced], [452, '4.3.1']);
       assert.deepEqual(contents(mountPoint), { tmp: [], queue: [], corrupt: [] });
+      await new Promise((resolve) => setTimeout(resolve, 1100));
+      assert.deepEqual([(await client.command('MAIL FROM:<s@remote.example>')).code], [452], 'no room: refused at MAIL');
       rmSync(filler);
+      await new Promise((resolve) => setTimeout(resolve, 1100));
       const ok = await client.sendMail('s@remote.example', ['alice@d1.example'], message('fits'));
       assert.equal(ok.code, 250);
       assert.deepEqual(contents(mountPoint).queue, [`${/queued as (\w+)/.exec(ok.text)![1]}.msg`]);

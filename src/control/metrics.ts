@@ -24,6 +24,8 @@ export interface MetricsSources {
   primaries(): Array<{ primary: string; up: boolean }>;
   sources(): Array<{ name: string; lastSuccess?: string; domains: number; addresses: number }>;
   sessions(): number;
+  /** Bytes free for the spool (Infinity when unknown). */
+  spoolFree(): number;
 }
 
 /** Prometheus metrics (prom-client), named by its conventions: secondarymx_*, _total, _seconds, _bytes. */
@@ -94,6 +96,15 @@ export class Metrics {
     );
     perSource('secondarymx_sync_domains', 'Domains in use per source', (source) => source.domains);
     perSource('secondarymx_sync_addresses', 'Addresses in use per source', (source) => source.addresses);
+    new Gauge({
+      name: 'secondarymx_spool_free_bytes',
+      help: 'Bytes free on the spool filesystem; below 1.5 x limits.messageSize MAIL gets 452 4.3.1',
+      registers,
+      collect() {
+        const free = sources.spoolFree();
+        if (Number.isFinite(free)) this.set(free);
+      },
+    });
     new Gauge({
       name: 'secondarymx_smtp_sessions',
       help: 'SMTP sessions open',

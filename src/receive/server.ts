@@ -6,6 +6,7 @@ import { parseListenAddress, type Config } from '../config/schema.js';
 import type { Directory } from '../directory/directory.js';
 import type { Envelope } from '../spool/envelope.js';
 import type { IncomingMessage, Spool } from '../spool/spool.js';
+import type { SpoolCondition } from '../spool/watch.js';
 import { MessageInspector } from './inspect.js';
 import { asciiAddress, normalizeDomain } from '../directory/names.js';
 import { checkRecipient, normalizeRecipient } from './policy.js';
@@ -27,6 +28,8 @@ export interface ReceiveOptions {
   metrics?: Metrics;
   /** ETRN (RFC 1985) from an allowed client: start delivery for this domain; resolves with the messages waiting. */
   onEtrn?: (domain: string) => number;
+  /** Whether the spool can take mail now (spool/watch.ts); absent: always. */
+  spoolCondition?: () => SpoolCondition;
 }
 
 const STORAGE_FAILURE = () => new SmtpReply(452, '4.3.1', 'Insufficient system storage, try again later');
@@ -41,6 +44,8 @@ export class ReceiveServer {
   private readonly perClient = new Map<string, number>();
   private readonly sessionTimers = new Map<string, NodeJS.Timeout>();
   private readonly inData = new Set<string>();
+  /** Messages being written to tmp/: a shutdown removes those whose session it cut. */
+  private readonly writing = new Set<IncomingMessage>();
   private closing = false;
   private bound: AddressInfo[] = [];
 
@@ -95,6 +100,8 @@ export class ReceiveServer {
       }
     }
     await Promise.all(closed);
+    // Sessions cut in DATA at the end of shutdownTimeout leave their stream unfinished: nothing else removes their files.
+    await Promise.all([...this.writing].map((message) => message.discard()));
   }
 
   private smtpOptions(): SMTPServerOptions & PatchOptions {
@@ -186,6 +193,9 @@ export class ReceiveServer {
 
   private sender(address: string, session: SMTPServerSession): SmtpReply | null {
     if (this.closing) return shuttingDown();
+    const spool = this.options.spoolCondition?.() ?? 'ok';
+    if (spool === 'low') return STORAGE_FAILURE();
+    if (spool === 'gone') return new SmtpReply(451, '4.3.0', 'Spool unavailable, try again later');
     if (session.transaction > this.options.config.limits.messagesPerConnection) {
       return new SmtpReply(421, '4.7.0', 'Too many messages on one connection, please reconnect');
     }
@@ -255,12 +265,14 @@ export class ReceiveServer {
     let storageError: unknown;
     const dropMessage = async (error?: unknown) => {
       storageError ??= error;
+      if (message) this.writing.delete(message);
       await message?.discard();
       message = undefined;
     };
     let received = 0;
     try {
       message = await spool.receive();
+      this.writing.add(message);
       const header = Buffer.from(receivedHeader(session, recipients, config.hostname, message.id, arrival));
       received = header.length;
       await message.write(header);
@@ -292,6 +304,7 @@ export class ReceiveServer {
       throw refusal;
     }
     const queued = message;
+    this.writing.delete(queued); // commit() removes its file itself if it fails
     const envelope = await queued
       .commit({
         arrival: arrival.toISOString(),

@@ -229,13 +229,17 @@ export class Relay extends EventEmitter {
    * and again (a 250 we cannot record) or hammer the primary (a 4xx we cannot back
    * off): everything stops, and a probe of the spool resumes delivery once it works.
    */
-  private storageFault(error: unknown, queueId: string): void {
-    const { code, syscall, path } = error as NodeJS.ErrnoException;
-    const reason = `${code} on ${syscall}${path ? ` ${path}` : ''}`;
-    if (this.fault) return;
+  private storageFault(error: NodeJS.ErrnoException, queueId: string): void {
+    const { code, syscall, path } = error;
+    this.suspend(`${code} on ${syscall}${path ? ` ${path}` : ''}`, { queueId, err: error });
+  }
+
+  /** Stops delivery until a probe of the spool succeeds (also when the spool's folder was replaced under the daemon). */
+  suspend(reason: string, details: Record<string, unknown> = {}): void {
+    if (this.fault || this.stopped) return;
     this.fault = { reason, probe: undefined };
     this.metrics?.spoolFault.set(1);
-    this.log.error({ event: 'spool_fault', queueId, err: error, reason }, 'spool cannot record delivery outcomes: delivery stopped until it can');
+    this.log.error({ event: 'spool_fault', ...details, reason }, 'spool cannot record delivery outcomes: delivery stopped until it can');
     this.emit('progress');
     this.probeSpoolLater();
   }

@@ -1,4 +1,4 @@
-import { open, rename, writeFile, type FileHandle } from 'node:fs/promises';
+import { open, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 
 /**
  * Coalesces directory fsyncs (group commit): callers that arrive while one fsync
@@ -48,10 +48,15 @@ export class DirectorySync {
 export async function writeFileSynced(temp: string, target: string, data: string | Buffer | Iterable<string | Buffer>, mode = 0o600): Promise<void> {
   const handle: FileHandle = await open(temp, 'w', mode);
   try {
-    await writeFile(handle, data);
-    await handle.sync();
-  } finally {
-    await handle.close();
+    try {
+      await writeFile(handle, data);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(temp, target);
+  } catch (error) {
+    await unlink(temp).catch(() => undefined); // a full disk leaves no half-written temp file behind
+    throw error;
   }
-  await rename(temp, target);
 }

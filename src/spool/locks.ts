@@ -62,10 +62,7 @@ export async function takeDaemonLock(root: string): Promise<void> {
   const pidFile = pidFileOf(root);
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
-      const handle = await open(pidFile, 'wx', 0o600);
-      await handle.writeFile(format(SELF));
-      await handle.close();
-      return;
+      return await createWith(pidFile, format(SELF));
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
     }
@@ -131,9 +128,7 @@ export class MessageLocks {
     this.token ??= (async () => {
       const token = join(this.dir, `.holder.${SELF.pid}.${SELF.start}`);
       await unlinkIfAny(token);
-      const handle = await open(token, 'wx', 0o600);
-      await handle.writeFile(format(SELF));
-      await handle.close();
+      await createWith(token, format(SELF));
       for (const name of await readdir(this.dir)) {
         if (name.startsWith('.holder.') && !holderAlive(parseHolder(readFileIfAny(join(this.dir, name))))) await unlinkIfAny(join(this.dir, name));
       }
@@ -141,6 +136,19 @@ export class MessageLocks {
     })();
     this.token.catch(() => (this.token = undefined)); // a failure (full disk) is retried by the next lock
     return this.token;
+  }
+}
+
+/** Creates `path` (never an existing file) holding `text`; a failed write leaves nothing behind. */
+async function createWith(path: string, text: string): Promise<void> {
+  const handle = await open(path, 'wx', 0o600);
+  try {
+    await handle.writeFile(text);
+  } catch (error) {
+    await unlinkIfAny(path).catch(() => undefined);
+    throw error;
+  } finally {
+    await handle.close();
   }
 }
 

@@ -1,4 +1,4 @@
-import { createReadStream, type ReadStream } from 'node:fs';
+import { createReadStream, statSync, type ReadStream, type Stats } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -31,6 +31,8 @@ export class Spool {
   readonly locks: MessageLocks;
   private readonly queueSync: DirectorySync;
   private recovered: Envelope[] | undefined;
+  /** device:inode of the folders, taken when the daemon locked the spool. */
+  private identity = new Map<string, string>();
 
   private constructor(readonly root: string) {
     this.tmpDir = join(root, 'tmp');
@@ -58,6 +60,7 @@ export class Spool {
     const spool = new Spool(root);
     await spool.createLayout();
     await takeDaemonLock(root);
+    spool.identity = new Map([spool.root, spool.tmpDir, spool.queueDir].map((path) => [path, identityOf(statSync(path))]));
     const stale = await spool.locks.clearStale();
     if (stale > 0) log.info({ locks: stale }, 'stale message locks removed (their holders are gone)');
     spool.recovered = await recoverSpool(spool, log);
@@ -68,6 +71,14 @@ export class Spool {
     for (const dir of [this.root, this.tmpDir, this.queueDir, this.corruptDir, this.locksDir]) {
       await mkdir(dir, { recursive: true, mode: 0o700 });
     }
+  }
+
+  /** The folder (the spool, tmp/ or queue/) that is no longer the one the daemon locked at start (deleted, moved, replaced), if any. */
+  async movedFolder(): Promise<string | undefined> {
+    for (const [path, identity] of this.identity) {
+      if ((await stat(path).then(identityOf, () => 'missing')) !== identity) return path;
+    }
+    return undefined;
   }
 
   async unlock(): Promise<void> {
@@ -271,4 +282,8 @@ async function forEachLimited<T>(items: readonly T[], limit: number, work: (item
     while (next < items.length) await work(items[next++]);
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
+}
+
+function identityOf(stats: Stats): string {
+  return `${stats.dev}:${stats.ino}`;
 }
