@@ -8,25 +8,9 @@ import { spawnDaemon } from './helpers/cli.js';
 import { baseConfig, startTestDaemon, withPrimary, writeTestConfig, type TestDaemon } from './helpers/daemon.js';
 import { TestDnsServer } from './helpers/dns-server.js';
 import { freePort, TestPrimary, type Received } from './helpers/primary.js';
-import { message, SmtpClient } from './helpers/smtp-client.js';
+import { message, sendRaw, SmtpClient } from './helpers/smtp-client.js';
 import { queuedEnvelope, queuedIds } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
-
-/** Sends raw commands (to set RFC 3461 parameters) and the body; returns the queue id. */
-async function sendRaw(port: number, commands: string[], body: string): Promise<string> {
-  const { client } = await SmtpClient.session(port);
-  try {
-    for (const command of commands) {
-      const reply = await client.command(command);
-      assert.ok(reply.code === 250 || reply.code === 354, `${command}: ${reply.lines.join(' | ')}`);
-    }
-    const reply = await client.data(body);
-    assert.equal(reply.code, 250, reply.lines.join(' | '));
-    return /queued as (\w+)/.exec(reply.text)![1];
-  } finally {
-    await client.quit();
-  }
-}
 
 function mail(from: string, to: string[], extra: { mail?: string; rcpt?: string[] } = {}): string[] {
   return [`MAIL FROM:<${from}>${extra.mail ? ` ${extra.mail}` : ''}`, ...to.map((rcpt, i) => `RCPT TO:<${rcpt}>${extra.rcpt?.[i] ? ` ${extra.rcpt[i]}` : ''}`), 'DATA'];

@@ -8,7 +8,7 @@ import { newQueueId } from '../src/spool/queue-id.js';
 import { runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, startTestDaemon, withPrimary, writeTestConfig, type TestDaemon } from './helpers/daemon.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
-import { message, SmtpClient } from './helpers/smtp-client.js';
+import { message, sendRaw, SmtpClient } from './helpers/smtp-client.js';
 import { queuedEnvelope, queuedIds, queuedMessage } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -17,19 +17,8 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const dsnRelay = (port: number) => `dsn: { relay: { host: 127.0.0.1, port: ${port} } }`;
 
 /** Sends one message with raw RCPT lines (their DSN parameters); resolves with its queue id. */
-async function sendWith(port: number, from: string, rcptLines: string[], body: string): Promise<string> {
-  const { client } = await SmtpClient.session(port);
-  try {
-    for (const command of [`MAIL FROM:<${from}>`, ...rcptLines, 'DATA']) {
-      const reply = await client.command(command);
-      assert.ok(reply.code === 250 || reply.code === 354, `${command}: ${reply.lines.join(' | ')}`);
-    }
-    const reply = await client.data(body);
-    assert.equal(reply.code, 250, reply.lines.join(' | '));
-    return /queued as (\w+)/.exec(reply.text)![1];
-  } finally {
-    await client.quit();
-  }
+function sendWith(port: number, from: string, rcptLines: string[], body: string): Promise<string> {
+  return sendRaw(port, [`MAIL FROM:<${from}>`, ...rcptLines, 'DATA'], body);
 }
 
 /** A message whose header block is 17,000 short lines (85 KB): more than mailparser will parse. */

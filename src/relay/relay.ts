@@ -40,6 +40,9 @@ export interface FlushReport {
   busy: number;
 }
 
+/** How long a flush keeps trying a message another process holds before it reports it busy. */
+const BUSY_PATIENCE_MS = 3000;
+
 /** Delivery stopped because the spool cannot record what happened (full, read-only, I/O errors). */
 export class SpoolFaultError extends Error {}
 
@@ -277,7 +280,10 @@ export class Relay extends EventEmitter {
     const matching = this.matching(filter);
     const waiting = new Set(matching.map((entry) => entry.id));
     const report: FlushReport = { messages: waiting.size, delivered: 0, deferred: 0, failed: 0, unreachable: 0, busy: 0 };
+    const started = Date.now();
     const onAttempt = (outcome: AttemptOutcome) => {
+      // Another process has it (a second flush delivering it): look again in a second, a few times, before calling it busy.
+      if (outcome.busy && Date.now() - started < BUSY_PATIENCE_MS) return;
       if (!waiting.delete(outcome.id)) return;
       if (outcome.unreachable) report.unreachable++;
       else if (outcome.busy) report.busy++;

@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 
@@ -173,4 +174,20 @@ export function message(subject: string, body = 'Hello.', extraHeaders: string[]
     body,
     '',
   ].join('\r\n');
+}
+
+/** Sends raw commands (to set RFC 3461 parameters) and the body; returns the queue id. */
+export async function sendRaw(port: number, commands: string[], body: string): Promise<string> {
+  const { client } = await SmtpClient.session(port);
+  try {
+    for (const command of commands) {
+      const reply = await client.command(command);
+      assert.ok(reply.code === 250 || reply.code === 354, `${command}: ${reply.lines.join(' | ')}`);
+    }
+    const reply = await client.data(body);
+    assert.equal(reply.code, 250, reply.lines.join(' | '));
+    return /queued as (\w+)/.exec(reply.text)![1];
+  } finally {
+    await client.quit();
+  }
 }
