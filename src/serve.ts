@@ -127,7 +127,13 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     );
     await control.listen();
     cleanups.push(() => control.close());
-    const monitoring = new MonitoringServer(config.control.listen, metrics, () => health(config.spool, directory, server, relay, watch));
+    const monitoring = new MonitoringServer(config.control.listen, metrics, async () => ({
+      problem: await health(config.spool, directory, server, relay, watch),
+      degraded: syncer
+        .sourceStates()
+        .filter((source) => source.condition !== 'ok')
+        .map((source) => `source ${source.name} ${source.condition}: ${source.lastError ?? source.held ?? `no successful pull since ${source.lastSuccess}`}`),
+    }));
     const monitoringAddress = await monitoring.listen();
     cleanups.push(() => monitoring.close());
     log.info({ control: `${monitoringAddress.address}:${monitoringAddress.port}` }, 'monitoring: /metrics and /healthz');

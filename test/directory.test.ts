@@ -9,7 +9,7 @@ describe('directory: file source', () => {
     const list = parseDomainList(
       ['# comment', '', 'Example.ORG   # trailing comment', 'Alice@Example.org', '@catch.example', '  open.example  ', 'bob@implied.example'].join('\n'),
       'list.txt',
-    );
+    ).list;
     assert.deepEqual([...list.keys()].sort(), ['catch.example', 'example.org', 'implied.example', 'open.example']);
     assert.deepEqual(list.get('example.org'), { recipientCheck: true, catchAll: false, localParts: new Set(['alice']) });
     assert.deepEqual(list.get('catch.example'), { recipientCheck: true, catchAll: true, localParts: new Set() });
@@ -18,7 +18,7 @@ describe('directory: file source', () => {
   });
 
   it('converts IDNs to punycode', () => {
-    const list = parseDomainList('bücher.example\nüser@bücher.example\n', 'list.txt');
+    const list = parseDomainList('bücher.example\nüser@bücher.example\n', 'list.txt').list;
     assert.deepEqual([...list.keys()], ['xn--bcher-kva.example']);
     assert.deepEqual([...list.get('xn--bcher-kva.example')!.localParts], ['üser']);
   });
@@ -39,19 +39,30 @@ describe('directory: file source', () => {
     [`${'a'.repeat(64)}.example`, /not a valid domain/],
   ];
   for (const [line, why] of badLines) {
-    it(`rejects the whole file for the line ${JSON.stringify(line)}, naming file and line`, () => {
-      assert.throws(
-        () => parseDomainList(`good.example\n${line}\n`, '/etc/list.txt'),
-        (error: unknown) => error instanceof SourceError && why.test(error.message) && error.message.startsWith('/etc/list.txt:2: '),
-      );
+    it(`leaves out the line ${JSON.stringify(line)}, naming file and line, and keeps the rest`, () => {
+      const { list, skipped } = parseDomainList(`good.example\n${line}\n`, '/etc/list.txt');
+      assert.deepEqual([...list.keys()], ['good.example']);
+      assert.equal(skipped.length, 1);
+      assert.match(skipped[0], why);
+      assert.ok(skipped[0].includes(`/etc/list.txt:2: ${JSON.stringify(line)}`), skipped[0]);
     });
   }
+
+  it('refuses a file with no valid line at all', () => {
+    assert.throws(() => parseDomainList('localhost\n', '/etc/list.txt'), (error: unknown) => error instanceof SourceError && /empty result/.test(error.message));
+  });
+
+  it('accepts what AlternC\'s checkfqdn accepts: a label may start with "_"', () => {
+    assert.equal(normalizeDomain('_mail.Example.net'), '_mail.example.net');
+    assert.equal(normalizeDomain('_.example.net'), '_.example.net');
+    assert.equal(normalizeDomain('a_b.example.net'), undefined, 'checkfqdn: "_" only first');
+  });
 });
 
 describe('directory: snapshot lookups', () => {
   const snapshot = buildSnapshot([
-    { name: 'first', list: parseDomainList('shared.example\nalice@shared.example\n@catch.example\nopen.example\n', 'a') },
-    { name: 'second', list: parseDomainList('shared.example\nbob@shared.example\nsecond.example\n', 'b') },
+    { name: 'first', list: parseDomainList('shared.example\nalice@shared.example\n@catch.example\nopen.example\n', 'a').list },
+    { name: 'second', list: parseDomainList('shared.example\nbob@shared.example\nsecond.example\n', 'b').list },
   ]);
 
   it('accepts known addresses, catch-alls and unchecked domains, by the owning source', () => {

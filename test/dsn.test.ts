@@ -112,7 +112,7 @@ describe('dsn: bounces through a smarthost', () => {
         'Final-Recipient': 'rfc822; alice@d1.example',
         Action: 'failed',
         Status: '5.1.1',
-        'Remote-MTA': 'dns; 127.0.0.1',
+        'Remote-MTA': 'dns; primary.test.example', // the name it gave, not the address it was reached at
         'Diagnostic-Code': 'smtp; 550 5.1.1 <alice@d1.example>: no such user here',
         'Last-Attempt-Date': undefined,
       },

@@ -16,14 +16,14 @@ describe('directory store: the persisted last good lists', () => {
   afterEach(() => rmSync(root, { recursive: true, force: true }));
 
   it('round-trips a list: domains, catch-alls, unchecked domains and addresses', async () => {
-    const list = parseDomainList('a.example\nalice@a.example\nbob@a.example\n@c.example\nopen.example\nxn--bcher-kva.example\nüser@xn--bcher-kva.example\n', 'x');
+    const list = parseDomainList('a.example\nalice@a.example\nbob@a.example\n@c.example\nopen.example\nxn--bcher-kva.example\nüser@xn--bcher-kva.example\n', 'x').list;
     await store.saveList('src', list);
     assert.deepEqual(await store.loadList('src'), list);
     assert.equal(await store.loadList('other'), undefined);
   });
 
   it('refuses a truncated or foreign file instead of serving half a list', async () => {
-    await store.saveList('src', parseDomainList('a.example\nalice@a.example\nb.example\n', 'x'));
+    await store.saveList('src', parseDomainList('a.example\nalice@a.example\nb.example\n', 'x').list);
     const file = join(root, 'directory', 'src.list');
     const text = readFileSync(file, 'utf8');
     writeFileSync(file, text.slice(0, text.indexOf('b.example')));

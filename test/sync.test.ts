@@ -64,7 +64,7 @@ describe('sync: AlternC MySQL source (real MariaDB)', () => {
     await db.address(deleting, 'still');
     await db.domain('noaddress.example');
 
-    const list = await pullMysql(mysqlSource(db.url()));
+    const { list } = await pullMysql(mysqlSource(db.url()));
     assert.deepEqual([...list.keys()].sort(), ['d1.example', 'd2.example', 'deleting.example', 'noaddress.example']);
     assert.deepEqual([...list.get('d1.example')!.localParts].sort(), ['alice', 'bob.smith', 'leaving', 'list', 'list-bounces', 'list-owner', 'list-request']);
     assert.deepEqual(list.get('d2.example'), { recipientCheck: true, catchAll: true, localParts: new Set() });
@@ -77,7 +77,7 @@ describe('sync: AlternC MySQL source (real MariaDB)', () => {
     const long = `${'a'.repeat(60)}.${'b'.repeat(60)}.${'c'.repeat(40)}.example`;
     await db.address(await db.domain(long), 'postmaster');
     const user = await db.readOnlyUser();
-    const list = await pullMysql(mysqlSource(db.url(user)));
+    const { list } = await pullMysql(mysqlSource(db.url(user)));
     assert.deepEqual([...list.keys()], [long]);
     const asUser = await createConnection({ uri: db.url(user) });
     try {
@@ -98,11 +98,17 @@ describe('sync: AlternC MySQL source (real MariaDB)', () => {
     for (const [url, reason] of cases) {
       await assert.rejects(pullMysql(mysqlSource(url)), (error: unknown) => error instanceof SourceError && reason.test(error.message));
     }
-    await db.address(await db.domain('bad domain.example'), 'alice');
-    await assert.rejects(pullMysql(mysqlSource(db.url(user))), /not a valid domain: "bad domain\.example"/);
-    await db.execute('DELETE FROM {db}.domaines');
-    await db.address(await db.domain('ok.example'), 'with space');
-    await assert.rejects(pullMysql(mysqlSource(db.url(user))), /not a valid local part: "with space@ok\.example"/);
+    // A bad row is left out and named; the rest of the source applies (one row must not freeze AlternC's whole list).
+    const bad = await db.domain('bad domain.example');
+    await db.address(bad, 'alice');
+    await assert.rejects(pullMysql(mysqlSource(db.url(user))), /empty result: no domain at all \(1 rows not valid: not a valid domain: domaines\.id \d+ "bad domain\.example"\)/);
+    const ok = await db.domain('ok.example');
+    await db.address(ok, 'with space');
+    await db.address(ok, 'fine');
+    const { list, skipped } = await pullMysql(mysqlSource(db.url(user)));
+    assert.deepEqual([...list.keys()], ['ok.example']);
+    assert.deepEqual([...list.get('ok.example')!.localParts], ['fine']);
+    assert.deepEqual(skipped, [`not a valid domain: domaines.id ${bad} "bad domain.example"`, 'not a valid local part: "with space@ok.example"']);
     await db.execute('DROP TABLE {db}.address');
     await assert.rejects(pullMysql(mysqlSource(db.url())), /MySQL query failed: ER_NO_SUCH_TABLE/);
   });
@@ -179,27 +185,46 @@ describe('sync: the daemon follows AlternC', () => {
     assert.equal(await rcpt(mx.port, 'alice@d1.example'), '451 4.3.0');
   });
 
-  it('refuses an empty result and a shrink beyond sync.maxShrink until sync --force', async () => {
-    mx = await startTestDaemon({ sources: sourceYaml(db.url()) });
+  it('holds back the removals of a shrink beyond sync.maxShrink (additions apply at once) until sync --force, and refuses an empty result', async () => {
+    mx = await startTestDaemon({ sources: sourceYaml(db.url()), extra: 'sync: { shrinkFloor: 0 }' });
     await db.execute("DELETE FROM {db}.domaines WHERE domaine IN ('d3.example', 'd4.example')");
+    await db.address(await db.domain('new.example'), 'postmaster'); // added at the same moment
     const held = await cliJson<SyncReport>(['sync'], mx.file);
     assert.equal(held.status, 75);
-    assert.match(held.report.sources[0].reason!, /domains would drop by 50\.0% \(4 → 2\), over sync\.maxShrink 25%; run "secondarymx sync --force"/);
-    assert.equal(await rcpt(mx.port, 'postmaster@d3.example'), '250 2.1.5');
+    assert.equal(held.report.sources[0].result, 'held');
+    assert.match(held.report.sources[0].reason!, /^2 of 4 domains would be removed \(50\.0%\), over sync\.maxShrink 25%: removals held back, additions applied; run "secondarymx sync --force"/);
+    assert.equal(await rcpt(mx.port, 'postmaster@d3.example'), '250 2.1.5', 'the removal waits');
+    assert.equal(await rcpt(mx.port, 'postmaster@new.example'), '250 2.1.5', 'the addition does not');
     const text = await runCli(['sync', '--config', mx.file]);
     assert.equal(text.status, 75);
-    assert.match(text.stdout, /^alternc +mysql +kept +4 +4 .*kept old data: domains would drop by 50\.0%/m);
+    assert.match(text.stdout, /^alternc +mysql +held +5 +5 .*held: 2 of 5 domains would be removed/m); // still held at the next sync
+    const health = await fetch(`http://127.0.0.1:${mx.daemon.monitoringPort}/healthz`);
+    assert.equal(health.status, 200, 'mail is still served');
+    assert.match(await health.text(), /^degraded: source alternc held: 2 of 5 domains would be removed/);
+    assert.match((await runCli(['status', '--config', mx.file])).stdout, /^alternc +mysql .* held: 2 of 5 domains would be removed/m);
+    const metrics = await (await fetch(`http://127.0.0.1:${mx.daemon.monitoringPort}/metrics`)).text();
+    assert.match(metrics, /^secondarymx_sync_source_state\{source="alternc",state="held"\} 1$/m);
 
     const forced = await cliJson<SyncReport>(['sync', '--force'], mx.file);
     assert.equal(forced.status, 0);
     assert.deepEqual(forced.report.sources[0].removed, { domains: 2, addresses: 2 });
     assert.equal(await rcpt(mx.port, 'postmaster@d3.example'), '550 5.7.1');
+    assert.equal(await (await fetch(`http://127.0.0.1:${mx.daemon.monitoringPort}/healthz`)).text(), 'ok\n');
 
     await db.execute('DELETE FROM {db}.domaines');
     const empty = await cliJson<SyncReport>(['sync', '--force'], mx.file);
     assert.equal(empty.status, 75);
     assert.match(empty.report.sources[0].reason!, /empty result/);
     assert.equal(await rcpt(mx.port, 'alice@d1.example'), '250 2.1.5');
+    assert.match(await (await fetch(`http://127.0.0.1:${mx.daemon.monitoringPort}/healthz`)).text(), /^degraded: source alternc failing: empty result/);
+  });
+
+  it('applies a small drop at once (sync.shrinkFloor): deleting one domain of three is not a collapse', async () => {
+    mx = await startTestDaemon({ sources: sourceYaml(db.url()) });
+    await db.execute("DELETE FROM {db}.domaines WHERE domaine IN ('d3.example', 'd4.example')");
+    const report = await cliJson<SyncReport>(['sync'], mx.file);
+    assert.deepEqual([report.status, report.report.sources[0].result], [0, 'updated']);
+    assert.equal(await rcpt(mx.port, 'postmaster@d3.example'), '550 5.7.1');
   });
 
   it('gives a domain claimed by two sources to the first one, logs it and shows it in status', async () => {
@@ -304,14 +329,21 @@ describe('sync: mxlist.php source', () => {
   }
 
   it('reads the JSON form, checks its integrity, and lists domains without recipient check', async () => {
-    const list = await pullMxlist(source());
+    const { list } = await pullMxlist(source());
     assert.deepEqual([...list.keys()], ['d1.example', 'd2.example']);
     assert.equal(list.get('d1.example')!.recipientCheck, false);
   });
 
+  it('leaves out a bad domain line, names it, and keeps the others', async () => {
+    panel.domains = ['d1.example', 'bad_domain!', '_mail.d1.example'];
+    const { list, skipped } = await pullMxlist(source());
+    assert.deepEqual([...list.keys()], ['d1.example', '_mail.d1.example']);
+    assert.deepEqual(skipped, ['not a valid domain: "bad_domain!"']);
+  });
+
   it('reads the plain form of an older panel', async () => {
     panel.mode = 'plain';
-    assert.deepEqual([...(await pullMxlist(source())).keys()], ['d1.example', 'd2.example']);
+    assert.deepEqual([...(await pullMxlist(source())).list.keys()], ['d1.example', 'd2.example']);
   });
 
   const failures: Array<[string, () => void, RegExp]> = [
@@ -319,7 +351,7 @@ describe('sync: mxlist.php source', () => {
     ['a bad integrity hash', () => (panel.mode = 'bad-integrity'), /integrity check failed/],
     ['a truncated plain answer', () => ((panel.mode = 'plain'), (panel.mode = 'truncated')), /does not end with a newline/],
     ['an empty answer', () => (panel.mode = 'empty'), /empty result/],
-    ['a bad domain line', () => (panel.domains = ['d1.example', 'bad_domain!']), /not a valid domain: "bad_domain!"/],
+    ['an answer with no valid domain', () => (panel.domains = ['bad_domain!']), /empty result: no domain at all \(1 rows not valid: not a valid domain: "bad_domain!"\)/],
   ];
   for (const [what, arrange, reason] of failures) {
     it(`refuses ${what}`, async () => {

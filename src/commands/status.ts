@@ -36,6 +36,14 @@ export function formatStatus(report: StatusReport): string {
   for (const p of report.primaries ?? []) lines.push(`primary ${p.primary}: ${p.up ? 'UP' : 'DOWN (probing)'}`);
   if (report.delivery) lines.push(`delivery: ${report.delivery}`);
   lines.push(`spool: ${spool.messages} ${spool.messages === 1 ? 'message' : 'messages'}, ${Math.ceil(spool.bytes / 1024)} KB`, '');
-  const rows = report.sources.map((s) => [s.name, s.type, s.domains, s.addresses, shortTime(s.lastSuccess), shortTime(s.lastAttempt), s.lastError ? `failing: ${s.lastError}` : 'ok']);
+  const rows = report.sources.map((s) => [s.name, s.type, s.domains, s.addresses, shortTime(s.lastSuccess), shortTime(s.lastAttempt), describeSource(s)]);
   return lines.join('\n') + formatTable(['source', 'type', 'domains', 'addresses', 'last success', 'last attempt', 'state'], rows);
+}
+
+function describeSource(source: StatusReport['sources'][number]): string {
+  const skipped = source.skipped ? ` (${source.skipped} rows left out as not valid)` : '';
+  if (source.lastError) return `failing: ${source.lastError}`;
+  if (source.held) return `held: ${source.held}${skipped}`;
+  if (source.condition === 'stale') return `stale: no successful pull since ${shortTime(source.lastSuccess)}${skipped}`;
+  return `ok${skipped}`;
 }

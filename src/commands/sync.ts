@@ -7,7 +7,7 @@ import { runningDaemonPid } from '../spool/locks.js';
 import { withProgress } from './progress.js';
 import { formatTable } from './table.js';
 
-/** sysexits.h EX_TEMPFAIL: some source kept its previous data; try again later. */
+/** sysexits.h EX_TEMPFAIL: some source kept its previous data or held removals back; look again later. */
 export const EX_TEMPFAIL = 75;
 
 /** `secondarymx sync [--force]`: through the running daemon, or on its own when none runs. */
@@ -34,7 +34,7 @@ export function formatSync(report: SyncReport, via: string): string {
     s.addresses,
     `+${s.added.domains}/-${s.removed.domains}`,
     `+${s.added.addresses}/-${s.removed.addresses}`,
-    s.reason ? `kept old data: ${s.reason}` : '',
+    [s.reason ? `${s.result === 'held' ? 'held' : 'kept old data'}: ${s.reason}` : '', s.skipped ? `${s.skipped.length} rows left out: ${s.skipped[0]}` : ''].filter(Boolean).join('; '),
   ]);
   const { directory } = report;
   const summary =

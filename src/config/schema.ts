@@ -83,19 +83,36 @@ const mxlistSource = z.strictObject({
   primary: hostPort.optional(),
 });
 
+const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
+
+/** "5d", "4h", "30m", "45s" or a number of seconds; 0 (or "0") means off where allowed. */
+const duration = z.union([z.number().int().min(0), z.string()]).transform((value, context) => {
+  if (typeof value === 'number') return value;
+  const match = /^(\d+)\s*([smhd]?)$/.exec(value.trim());
+  if (!match) {
+    context.addIssue({ code: 'custom', message: 'expected a duration such as "5d", "4h", "30m", "45s" or seconds' });
+    return z.NEVER;
+  }
+  return Number(match[1]) * DURATION_UNITS[match[2] || 's'];
+});
+
 const sync = z.strictObject({
   /** node-cron expression (5 fields, or 6 with seconds first). */
   schedule: z
     .string()
     .refine((value) => validate(value), { message: 'expected a cron expression such as "*/10 * * * *"' })
     .default('*/10 * * * *'),
-  /** Percent of a source's domains or addresses one pull may drop before it is held back. */
+  /** Percent of a source's domains or addresses one pull may drop before its removals are held back (additions always apply). */
   maxShrink: z.number().min(0).max(100).default(25),
+  /** Drops of at most this many domains (or addresses) always apply: one domain of three is not a collapse. */
+  shrinkFloor: z.int().min(0).default(10),
+  /** A source with no successful pull for this long is reported stale (status, /healthz, metrics). */
+  staleAfter: duration.default(6 * 3600),
 });
 
 const limits = z.strictObject({
-  /** Bytes; Postfix's message_size_limit. */
-  messageSize: positiveInt.default(10_240_000),
+  /** Bytes, our Received header included; AlternC's Postfix message_size_limit. */
+  messageSize: positiveInt.default(100_000_000),
   /** Recipients per transaction; Postfix's smtpd_recipient_limit. */
   recipients: positiveInt.default(1000),
   /** Received headers a message may carry; Postfix's hopcount_limit. */
@@ -136,19 +153,6 @@ const cidr = z.string().refine(
   },
   { message: 'expected an address or CIDR range, e.g. "127.0.0.0/8" or "::1/128"' },
 );
-
-const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
-
-/** "5d", "4h", "30m", "45s" or a number of seconds; 0 (or "0") means off where allowed. */
-const duration = z.union([z.number().int().min(0), z.string()]).transform((value, context) => {
-  if (typeof value === 'number') return value;
-  const match = /^(\d+)\s*([smhd]?)$/.exec(value.trim());
-  if (!match) {
-    context.addIssue({ code: 'custom', message: 'expected a duration such as "5d", "4h", "30m", "45s" or seconds' });
-    return z.NEVER;
-  }
-  return Number(match[1]) * DURATION_UNITS[match[2] || 's'];
-});
 
 const relay = z.strictObject({
   /** Parallel connections (and messages in flight) per primary. */
@@ -211,6 +215,11 @@ export const configSchema = z.strictObject({
   user: z.string().min(1).optional(),
   group: z.string().min(1).optional(),
   primary: hostPort,
+  /**
+   * Postfix's recipient_delimiter: an address with an extension (alice+news@, list-confirm+token@)
+   * is accepted when its base address is. Several characters allowed; "" turns it off.
+   */
+  recipientDelimiter: z.string().regex(/^[^\sA-Za-z0-9@.]*$/, 'expected delimiter characters such as "+" or "+-"').default('+'),
   sources: z
     .array(z.discriminatedUnion('type', [fileSource, mysqlSource, mxlistSource]))
     .min(1)

@@ -22,7 +22,7 @@ export function refusalReason(enhancedCode: string): string {
 export interface MetricsSources {
   spool(): Promise<{ messages: number; bytes: number; oldestArrival: number | undefined }>;
   primaries(): Array<{ primary: string; up: boolean }>;
-  sources(): Array<{ name: string; lastSuccess?: string; domains: number; addresses: number }>;
+  sources(): Array<{ name: string; lastSuccess?: string; domains: number; addresses: number; skipped?: number; condition: string }>;
   sessions(): number;
   /** Bytes free for the spool (Infinity when unknown). */
   spoolFree(): number;
@@ -96,6 +96,18 @@ export class Metrics {
     );
     perSource('secondarymx_sync_domains', 'Domains in use per source', (source) => source.domains);
     perSource('secondarymx_sync_addresses', 'Addresses in use per source', (source) => source.addresses);
+    perSource('secondarymx_sync_skipped_rows', 'Rows of the last pull left out as not valid, per source', (source) => source.skipped ?? 0);
+    new Gauge({
+      name: 'secondarymx_sync_source_state',
+      help: '1 for the condition each source is in: ok, held (removals held back), failing, stale',
+      labelNames: ['source', 'state'],
+      registers,
+      collect() {
+        for (const source of sources.sources()) {
+          for (const state of ['ok', 'held', 'failing', 'stale']) this.set({ source: source.name, state }, source.condition === state ? 1 : 0);
+        }
+      },
+    });
     new Gauge({
       name: 'secondarymx_spool_free_bytes',
       help: 'Bytes free on the spool filesystem; below 1.5 x limits.messageSize MAIL gets 452 4.3.1',

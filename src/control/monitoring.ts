@@ -3,8 +3,12 @@ import type { AddressInfo } from 'node:net';
 import { parseListenAddress } from '../config/schema.js';
 import type { Metrics } from './metrics.js';
 
-/** Why the daemon is not healthy, or undefined when it is. */
-export type HealthCheck = () => Promise<string | undefined>;
+/**
+ * Why the daemon cannot serve (503), or what is degraded while it serves (200
+ * "degraded: …": a source failing, held back or stale; mail is still taken and
+ * relayed, from the last good list); neither when all is well (200 "ok").
+ */
+export type HealthCheck = () => Promise<{ problem?: string; degraded?: string[] }>;
 
 /**
  * The loopback HTTP endpoint for monitoring: GET /metrics (Prometheus text format)
@@ -30,7 +34,11 @@ export class MonitoringServer {
           : path === '/metrics'
             ? metrics.registry.metrics().then((text) => reply(200, metrics.registry.contentType, text))
             : path === '/healthz'
-              ? health().then((problem) => (problem ? reply(503, 'text/plain', `${problem}\n`) : reply(200, 'text/plain', 'ok\n')))
+              ? health().then(({ problem, degraded = [] }) =>
+                  problem
+                    ? reply(503, 'text/plain', `${problem}\n`)
+                    : reply(200, 'text/plain', degraded.length ? `degraded: ${degraded.join('; ')}\n` : 'ok\n'),
+                )
               : Promise.resolve(reply(404, 'text/plain', 'not found: try /metrics or /healthz\n'));
       answer.catch((error: unknown) => reply(500, 'text/plain', `${(error as Error).message}\n`));
     });

@@ -1,6 +1,7 @@
 import { domainToASCII } from 'node:url';
 
-const LABEL = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+/** A label as AlternC's checkfqdn accepts it: letters, digits and hyphens, and it may start with "_" (`_mail.example.net`). */
+const LABEL = /^[a-z0-9_](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 
 /**
  * A mail domain as the directory stores it: lowercase ASCII, IDNs as punycode.

@@ -12,6 +12,10 @@ export interface SourceState {
   lastSuccess?: string;
   /** Why the last attempt was not applied; absent after a success. */
   lastError?: string;
+  /** Removals the shrink guard holds back (the rest of the pull applied); absent when none. */
+  held?: string;
+  /** Rows of the last pull left out as not valid. */
+  skipped?: number;
   /** The data in use. */
   domains: number;
   addresses: number;

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { Config, SourceConfig } from '../config/schema.js';
 import { buildSnapshot, countList, type Conflict, type DirectorySnapshot, type SourceList } from './snapshot.js';
-import { SourceError } from './source-list.js';
+import { SourceError, type Pulled } from './source-list.js';
 import { pullFile } from './sources/file.js';
 import { pullMxlist } from './sources/mxlist.js';
 import { pullMysql } from './sources/mysql.js';
@@ -15,8 +15,13 @@ export interface Counts {
 export interface SourceReport {
   name: string;
   type: SourceConfig['type'];
-  /** updated: the new pull is in use; kept: the previous data stays (reason says why). */
-  result: 'updated' | 'kept';
+  /**
+   * updated: the new pull is in use; held: its additions are, its removals are held back
+   * by the shrink guard (reason says why); kept: the previous data stays (reason says why).
+   */
+  result: 'updated' | 'held' | 'kept';
+  /** Rows of the pull left out as not valid, each named. */
+  skipped?: readonly string[];
   reason?: string;
   /** The data in use after this sync. */
   domains: number;
@@ -33,7 +38,7 @@ export interface SyncReport {
   directory: { domains: number; addresses: number; complete: boolean; conflicts: readonly Conflict[] };
 }
 
-function pull(source: SourceConfig): Promise<SourceList> {
+function pull(source: SourceConfig): Promise<Pulled> {
   switch (source.type) {
     case 'file':
       return pullFile(source.path);
@@ -93,13 +98,12 @@ export class Syncer {
     return syncer;
   }
 
-  /** The sync history of each configured source, for `status`. */
-  sourceStates(): Array<SourceState & { name: string }> {
-    return this.config.sources.map((source) => ({
-      name: source.name,
-      ...(this.state[source.name] ?? { type: source.type, domains: 0, addresses: 0 }),
-      type: source.type,
-    }));
+  /** The sync history of each configured source and its condition now, for `status`, `/healthz` and metrics. */
+  sourceStates(now = Date.now()): Array<SourceState & { name: string; condition: SourceCondition }> {
+    return this.config.sources.map((source) => {
+      const state = { ...(this.state[source.name] ?? { type: source.type, domains: 0, addresses: 0 }), type: source.type };
+      return { name: source.name, ...state, condition: conditionOf(state, this.config.sync.staleAfter, now) };
+    });
   }
 
   /** Resolves when no sync is running (for a clean stop). */
@@ -145,35 +149,42 @@ export class Syncer {
     const started = Date.now();
     const previous = this.lists.get(source.name);
     const before = previous ? countList(previous) : { domains: 0, addresses: 0 };
+    let skipped: readonly string[] = [];
     const report = (result: SourceReport['result'], reason: string | undefined, diff: { added: Counts; removed: Counts }): SourceReport => {
       const inUse = this.lists.get(source.name);
       const counts = inUse ? countList(inUse) : { domains: 0, addresses: 0 };
+      const applied = result !== 'kept';
       this.state[source.name] = {
         ...this.state[source.name],
         type: source.type,
         lastAttempt: attemptAt,
-        ...(result === 'updated' ? { lastSuccess: attemptAt, lastError: undefined } : { lastError: reason }),
+        ...(applied ? { lastSuccess: attemptAt, lastError: undefined, held: result === 'held' ? reason : undefined, skipped: skipped.length } : { lastError: reason }),
         ...counts,
       };
-      return { name: source.name, type: source.type, result, ...(reason ? { reason } : {}), ...counts, ...diff, durationMs: Date.now() - started };
+      return { name: source.name, type: source.type, result, ...(reason ? { reason } : {}), ...(skipped.length ? { skipped } : {}), ...counts, ...diff, durationMs: Date.now() - started };
     };
     const none = { added: { domains: 0, addresses: 0 }, removed: { domains: 0, addresses: 0 } };
     let list: SourceList;
     try {
-      list = await pull(source);
+      ({ list, skipped } = await pull(source));
     } catch (error) {
       const reason = error instanceof SourceError ? error.message : `internal error: ${(error as Error).message}`;
       this.log.warn({ source: source.name, reason, kept: before }, 'source failed, its previous data stays in use');
       return report('kept', reason, none);
     }
-    const after = countList(list);
-    const shrink = previous && !force ? shrinkBeyond(before, after, this.config.sync.maxShrink) : undefined;
-    if (shrink) {
-      const reason = `${shrink}, over sync.maxShrink ${this.config.sync.maxShrink}%; run "secondarymx sync --force" to apply it`;
-      this.log.warn({ source: source.name, reason, kept: before, pulled: after }, 'source shrank too much, its previous data stays in use');
-      return report('kept', reason, none);
+    if (skipped.length > 0) {
+      this.log.warn({ event: 'rows_skipped', source: source.name, count: skipped.length, rows: skipped.slice(0, 20) }, 'rows left out of the pull: not valid (the rest applies)');
     }
-    const diff = previous ? diffLists(previous, list) : { added: after, removed: { domains: 0, addresses: 0 } };
+    const { maxShrink, shrinkFloor } = this.config.sync;
+    const shrink = previous && !force ? shrinkBeyond(before, diffLists(previous, list).removed, maxShrink, shrinkFloor) : undefined;
+    let held: string | undefined;
+    if (shrink) {
+      // Additions apply now (a new domain must not get 550 while the guard holds); removals wait for --force.
+      held = `${shrink}, over sync.maxShrink ${maxShrink}%: removals held back, additions applied; run "secondarymx sync --force" to apply the removals`;
+      list = keepingRemovals(previous!, list);
+      this.log.warn({ event: 'shrink_held', source: source.name, reason: held, before, pulled: countList(list) }, 'source shrank too much: its removals are held back');
+    }
+    const diff = previous ? diffLists(previous, list) : { added: countList(list), removed: { domains: 0, addresses: 0 } };
     try {
       await this.store.saveList(source.name, list);
     } catch (error) {
@@ -183,9 +194,9 @@ export class Syncer {
     }
     this.lists.set(source.name, list);
     const changed = diff.added.domains + diff.added.addresses + diff.removed.domains + diff.removed.addresses > 0;
-    this.log.info({ source: source.name, ...after, added: diff.added, removed: diff.removed, ms: Date.now() - started }, 'source synced');
+    this.log.info({ source: source.name, ...countList(list), added: diff.added, removed: diff.removed, ms: Date.now() - started }, 'source synced');
     if (changed || !previous) this.warnUnchecked(source, list);
-    return report('updated', undefined, diff);
+    return held ? report('held', held, diff) : report('updated', undefined, diff);
   }
 
   private warnUnchecked(source: SourceConfig, list: SourceList): void {
@@ -206,14 +217,41 @@ export class Syncer {
   }
 }
 
-/** Describes a drop of more than `maxPercent` of domains or addresses, or undefined. */
-function shrinkBeyond(before: Counts, after: Counts, maxPercent: number): string | undefined {
+/** failing: its last pull was not applied; held: removals held back; stale: no successful pull for sync.staleAfter. */
+export type SourceCondition = 'ok' | 'held' | 'failing' | 'stale';
+
+function conditionOf(state: SourceState, staleAfter: number, now: number): SourceCondition {
+  if (state.lastError) return 'failing';
+  if (state.held) return 'held';
+  if (state.lastSuccess && now - Date.parse(state.lastSuccess) > staleAfter * 1000) return 'stale';
+  return 'ok';
+}
+
+/**
+ * Describes removals of more than `maxPercent` and more than `floor` of the domains or
+ * addresses, or undefined. Removals, not net counts: additions in the same pull must not
+ * hide a collapse.
+ */
+function shrinkBeyond(before: Counts, removed: Counts, maxPercent: number, floor: number): string | undefined {
   for (const key of ['domains', 'addresses'] as const) {
-    if (before[key] === 0) continue;
-    const dropped = ((before[key] - after[key]) / before[key]) * 100;
-    if (dropped > maxPercent) return `${key} would drop by ${dropped.toFixed(1)}% (${before[key]} → ${after[key]})`;
+    if (before[key] === 0 || removed[key] <= floor) continue;
+    const dropped = (removed[key] / before[key]) * 100;
+    if (dropped > maxPercent) return `${removed[key]} of ${before[key]} ${key} would be removed (${dropped.toFixed(1)}%)`;
   }
   return undefined;
+}
+
+/** The pulled list, plus everything of the previous one it dropped: additions apply, removals wait. */
+function keepingRemovals(previous: SourceList, pulled: SourceList): SourceList {
+  const merged = new Map(previous);
+  for (const [domain, entry] of pulled) {
+    const old = previous.get(domain);
+    merged.set(
+      domain,
+      old ? { recipientCheck: entry.recipientCheck || old.recipientCheck, catchAll: entry.catchAll || old.catchAll, localParts: new Set([...old.localParts, ...entry.localParts]) } : entry,
+    );
+  }
+  return merged;
 }
 
 function diffLists(before: SourceList, after: SourceList): { added: Counts; removed: Counts } {

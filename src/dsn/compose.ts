@@ -88,7 +88,7 @@ function deliveryStatus(input: NoticeInput): string {
   for (const recipient of recipients) {
     if (recipient.orcpt) fields.push(`Original-Recipient: ${recipient.orcpt}`);
     fields.push(`Final-Recipient: rfc822; ${recipient.address}`, `Action: ${action}`, `Status: ${recipientStatus(recipient, action)}`);
-    const remote = input.remoteMta(recipient);
+    const remote = recipient.remoteMta ?? input.remoteMta(recipient);
     if (remote && recipient.reply && /^\d{3}/.test(recipient.reply)) {
       fields.push(`Remote-MTA: dns; ${remote}`, `Diagnostic-Code: smtp; ${recipient.reply}`);
     }

@@ -238,7 +238,7 @@ export class ReceiveServer {
     try {
       const refusal = needsSmtpUtf8(address, session);
       if (refusal) throw refusal;
-      checkRecipient(address, this.options.directory.current);
+      checkRecipient(address, this.options.directory.current, this.options.config.recipientDelimiter);
       return null;
     } catch (error) {
       if (!(error instanceof SmtpReply)) throw error;
@@ -341,7 +341,7 @@ export class ReceiveServer {
   /** The source owning the recipient's domain now: it picks the primary the relay uses. */
   private sourceOf(address: string): { source?: string } {
     try {
-      return { source: checkRecipient(address, this.options.directory.current).source };
+      return { source: checkRecipient(address, this.options.directory.current, this.options.config.recipientDelimiter).source };
     } catch {
       return {}; // left the directory since RCPT: the global primary gets it
     }

@@ -482,6 +482,7 @@ export class Relay extends EventEmitter {
     for (const result of results) {
       const recipient = recipients.find((r) => r.address === result.address)!;
       recipient.reply = result.reply;
+      if (result.remoteMta) recipient.remoteMta = result.remoteMta;
       if (result.outcome === 'delivered') recipient.state = 'delivered';
       else if (result.outcome === 'failed') recipient.state = 'failed';
       counts[result.outcome]++;

@@ -41,6 +41,8 @@ export class SmtpSession {
   private readonly replies: Reply[] = [];
   private readonly waiting: Array<{ resolve: (reply: Reply) => void; reject: (error: Error) => void }> = [];
   private partial: string[] = [];
+  /** The name the primary gave in its greeting (for a DSN's Remote-MTA). */
+  peerName: string | undefined;
   private buffered = '';
   private lost: SessionLost | undefined;
 
@@ -86,6 +88,7 @@ export class SmtpSession {
     });
     watchTimeout(secure, options.connectTimeout);
     const encrypted = new SmtpSession(secure);
+    encrypted.peerName = session.peerName;
     await encrypted.hello(options.name).catch((error: Error) => {
       secure.destroy();
       throw new PrimaryUnreachable(error.message);
@@ -101,6 +104,7 @@ export class SmtpSession {
       session.close();
       throw new PrimaryUnreachable(`greeting: ${greeting.text}`);
     }
+    session.peerName = /^[A-Za-z0-9.-]+$/.test(greeting.lines[0]?.split(' ')[0] ?? '') ? greeting.lines[0].split(' ')[0] : undefined;
     await session.hello(options.name);
     return session;
   }

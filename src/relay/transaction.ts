@@ -28,6 +28,8 @@ export interface RecipientResult {
   outcome: Outcome;
   /** The primary's reply about this recipient, or what happened instead ("lost connection …"). */
   reply: string;
+  /** The name the primary gave itself, when it answered. */
+  remoteMta?: string;
 }
 
 export interface TransactionResult {
@@ -49,8 +51,9 @@ const OUT_OF_SEQUENCE = 503;
  */
 export async function sendMessage(session: SmtpSession, message: OutgoingMessage): Promise<TransactionResult> {
   const results = new Map<string, RecipientResult>();
+  const remoteMta = session.peerName ? { remoteMta: session.peerName } : {};
   const decide = (recipients: readonly OutgoingRecipient[], outcome: Outcome, reply: string) => {
-    for (const { address } of recipients) if (!results.has(address)) results.set(address, { address, outcome, reply });
+    for (const { address } of recipients) if (!results.has(address)) results.set(address, { address, outcome, reply, ...remoteMta });
   };
   const finish = (reusable: boolean): TransactionResult => ({
     recipients: message.recipients.map((r) => results.get(r.address)!),

@@ -10,6 +10,8 @@ export interface Recipient {
   source?: string;
   /** The primary's last reply about this recipient. */
   reply?: string;
+  /** The name the primary that gave that reply announced in its greeting. */
+  remoteMta?: string;
   /** An RFC 3463 status this MX decided (4.4.7: expired), rather than the primary's reply. */
   status?: string;
   /** A failed recipient whose failure is settled: its DSN is queued, or none is owed. */

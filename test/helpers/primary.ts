@@ -48,6 +48,7 @@ export class TestPrimary {
 
   async start(): Promise<void> {
     const server = new SMTPServer({
+      name: 'primary.test.example',
       authOptional: true,
       size: 50_000_000,
       disabledCommands: ['AUTH', 'STARTTLS'],

@@ -1,15 +1,14 @@
 import { readFile } from 'node:fs/promises';
-import type { SourceList } from '../snapshot.js';
-import { SourceError, SourceListBuilder } from '../source-list.js';
+import { SourceError, SourceListBuilder, type Pulled } from '../source-list.js';
 
 /**
  * Reads a domain list: one entry a line, `#` starts a comment.
  *   example.org        a domain; with no address lines it accepts any local part
  *   user@example.org   an address (declares the domain, which is then recipient-checked)
  *   @example.org       the domain's catch-all
- * Any bad line rejects the whole file: a half-read list is never applied.
+ * A line that is not valid is left out and reported (file:line), the rest applies.
  */
-export async function pullFile(path: string): Promise<SourceList> {
+export async function pullFile(path: string): Promise<Pulled> {
   let text: string;
   try {
     text = await readFile(path, 'utf8');
@@ -19,22 +18,18 @@ export async function pullFile(path: string): Promise<SourceList> {
   return parseDomainList(text, path);
 }
 
-export function parseDomainList(text: string, path: string): SourceList {
+export function parseDomainList(text: string, path: string): Pulled {
   const builder = new SourceListBuilder();
   text.split(/\r?\n/).forEach((raw, index) => {
     const line = raw.replace(/(^|\s)#.*$/, '').trim();
     if (!line) return;
-    try {
-      if (/\s/.test(line)) throw new SourceError('one entry per line expected');
-      const at = line.lastIndexOf('@');
-      if (at === -1) builder.domain(line);
-      else if (at === 0) builder.catchAll(line.slice(1));
-      else if (line.indexOf('@') !== at) throw new SourceError('not a valid address');
-      else builder.address(line.slice(0, at), line.slice(at + 1));
-    } catch (error) {
-      if (!(error instanceof SourceError)) throw error;
-      throw new SourceError(`${path}:${index + 1}: ${error.message.replace(/: ".*"$/, '')}: ${JSON.stringify(raw.trim())}`);
-    }
+    const where = `${path}:${index + 1}: ${JSON.stringify(raw.trim())}`;
+    const at = line.lastIndexOf('@');
+    if (/\s/.test(line)) builder.skip(where, 'one entry per line expected');
+    else if (at === -1) builder.domain(line, where);
+    else if (at === 0) builder.catchAll(line.slice(1), where);
+    else if (line.indexOf('@') !== at) builder.skip(where, 'not a valid address');
+    else builder.address(line.slice(0, at), line.slice(at + 1), where);
   });
   try {
     return builder.build();

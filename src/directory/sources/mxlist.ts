@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { MxlistSourceConfig } from '../../config/schema.js';
-import type { SourceList } from '../snapshot.js';
-import { SourceError, SourceListBuilder } from '../source-list.js';
+import { SourceError, SourceListBuilder, type Pulled } from '../source-list.js';
 
 /**
  * The panel's admin/mxlist.php: the domains with gesmx = 1, over HTTP Basic auth.
@@ -9,7 +8,7 @@ import { SourceError, SourceListBuilder } from '../source-list.js';
  * a panel that answers with the plain form (one domain a line, each ending in "\n")
  * is read as such. Domains only: none of them can be recipient-checked.
  */
-export async function pullMxlist(source: MxlistSourceConfig): Promise<SourceList> {
+export async function pullMxlist(source: MxlistSourceConfig): Promise<Pulled> {
   const url = new URL(source.url);
   url.searchParams.set('json', '1');
   let response: Response;
@@ -28,7 +27,7 @@ export async function pullMxlist(source: MxlistSourceConfig): Promise<SourceList
   return parseMxlist(await response.text());
 }
 
-export function parseMxlist(body: string): SourceList {
+export function parseMxlist(body: string): Pulled {
   const builder = new SourceListBuilder();
   for (const domain of domainsOf(body)) builder.domain(domain);
   return builder.build();
