@@ -13,6 +13,7 @@ import { Directory } from './directory/directory.js';
 import { DirectoryStore } from './directory/store.js';
 import { Syncer, type SyncReport } from './directory/sync.js';
 import { ReceiveServer } from './receive/server.js';
+import { PrimaryLimits } from './relay/primary-limits.js';
 import { Relay } from './relay/relay.js';
 import { editQueued, type QueueEdit } from './spool/edit.js';
 import { dropPrivileges, lookupIdentity } from './privileges.js';
@@ -50,6 +51,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
   const directory = new Directory();
   const store = directoryStore(config.spool);
   const watch = new SpoolWatch(spool, minFree(config), log);
+  let running = config;
   const cleanups: Array<() => Promise<void> | void> = [() => spool.unlock(), () => watch.stop()];
   const stop = async () => {
     for (const cleanup of cleanups.reverse()) await cleanup();
@@ -87,6 +89,19 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
       onEtrn: (domain) => relay.flushInBackground({ domain }),
     });
     cleanups.push(() => server.close());
+    const limits = new PrimaryLimits(config.spool);
+    const configuredPrimaries = () => [running.primary, ...running.sources.flatMap((source) => (source.primary ? [source.primary] : []))].map((p) => `${p.host}:${p.port}`);
+    server.setPrimaryLimit(limits.smallest(configuredPrimaries()));
+    relay.on('primary-size', (primary: string, size: number | undefined) => {
+      limits.record(primary, size).then(
+        (changed) => {
+          if (!changed) return;
+          server.setPrimaryLimit(limits.smallest(configuredPrimaries()));
+          log.info({ event: 'primary_size', primary, size: size ?? null, messageSize: server.messageSize }, 'primary SIZE limit learnt: the size limit here follows it');
+        },
+        (error: unknown) => log.error({ err: error, primary }, 'cannot save the primary SIZE limit'),
+      );
+    });
     const listen = (await server.listen()).map((a) => (a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`));
     if (config.user) await dropPrivileges(lookupIdentity(config.user, config.group), config.spool, log);
     const startedAt = new Date().toISOString();
@@ -149,7 +164,6 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     let task = scheduleSync(config.sync.schedule);
     cleanups.push(() => task.destroy());
     relay.kick();
-    let running = config;
     const reload = async (next: Config) => {
       const needRestart = RESTART_KEYS.filter((key) => JSON.stringify(next[key]) !== JSON.stringify(running[key]));
       if (needRestart.length > 0) log.warn({ keys: needRestart }, 'config reloaded, but these keys only take effect after a restart');
@@ -163,6 +177,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
         task = scheduleSync(next.sync.schedule);
       }
       running = applied;
+      server.setPrimaryLimit(limits.smallest(configuredPrimaries()));
       log.info('config reloaded');
       void syncer.run();
     };

@@ -14,6 +14,8 @@ function leftovers(spoolDir: string): string[] {
   return [...readdirSync(join(spoolDir, 'tmp')), ...queued(spoolDir)];
 }
 
+const pick = (reply: { code: number; enhanced: string }) => [reply.code, reply.enhanced];
+
 describe('receive: SMTP policy against a running server', () => {
   let mx: TestDaemon;
   let client: SmtpClient;
@@ -79,6 +81,26 @@ describe('receive: SMTP policy against a running server', () => {
     assert.ok(refusals.includes('user@unknown.example') && refusals.includes('nobody@d1.example'));
   });
 
+  it('reads a trailing dot and a needlessly quoted local part as the primary\'s Postfix does, and spools the plain address', async () => {
+    assert.equal((await client.command('MAIL FROM:<s@remote.example>')).code, 250);
+    assert.equal((await client.command('RCPT TO:<alice@d1.example.>')).code, 250);
+    assert.equal((await client.command('RCPT TO:<"Bob.Smith"@d1.example>')).code, 250);
+    assert.deepEqual(pick(await client.command('RCPT TO:<"bob smith"@d1.example>')), [501, '5.1.3']);
+    assert.equal((await client.command('DATA')).code, 354);
+    const id = /queued as (\w+)/.exec((await client.data(message('forms'))).text)![1];
+    assert.deepEqual(queuedEnvelope(mx.spoolDir, id).recipients.map((r) => r.address), ['alice@d1.example', 'Bob.Smith@d1.example']);
+  });
+
+  it('accepts an address extension when the base address is known (recipient_delimiter "+"), and nothing else', async () => {
+    assert.equal((await client.command('MAIL FROM:<s@remote.example>')).code, 250);
+    assert.equal((await client.command('RCPT TO:<alice+news@d1.example>')).code, 250);
+    assert.equal((await client.command('RCPT TO:<Bob.Smith+lists+more@d1.example>')).code, 250);
+    assert.deepEqual(pick(await client.command('RCPT TO:<nobody+alice@d1.example>')), [550, '5.1.1']);
+    assert.deepEqual(pick(await client.command('RCPT TO:<+alice@d1.example>')), [550, '5.1.1']);
+    assert.deepEqual(pick(await client.command('RCPT TO:<alice-news@d1.example>')), [550, '5.1.1'], '"-" is no delimiter by default');
+    assert.equal((await client.command('RSET')).code, 250);
+  });
+
   const relayTricks: Array<[string, number, string]> = [
     ['user@other.example@d1.example', 501, '5.1.3'],
     ['@d1.example:user@other.example', 550, '5.7.1'],
@@ -86,7 +108,7 @@ describe('receive: SMTP policy against a running server', () => {
     ['user@[IPv6:::1]', 550, '5.7.1'],
     ['user@d1.example.other.example', 550, '5.7.1'],
     ['user@sub.d1.example', 550, '5.7.1'],
-    ['alice@d1.example.', 501, '5.1.3'],
+    ['user@d1.example.other.example.', 550, '5.7.1'],
     ['user%other.example@d3.example', 550, '5.7.1'],
     ['other.example!user@d3.example', 550, '5.7.1'],
     ['"user@other.example"@d3.example', 501, '5.1.3'],

@@ -270,6 +270,38 @@ describe('relay: reload and size', () => {
     }
   });
 
+  it('learns the primary\'s SIZE from its EHLO, never accepts more than it takes, and remembers it across a restart', async () => {
+    const primary = new TestPrimary(await freePort(), { size: 20000 });
+    await primary.start();
+    const { dir, file } = writeTestConfig(withPrimary(baseConfig('relay: { probeInterval: 1 }'), primary.port));
+    try {
+      const first = await spawnDaemon(file);
+      const ehlo = async (port: number) => {
+        const { client, ehlo: reply } = await SmtpClient.session(port);
+        await client.quit();
+        return Number(reply.lines.map((line) => /^250[ -]SIZE (\d+)$/.exec(line)?.[1]).find(Boolean));
+      };
+      assert.equal(await ehlo(first.port), 100_000_000, 'AlternC\'s limit until the primary says otherwise');
+      await sendWith(first.port, 's@remote.example', ['RCPT TO:<ok@d2.example>'], message('learn'));
+      await waitFor(() => first.logs.some((line) => line.event === 'primary_size'));
+      assert.equal(await ehlo(first.port), 20000 - 4096);
+      const { client } = await SmtpClient.session(first.port);
+      const big = await client.command('MAIL FROM:<s@remote.example> SIZE=19000');
+      assert.deepEqual([big.code, big.enhanced], [552, '5.3.4']);
+      await client.quit();
+      first.child.kill('SIGTERM');
+      await first.exited;
+      await primary.stop();
+      const second = await spawnDaemon(file); // the primary is down: the limit comes from the spool
+      assert.equal(await ehlo(second.port), 20000 - 4096);
+      second.child.kill('SIGTERM');
+      await second.exited;
+    } finally {
+      await primary.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('counts its own Received header in limits.messageSize: what it accepts, a primary with the same limit takes', async () => {
     const primary = new TestPrimary(await freePort());
     await primary.start();

@@ -8,6 +8,8 @@ export class SourceError extends Error {}
 export interface Pulled {
   list: SourceList;
   skipped: readonly string[];
+  /** What the source could not read, though the pull is usable (a missing optional grant). */
+  warnings?: readonly string[];
 }
 
 /**

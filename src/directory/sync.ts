@@ -166,7 +166,9 @@ export class Syncer {
     const none = { added: { domains: 0, addresses: 0 }, removed: { domains: 0, addresses: 0 } };
     let list: SourceList;
     try {
-      ({ list, skipped } = await pull(source));
+      const pulled = await pull(source);
+      ({ list, skipped } = pulled);
+      for (const warning of pulled.warnings ?? []) this.log.warn({ source: source.name, reason: warning }, 'source pulled, with something missing');
     } catch (error) {
       const reason = error instanceof SourceError ? error.message : `internal error: ${(error as Error).message}`;
       this.log.warn({ source: source.name, reason, kept: before }, 'source failed, its previous data stays in use');

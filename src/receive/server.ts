@@ -32,6 +32,9 @@ export interface ReceiveOptions {
   spoolCondition?: () => SpoolCondition;
 }
 
+/** Bytes left for what a primary adds to a message before its own size check. */
+const PRIMARY_SIZE_MARGIN = 4096;
+
 const STORAGE_FAILURE = () => new SmtpReply(452, '4.3.1', 'Insufficient system storage, try again later');
 
 /**
@@ -48,6 +51,8 @@ export class ReceiveServer {
   private readonly writing = new Set<IncomingMessage>();
   private closing = false;
   private bound: AddressInfo[] = [];
+  /** The smallest SIZE the primaries announce, less a margin for what they add; undefined until one was seen. */
+  private primaryLimit: number | undefined;
 
   constructor(private readonly options: ReceiveOptions) {}
 
@@ -110,7 +115,7 @@ export class ReceiveServer {
     return {
       name: config.hostname,
       banner: 'alternc-secondarymx',
-      size: config.limits.messageSize,
+      size: this.messageSize,
       maxRecipients: config.limits.recipients,
       maxCommandLength: config.limits.commandLength,
       sessionLimits: { errorsPerSession: config.limits.errorsPerSession, commandsBeforeMail: config.limits.commandsBeforeMail },
@@ -123,6 +128,10 @@ export class ReceiveServer {
       hideDSN: false,
       hideREQUIRETLS: true, // the relay to the primary cannot promise TLS end to end
       disableReverseLookup: true,
+      // Addresses are judged by our policy (policy.ts), as the primary's Postfix judges them: a
+      // trailing dot or a domain label starting with "_" (AlternC's checkfqdn allows it) is not
+      // a syntax error there, so smtp-server's stricter check must not refuse it here.
+      lenientAddressParsing: true,
       logger: false,
       ...tls,
       onConnect: (session, callback) => callback(this.admit(session)),
@@ -200,6 +209,21 @@ export class ReceiveServer {
       return new SmtpReply(421, '4.7.0', 'Too many messages on one connection, please reconnect');
     }
     return needsSmtpUtf8(address, session);
+  }
+
+  /** Bytes a message may have here: limits.messageSize, and never more than the primaries will take. */
+  get messageSize(): number {
+    return Math.min(this.options.config.limits.messageSize, this.primaryLimit ?? Infinity);
+  }
+
+  /**
+   * The primaries' own SIZE limit (RFC 1870, from their EHLO): what we accept must get
+   * through them. A margin is kept for what a primary adds before it counts (its own
+   * Received header; Postfix counts envelope records too).
+   */
+  setPrimaryLimit(size: number | undefined): void {
+    this.primaryLimit = size === undefined ? undefined : Math.max(1, size - PRIMARY_SIZE_MARGIN);
+    for (const server of this.servers) (server.options as { size?: number }).size = this.messageSize;
   }
 
   /** A reloaded config (SIGHUP): limits and policy apply to new commands; TLS files are re-read. */
@@ -280,7 +304,7 @@ export class ReceiveServer {
       await dropMessage(error);
     }
     // The limit counts our Received header: the primary is sent (and told SIZE=) the stored bytes.
-    const inspector = new MessageInspector(config.limits, received);
+    const inspector = new MessageInspector({ ...config.limits, messageSize: this.messageSize }, received);
     try {
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         inspector.inspect(chunk);

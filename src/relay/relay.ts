@@ -379,7 +379,10 @@ export class Relay extends EventEmitter {
         if (!entry) break;
         this.schedule.take(entry);
         try {
-          if (!session?.usable) session = await this.connect(route);
+          if (!session?.usable) {
+            session = await this.connect(route);
+            if (!route.mxDomain) this.emit('primary-size', route.key, session.sizeLimit);
+          }
           const outcome = await this.attempt(entry, route, session);
           if (outcome) this.emit('attempt', outcome);
         } catch (error) {
@@ -537,7 +540,9 @@ export class Relay extends EventEmitter {
   /** Connect, EHLO, QUIT: the primary is up again when that works. */
   private async probe(route: Route): Promise<void> {
     try {
-      (await SmtpSession.open(route.address, this.sessionOptions())).quit();
+      const session = await SmtpSession.open(route.address, this.sessionOptions());
+      this.emit('primary-size', route.key, session.sizeLimit);
+      session.quit();
     } catch (error) {
       this.log.debug({ primary: route.key, reason: (error as Error).message }, 'probe failed');
       route.up = false;

@@ -43,14 +43,14 @@ export class TestPrimary {
   constructor(
     readonly port: number,
     /** keepData: false records envelopes only (the drain benchmark's 10,000 messages). */
-    private readonly options: { smtpUtf8?: boolean; dsn?: boolean; keepData?: boolean } = {},
+    private readonly options: { smtpUtf8?: boolean; dsn?: boolean; keepData?: boolean; size?: number } = {},
   ) {}
 
   async start(): Promise<void> {
     const server = new SMTPServer({
       name: 'primary.test.example',
       authOptional: true,
-      size: 50_000_000,
+      size: this.options.size ?? 50_000_000,
       disabledCommands: ['AUTH', 'STARTTLS'],
       hideSMTPUTF8: this.options.smtpUtf8 === false,
       hideDSN: !this.options.dsn,

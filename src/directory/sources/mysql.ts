@@ -7,35 +7,31 @@ import { SourceError, SourceListBuilder, type Pulled } from '../source-list.js';
  * AlternC's own tables, read-only. The secondary's MySQL user needs only:
  *   GRANT SELECT ON alternc.domaines TO 'secondarymx'@'mx2.example.net';
  *   GRANT SELECT ON alternc.address  TO 'secondarymx'@'mx2.example.net';
- *   GRANT SELECT ON alternc.mailman  TO 'secondarymx'@'mx2.example.net';   (with alternc-mailman)
+ *   GRANT SELECT ON alternc.alias_view TO 'secondarymx'@'mx2.example.net';   (account aliases; optional)
  *
  * Domains: gesmx = 1, whatever dns_action says: a domain marked 'DELETE' is still
  * accepted by the primary until AlternC's cron removes the row, and so it is here.
  * Addresses: enabled = 1 rows of those domains, as the primary's Postfix maps check
- * (mail_action is not looked at, for the same reason). address = '' is the catch-all;
- * mailman wrapper addresses are ordinary rows. Every domain is recipient-checked: a
+ * (mail_action is not looked at, for the same reason). address = '' is the catch-all.
+ * Mailman lists: alternc-mailman (Mailman 3 and 2 alike) writes one row of type
+ * 'mailman' per list address (list, -request, -owner, -admin, -bounces, -confirm,
+ * -join, -leave, -subscribe, -unsubscribe: m_mailman.php add_wrapper_all), and those
+ * rows are what the primary's Postfix checks; extensions (-confirm+TOKEN,
+ * -bounces+user=host) are matched by the recipient delimiter. Its `mailman` table is
+ * not read: a list without its rows is refused by the primary too. Every domain is recipient-checked: a
  * hosted domain without an enabled address accepts nothing, as on the primary.
  */
 const DOMAINS = 'SELECT id, domaine FROM domaines WHERE gesmx = 1';
 const ADDRESSES =
   'SELECT a.domain_id, a.address FROM address a JOIN domaines d ON d.id = a.domain_id WHERE d.gesmx = 1 AND a.enabled = 1';
 /*
- * alternc-mailman's lists (its mailman.sql): `list` is the local part, `domain` the
- * domain. It also writes one `address` row (type 'mailman') per list address, which
- * the query above already reads; the lists table covers a list whose rows are
- * missing. Optional: an AlternC without alternc-mailman has no such table, and the
- * grant may not include it (GRANT SELECT ON alternc.mailman to use it).
+ * The primary's myalias.cf map. Its first part is the enabled addresses with
+ * recipients (read above already); the others are AlternC's account aliases,
+ * login@<mailname_bounce> and alterncpanel@<mailname_bounce>, accepted by the primary
+ * when that domain is hosted. Optional (it needs GRANT SELECT ON alternc.alias_view):
+ * without it those aliases are refused here, and the pull says so.
  */
-const MAILMAN_LISTS = "SELECT list, domain FROM mailman WHERE mailman_action NOT IN ('DELETE', 'DELETING')";
-
-/**
- * The addresses of a list, Mailman 3 and 2 alike: alternc-mailman creates these
- * (m_mailman.php, add_wrapper_all), Mailman 3 answers them all, and `-admin` is
- * Mailman 2's. Extensions (`-confirm+TOKEN`, `-bounces+user=host`) are matched by
- * the recipient delimiter, as on the primary.
- */
-export const MAILMAN_SUFFIXES = ['', '-admin', '-bounces', '-confirm', '-join', '-leave', '-owner', '-request', '-subscribe', '-unsubscribe'];
-
+const ALIASES = 'SELECT mail FROM alias_view';
 export async function pullMysql(source: MysqlSourceConfig): Promise<Pulled> {
   const connection = createConnection(await connectionOptions(source));
   connection.on('error', () => undefined); // a late socket error after destroy() must not crash the daemon
@@ -62,12 +58,14 @@ export async function pullMysql(source: MysqlSourceConfig): Promise<Pulled> {
       else builder.address(local, domain);
     }
     const hosted = new Set(byId.values());
-    for (const [list, domain] of await mailmanLists(connection, timeout)) {
-      if (!hosted.has(domain)) continue; // the primary accepts a list only on a domain it hosts mail for
-      for (const suffix of MAILMAN_SUFFIXES) builder.address(`${list}${suffix}`, domain, `mailman list ${JSON.stringify(`${list}@${domain}`)}`);
+    const aliases = await optionalRows<[string]>(connection, ALIASES, timeout);
+    for (const [mail] of aliases ?? []) {
+      const at = mail.lastIndexOf('@');
+      if (at > 0 && hosted.has(mail.slice(at + 1))) builder.address(mail.slice(0, at), mail.slice(at + 1), `alias_view ${JSON.stringify(mail)}`);
     }
     await connection.promise().query('COMMIT');
-    return builder.build();
+    const pulled = builder.build();
+    return aliases ? pulled : { ...pulled, warnings: ['alias_view is not readable (GRANT SELECT ON alternc.alias_view): account aliases such as login@<mailname_bounce> are refused'] };
   } catch (error) {
     if (error instanceof SourceError) throw error;
     throw new SourceError(`MySQL query failed: ${describe(error)}`);
@@ -76,14 +74,14 @@ export async function pullMysql(source: MysqlSourceConfig): Promise<Pulled> {
   }
 }
 
-/** alternc-mailman's lists, or none when the table is not there or not granted. */
-async function mailmanLists(connection: Connection, timeout: number): Promise<Array<[string, string]>> {
+/** The rows of a query on a view or table the grant may not cover: undefined when it is not there or not granted. */
+async function optionalRows<Row>(connection: Connection, sql: string, timeout: number): Promise<Row[] | undefined> {
   try {
-    const [rows] = await connection.promise().query({ sql: MAILMAN_LISTS, rowsAsArray: true, timeout });
-    return rows as Array<[string, string]>;
+    const [rows] = await connection.promise().query({ sql, rowsAsArray: true, timeout });
+    return rows as Row[];
   } catch (error) {
     const code = (error as { code?: string }).code;
-    if (code === 'ER_NO_SUCH_TABLE' || code === 'ER_TABLEACCESS_DENIED_ERROR') return [];
+    if (code === 'ER_NO_SUCH_TABLE' || code === 'ER_TABLEACCESS_DENIED_ERROR' || code === 'ER_VIEW_INVALID') return undefined;
     throw error;
   }
 }
