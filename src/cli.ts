@@ -129,15 +129,17 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-/** Domain files are local: a bad line is a configuration error `check` can name. */
+/** Domain files are local: a bad line (which a sync leaves out with a warning) is a configuration error `check` names. */
 async function checkFileSources(config: Config): Promise<void> {
   for (const source of config.sources) {
     if (source.type !== 'file') continue;
+    let skipped: readonly string[];
     try {
-      await pullFile(source.path);
+      ({ skipped } = await pullFile(source.path));
     } catch (error) {
       throw new ConfigError(`sources: ${source.name}: ${(error as Error).message}`);
     }
+    if (skipped.length > 0) throw new ConfigError(skipped.map((row) => `sources: ${source.name}: ${row}`).join('\n'));
   }
 }
 

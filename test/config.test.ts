@@ -7,7 +7,7 @@ describe('config', () => {
   it('fills in the documented defaults and resolves paths against the config folder', () => {
     const config = parseConfig(baseConfig(), '/etc/secondarymx/secondarymx.yaml');
     assert.deepEqual(config.limits, {
-      messageSize: 10_240_000, recipients: 1000, hops: 50, connections: 500, idleTimeout: 300, shutdownTimeout: 30,
+      messageSize: 100_000_000, recipients: 1000, hops: 50, connections: 500, idleTimeout: 300, shutdownTimeout: 30,
       connectionsPerClient: 20, messagesPerConnection: 1000, commandsBeforeMail: 20, errorsPerSession: 20, greetingPause: 0.1,
       dataTimeout: 600, sessionTimeout: 1800, commandLength: 2048,
     });
