@@ -20,7 +20,7 @@ describe('config', () => {
     });
     assert.deepEqual(config.dsn, { port: 25 });
     assert.deepEqual(parseConfig('primary: { host: x }\nsources: [{ name: a, type: file, path: x }]\n', '/x.yaml').dns, {});
-    assert.deepEqual(config.sync, { schedule: '*/10 * * * *', maxShrink: 25 });
+    assert.deepEqual(config.sync, { schedule: '*/10 * * * *', maxShrink: 25, shrinkFloor: 10, staleAfter: 21600 });
     assert.equal(config.tls, undefined);
   });
 
