@@ -13,6 +13,7 @@ import type { Config } from './config/schema.js';
 import { pullFile } from './directory/sources/file.js';
 import { createLogger } from './log.js';
 import { serve } from './serve.js';
+import { actAsSpoolOwner } from './privileges.js';
 
 const EX_USAGE = 64;
 
@@ -89,15 +90,21 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(`# ${loaded.file}: ok\n${describeConfig(loaded.config)}`);
       return 0;
     }
-    case 'sync':
+    case 'sync': {
       expectNoMore(rest);
-      return syncCommand(loadConfig(values.config).config, { force: values.force, json: values.json });
+      const { config } = loadConfig(values.config);
+      actAsSpoolOwner(config.spool);
+      return syncCommand(config, { force: values.force, json: values.json });
+    }
     case 'status':
       expectNoMore(rest);
       return statusCommand(loadConfig(values.config).config, values.json);
-    case 'flush':
+    case 'flush': {
       expectNoMore(rest);
-      return flushCommand(loadConfig(values.config).config, { id: values.id, domain: values.domain }, values.json);
+      const { config } = loadConfig(values.config);
+      actAsSpoolOwner(config.spool);
+      return flushCommand(config, { id: values.id, domain: values.domain }, values.json);
+    }
     case 'queue': {
       const [subcommand, id, ...more] = rest;
       expectNoMore(more);
@@ -111,7 +118,9 @@ async function main(argv: string[]): Promise<number> {
       }
       if (!id) throw new UsageError(`queue ${subcommand} needs a queue id`);
       if (subcommand === 'show') return showCommand(config(), id, values.json);
-      return editCommand(config(), subcommand as QueueEdit, id);
+      const loaded = config();
+      actAsSpoolOwner(loaded.spool);
+      return editCommand(loaded, subcommand as QueueEdit, id);
     }
     case 'import-legacy': {
       const [legacy, ...more] = rest;

@@ -16,7 +16,7 @@ import { ReceiveServer } from './receive/server.js';
 import { PrimaryLimits } from './relay/primary-limits.js';
 import { Relay } from './relay/relay.js';
 import { editQueued, type QueueEdit } from './spool/edit.js';
-import { dropPrivileges, lookupIdentity } from './privileges.js';
+import { assumeServiceIdentity, bindAsRoot, dropPrivileges, lookupIdentity } from './privileges.js';
 import { Spool } from './spool/spool.js';
 import { SpoolWatch } from './spool/watch.js';
 
@@ -47,6 +47,8 @@ export function directoryStore(spoolRoot: string): DirectoryStore {
 export async function startDaemon({ file, config }: LoadedConfig, log: Logger): Promise<Daemon> {
   log.info({ config: file, hostname: config.hostname, spool: config.spool }, 'starting');
   warnIfSecretsExposed(file, config, log);
+  const identity = config.user ? lookupIdentity(config.user, config.group) : undefined;
+  if (identity) assumeServiceIdentity(identity, config.spool, config.group ? `${config.user}:${config.group}` : config.user!);
   const spool = await Spool.openForServing(config.spool, log);
   const directory = new Directory();
   const store = directoryStore(config.spool);
@@ -102,8 +104,9 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
         (error: unknown) => log.error({ err: error, primary }, 'cannot save the primary SIZE limit'),
       );
     });
-    const listen = (await server.listen()).map((a) => (a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`));
-    if (config.user) await dropPrivileges(lookupIdentity(config.user, config.group), config.spool, log);
+    const bound = await bindAsRoot(identity, () => server.listen());
+    if (identity) dropPrivileges(identity, log); // synchronously: no session has been served yet, none is as root
+    const listen = bound.map((a) => (a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`));
     const startedAt = new Date().toISOString();
     const status = async (): Promise<StatusReport> => {
       const snapshot = directory.current;
@@ -163,6 +166,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
       });
     let task = scheduleSync(config.sync.schedule);
     cleanups.push(() => task.destroy());
+    server.startServing();
     relay.kick();
     const reload = async (next: Config) => {
       const needRestart = RESTART_KEYS.filter((key) => JSON.stringify(next[key]) !== JSON.stringify(running[key]));

@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
 import { createHash } from 'node:crypto';
-import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { runCli, spawnDaemon } from './helpers/cli.js';
+import { CLI, runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, startTestDaemon, writeTestConfig, type TestDaemon } from './helpers/daemon.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
@@ -347,6 +349,97 @@ describe('hardening: least privilege', () => {
       assert.equal((statSync(join(dir, 'spool', 'queue')).mode & 0o777).toString(8), '700');
       daemon.child.kill('SIGTERM');
       assert.equal((await daemon.exited).code, 0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('serves no session before it runs as the service user, however large the spool', async function () {
+    if (!isRoot) this.skip();
+    this.timeout(60_000);
+    const { dir, file } = writeTestConfig(`${baseConfig()}user: nobody\n`);
+    chmodSync(dir, 0o755);
+    const spool = join(dir, 'spool');
+    const nobody = Number(execFileSync('id', ['-u', 'nobody'], { encoding: 'utf8' }));
+    try {
+      mkdirSync(join(spool, 'corrupt'), { recursive: true });
+      for (let i = 0; i < 20_000; i++) writeFileSync(join(spool, 'corrupt', `f${i}`), ''); // a start used to walk (chown) them all
+      execFileSync('chown', ['-R', 'nobody', spool]);
+      const child = spawn(process.execPath, ['--expose-gc', CLI, 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let port: number | undefined;
+      createInterface({ input: child.stdout! }).on('line', (line) => {
+        const entry = JSON.parse(line) as { msg?: string; listen?: string[] };
+        if (entry.msg === 'listening') port = Number(entry.listen![0].split(':').pop());
+      });
+      await waitFor(() => port !== undefined, 10_000);
+      let served = 0;
+      for (let attempt = 0; attempt < 200 && served < 3; attempt++) {
+        const socket = connect(port!, '127.0.0.1');
+        const greeting = await new Promise<string>((resolve) => {
+          socket.once('data', (data) => resolve(data.toString()));
+          socket.once('error', () => resolve(''));
+          socket.once('close', () => resolve(''));
+        });
+        const uid = Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))![1]);
+        socket.destroy();
+        if (greeting.startsWith('220')) {
+          served++;
+          assert.equal(uid, nobody, 'a session was greeted while the daemon ran as root');
+        } else assert.match(greeting, /^421 4\.3\.2 .*starting/);
+      }
+      assert.ok(served > 0);
+      child.kill('SIGTERM');
+      await once(child, 'exit');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a spool the service user does not own, naming the chown to run, and changes no owner', async function () {
+    if (!isRoot) this.skip();
+    const { dir, file } = writeTestConfig(`${baseConfig()}user: nobody\n`);
+    chmodSync(dir, 0o755);
+    const spool = join(dir, 'spool');
+    const secret = join(dir, 'root-only');
+    try {
+      writeFileSync(secret, 'root only\n', { mode: 0o600 });
+      mkdirSync(join(spool, 'queue'), { recursive: true });
+      symlinkSync(secret, join(spool, 'queue', 'planted'));
+      const result = await runCli(['serve', '--config', file]);
+      assert.equal(result.status, 1);
+      assert.match(result.stderr, new RegExp(`spool ${spool} is not a folder owned by nobody \\(uid \\d+\\): run "chown -R nobody ${spool}"`));
+      assert.equal(statSync(secret).uid, 0, 'no chown through a symlink');
+      assert.equal(statSync(spool).uid, 0, 'no chown at all');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('runs a spool-writing command typed as root as the spool\'s owner: no root-owned file, no write through a planted symlink', async function () {
+    if (!isRoot) this.skip();
+    const { dir, file } = writeTestConfig(`${baseConfig()}user: nobody\n`);
+    chmodSync(dir, 0o755);
+    const spool = join(dir, 'spool');
+    const secret = join(dir, 'root-only');
+    const nobody = Number(execFileSync('id', ['-u', 'nobody'], { encoding: 'utf8' }));
+    try {
+      writeFileSync(secret, 'root only\n', { mode: 0o600 });
+      const daemon = await spawnDaemon(file);
+      const { client } = await SmtpClient.session(daemon.port);
+      const id = /queued as (\w+)/.exec((await client.sendMail('s@remote.example', ['alice@d1.example'], message('held by root'))).text)![1];
+      await client.quit();
+      daemon.child.kill('SIGTERM');
+      await daemon.exited;
+      symlinkSync(secret, join(spool, 'tmp', `${id}.env`)); // the service user, compromised, plants this
+      const hold = await runCli(['queue', 'hold', id, '--config', file]); // typed as root, no daemon running
+      assert.equal(hold.status, 0, hold.stderr);
+      assert.equal(readFileSync(secret, 'utf8'), 'root only\n', 'nothing written through the symlink');
+      assert.equal(statSync(join(spool, 'queue', `${id}.env`)).uid, nobody);
+      assert.equal((await runCli(['sync', '--config', file])).status, 0);
+      for (const name of readdirSync(join(spool, 'directory'))) assert.equal(statSync(join(spool, 'directory', name)).uid, nobody, name);
+      const again = await spawnDaemon(file); // and the daemon, as nobody, starts on what root's commands left
+      again.child.kill('SIGTERM');
+      assert.equal((await again.exited).code, 0);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -50,6 +50,8 @@ export class ReceiveServer {
   /** Messages being written to tmp/: a shutdown removes those whose session it cut. */
   private readonly writing = new Set<IncomingMessage>();
   private closing = false;
+  /** Sessions are served only once the daemon is fully up (and no longer root): until then, 421. */
+  private serving = false;
   private bound: AddressInfo[] = [];
   /** The smallest SIZE the primaries announce, less a margin for what they add; undefined until one was seen. */
   private primaryLimit: number | undefined;
@@ -78,6 +80,11 @@ export class ReceiveServer {
     }
     this.options.log.info({ listen: bound.map((a) => `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`) }, 'listening');
     return bound;
+  }
+
+  /** Starts serving sessions (listen() only binds). */
+  startServing(): void {
+    this.serving = true;
   }
 
   get isClosing(): boolean {
@@ -153,6 +160,7 @@ export class ReceiveServer {
   private admit(session: SMTPServerSession): SmtpReply | null {
     const { limits, hostname } = this.options.config;
     if (this.closing) return shuttingDown();
+    if (!this.serving) return new SmtpReply(421, '4.3.2', `${hostname} Service starting, try again in a moment`);
     const fromClient = this.perClient.get(session.remoteAddress) ?? 0;
     const refuse = (why: string, limit: number) => {
       this.options.log.warn({ client: session.remoteAddress, limit }, why);

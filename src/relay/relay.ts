@@ -93,7 +93,6 @@ export class Relay extends EventEmitter {
     const now = Date.now();
     for (const envelope of envelopes) this.schedule.index(envelope, now);
     this.log.info({ messages: this.schedule.size }, 'relay: queue indexed');
-    if (this.daemon) this.kick();
   }
 
   /** A message the receiver just queued: due now. */

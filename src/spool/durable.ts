@@ -1,3 +1,4 @@
+import { constants } from 'node:fs';
 import { open, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 
 /**
@@ -46,7 +47,7 @@ export class DirectorySync {
 
 /** Writes `data` to `temp`, fsyncs it and renames it to `target` (the caller syncs the directory). */
 export async function writeFileSynced(temp: string, target: string, data: string | Buffer | Iterable<string | Buffer>, mode = 0o600): Promise<void> {
-  const handle: FileHandle = await open(temp, 'w', mode);
+  const handle = await createExclusive(temp, mode);
   try {
     try {
       await writeFile(handle, data);
@@ -58,5 +59,17 @@ export async function writeFileSynced(temp: string, target: string, data: string
   } catch (error) {
     await unlink(temp).catch(() => undefined); // a full disk leaves no half-written temp file behind
     throw error;
+  }
+}
+
+/** A new file, never an existing one and never through a symlink; a leftover of a crash at that name is replaced. */
+async function createExclusive(path: string, mode: number): Promise<FileHandle> {
+  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+  try {
+    return await open(path, flags, mode);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    await unlink(path); // a file or a symlink: unlink removes the name, never what a symlink points to
+    return open(path, flags, mode);
   }
 }
