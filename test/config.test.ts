@@ -8,7 +8,7 @@ describe('config', () => {
     const config = parseConfig(baseConfig(), '/etc/secondarymx/secondarymx.yaml');
     assert.deepEqual(config.limits, {
       messageSize: 100_000_000, recipients: 1000, hops: 50, connections: 500, idleTimeout: 300, shutdownTimeout: 30,
-      connectionsPerClient: 20, messagesPerConnection: 1000, commandsBeforeMail: 20, errorsPerSession: 20, greetingPause: 0.1,
+      connectionsPerClient: 20, clientIpv6Prefix: 64, messagesPerConnection: 1000, commandsBeforeMail: 20, junkCommands: 100, errorsPerSession: 20, greetingPause: 0.1,
       dataTimeout: 600, sessionTimeout: 1800, commandLength: 2048,
     });
     assert.equal(config.spool, '/etc/secondarymx/spool');

@@ -6,6 +6,7 @@ import { callDaemon } from '../control/client.js';
 import { editQueued, type QueueEdit } from '../spool/edit.js';
 import { messageState, type Envelope } from '../spool/envelope.js';
 import { runningDaemonPid } from '../spool/locks.js';
+import { QUEUE_ID } from '../spool/queue-id.js';
 import { Spool } from '../spool/spool.js';
 
 /** `secondarymx queue list`: reads the spool directly, so it works with or without the daemon. */
@@ -19,7 +20,7 @@ export async function printQueue(spoolRoot: string, json: boolean): Promise<numb
     process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
     return 0;
   }
-  process.stdout.write(formatQueue(envelopes));
+  process.stdout.write(printable(formatQueue(envelopes))); // line feeds and tabs are not escaped
   return 0;
 }
 
@@ -57,6 +58,7 @@ export async function editCommand(config: Config, edit: QueueEdit, id: string): 
 
 /** `queue show ID`: the envelope, each recipient's state and last reply, and the message headers. */
 export async function showCommand(config: Config, id: string, json: boolean): Promise<number> {
+  if (!QUEUE_ID.test(id)) throw new Error(`${JSON.stringify(id)} is not a queue id`);
   const spool = Spool.forReading(config.spool);
   const envelope = await spool.readEnvelope(id).catch((error: NodeJS.ErrnoException) => {
     throw new Error(error.code === 'ENOENT' ? `${id}: no such message in the queue` : error.message);
@@ -79,8 +81,17 @@ export async function showCommand(config: Config, id: string, json: boolean): Pr
     'headers:',
     ...headers.map((line) => `  ${line}`),
   ];
-  process.stdout.write(`${lines.join('\n')}\n`);
+  process.stdout.write(`${lines.map(printable).join('\n')}\n`);
   return 0;
+}
+
+/**
+ * A line safe for a terminal: control characters (ESC sequences that retitle or clear
+ * it) and bidirectional overrides (U+202E turning text around) from a sender's HELO,
+ * addresses or headers are shown escaped, never interpreted. JSON output stays exact.
+ */
+export function printable(line: string): string {
+  return line.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
 async function readHeaders(message: Readable): Promise<string[]> {

@@ -126,6 +126,11 @@ function maskSecrets(value: unknown): unknown {
       Object.entries(value).map(([key, inner]) => [key, SECRET_KEY.test(key) ? '********' : maskSecrets(inner)]),
     );
   }
-  if (typeof value === 'string') return value.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/@]*:)[^@/]*@/i, '$1********@');
+  if (typeof value === 'string') return maskUrl(value);
   return value;
+}
+
+/** A URL with the password of its user information masked (scheme://user:********@host…). */
+export function maskUrl(url: string): string {
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/@]*:)[^@/]*@/i, '$1********@');
 }

@@ -80,6 +80,8 @@ const mxlistSource = z.strictObject({
   login: z.string().min(1),
   password: z.string(),
   timeout: sourceTimeout,
+  /** Largest answer read, in bytes; beyond, the pull fails (100,000 domains take about 3 MB). */
+  maxBytes: positiveInt.default(16 * 1024 * 1024),
   primary: hostPort.optional(),
 });
 
@@ -123,12 +125,16 @@ const limits = z.strictObject({
   idleTimeout: positiveInt.default(300),
   /** Seconds SIGTERM waits for sessions in DATA before closing them with 421. */
   shutdownTimeout: positiveInt.default(30),
-  /** Concurrent sessions from one IP address. */
+  /** Concurrent sessions from one client: an IPv4 address, or an IPv6 network of clientIpv6Prefix bits. */
   connectionsPerClient: positiveInt.default(20),
+  /** IPv6 prefix length that counts as one client (Postfix's smtpd_client_ipv6_prefix_length). */
+  clientIpv6Prefix: z.int().min(1).max(128).default(64),
   /** Messages one connection may send before it is asked to reconnect (Exim's default). */
   messagesPerConnection: positiveInt.default(1000),
   /** Commands a session may send before its first MAIL. */
   commandsBeforeMail: positiveInt.default(20),
+  /** NOOP, RSET, VRFY, ETRN and HELP one session may send in all (Postfix's smtpd_junk_command_limit). */
+  junkCommands: positiveInt.default(100),
   /** Error replies in one session before 421 and disconnect (Postfix's smtpd_hard_error_limit). */
   errorsPerSession: positiveInt.default(20),
   /** Seconds one DATA phase may take in total (slow-drip senders are cut off). */
@@ -185,10 +191,19 @@ const dns = z.strictObject({
   servers: z.array(z.string().min(1)).min(1).optional(),
 });
 
+/** A loopback address by what it is, not by how it starts ("127.attacker.example" is a host name). */
+function isLoopback(value: string): boolean {
+  const address = parseListenAddress(value);
+  if (!address) return false;
+  if (address.host === 'localhost') return true;
+  if (isIP(address.host) === 4) return address.host.startsWith('127.');
+  return isIP(address.host) === 6 && new URL(`http://[${address.host}]`).hostname === '[::1]'; // any spelling of ::1
+}
+
 const control = z.strictObject({
   /** HTTP for Prometheus (/metrics) and health checks (/healthz); loopback only. */
   listen: listenAddress
-    .refine((value) => ['127.', '[::1]', 'localhost:'].some((prefix) => value.startsWith(prefix)), {
+    .refine(isLoopback, {
       message: 'must be a loopback address (127.0.0.0/8, [::1] or localhost): the control endpoint is never public',
     })
     .default('127.0.0.1:9925'),

@@ -24,6 +24,8 @@ export class MessageInspector {
   private afterCR = false;
   private header: Buffer[] = [];
   private headerBytes = 0;
+  /** The last bytes of the header seen so far (at most 3). */
+  private tail = Buffer.alloc(0);
   private headerDone = false;
   private refusal: SmtpReply | undefined;
 
@@ -82,14 +84,26 @@ export class MessageInspector {
     return carriageReturns - lineFeeds !== (this.afterCR ? 1 : 0);
   }
 
+  /**
+   * Looks for the blank line that ends the header in the new bytes only (plus the last
+   * three of what came before, for a CRLFCRLF split across chunks), and joins the
+   * chunks once at the end: the work is linear in the header, whatever the chunking.
+   */
   private captureHeader(chunk: Buffer): void {
+    const before = this.headerBytes;
+    const tail = this.tail;
     this.header.push(chunk);
     this.headerBytes += chunk.length;
-    const block = this.header.length === 1 ? chunk : Buffer.concat(this.header);
-    this.header = [block];
-    const end = block.subarray(0, 2).equals(HEADER_END.subarray(0, 2)) ? 0 : block.indexOf(HEADER_END);
-    if (end !== -1) this.endHeader(block.subarray(0, end));
-    else if (this.headerBytes >= HEADER_CAPTURE_LIMIT) this.endHeader(block);
+    this.tail = Buffer.concat([tail, chunk.subarray(Math.max(0, chunk.length - 3))]).subarray(-3);
+    let end = -1;
+    if (before === 0 && chunk.subarray(0, 2).equals(HEADER_END.subarray(0, 2))) end = 0; // no header at all
+    else {
+      const found = Buffer.concat([tail, chunk]).indexOf(HEADER_END);
+      if (found !== -1) end = before - tail.length + found;
+    }
+    if (end === -1 && this.headerBytes < HEADER_CAPTURE_LIMIT) return;
+    const block = Buffer.concat(this.header, this.headerBytes);
+    this.endHeader(end === -1 ? block : block.subarray(0, end));
   }
 
   private endHeader(block: Buffer): void {

@@ -7,6 +7,7 @@ import type { Directory } from '../directory/directory.js';
 import type { Envelope } from '../spool/envelope.js';
 import type { IncomingMessage, Spool } from '../spool/spool.js';
 import type { SpoolCondition } from '../spool/watch.js';
+import { clientKey } from './client-key.js';
 import { MessageInspector } from './inspect.js';
 import { asciiAddress, normalizeDomain } from '../directory/names.js';
 import { checkRecipient, normalizeRecipient } from './policy.js';
@@ -43,7 +44,8 @@ const STORAGE_FAILURE = () => new SmtpReply(452, '4.3.1', 'Insufficient system s
  */
 export class ReceiveServer {
   private readonly servers: SMTPServer[] = [];
-  private readonly sessions = new Set<string>();
+  /** Session id → the client it counts for (client-key.ts). */
+  private readonly sessions = new Map<string, string>();
   private readonly perClient = new Map<string, number>();
   private readonly sessionTimers = new Map<string, NodeJS.Timeout>();
   private readonly inData = new Set<string>();
@@ -125,12 +127,12 @@ export class ReceiveServer {
       size: this.messageSize,
       maxRecipients: config.limits.recipients,
       maxCommandLength: config.limits.commandLength,
-      sessionLimits: { errorsPerSession: config.limits.errorsPerSession, commandsBeforeMail: config.limits.commandsBeforeMail },
+      sessionLimits: { errorsPerSession: config.limits.errorsPerSession, commandsBeforeMail: config.limits.commandsBeforeMail, junkCommands: config.limits.junkCommands },
       greetingPause: config.limits.greetingPause * 1000,
       socketTimeout: config.limits.idleTimeout * 1000,
       closeTimeout: config.limits.shutdownTimeout * 1000,
       authOptional: true,
-      disabledCommands: tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
+      disabledCommands: tls ? ['AUTH', 'WIZ'] : ['AUTH', 'STARTTLS', 'WIZ'], // WIZ: sendmail's debug leftover, "500 command not recognized"
       hideENHANCEDSTATUSCODES: false,
       hideDSN: false,
       hideREQUIRETLS: true, // the relay to the primary cannot promise TLS end to end
@@ -161,26 +163,29 @@ export class ReceiveServer {
     const { limits, hostname } = this.options.config;
     if (this.closing) return shuttingDown();
     if (!this.serving) return new SmtpReply(421, '4.3.2', `${hostname} Service starting, try again in a moment`);
-    const fromClient = this.perClient.get(session.remoteAddress) ?? 0;
+    const client = clientKey(session.remoteAddress, limits.clientIpv6Prefix);
+    const fromClient = this.perClient.get(client) ?? 0;
     const refuse = (why: string, limit: number) => {
       this.options.log.warn({ client: session.remoteAddress, limit }, why);
       return new SmtpReply(421, '4.7.0', `${hostname} Too many connections${why.includes('client') ? ' from your address' : ''}, try again later`);
     };
     if (this.sessions.size >= limits.connections) return refuse('connection limit reached', limits.connections);
     if (fromClient >= limits.connectionsPerClient) return refuse('per-client connection limit reached', limits.connectionsPerClient);
-    this.sessions.add(session.id);
-    this.perClient.set(session.remoteAddress, fromClient + 1);
+    this.sessions.set(session.id, client);
+    this.perClient.set(client, fromClient + 1);
     this.sessionTimers.set(session.id, setTimeout(() => this.cut(session, '4.4.2 Session took too long, closing connection'), limits.sessionTimeout * 1000));
     return null;
   }
 
   private release(session: SMTPServerSession): void {
-    if (!this.sessions.delete(session.id)) return; // refused at connect
+    const client = this.sessions.get(session.id);
+    if (client === undefined) return; // refused at connect
+    this.sessions.delete(session.id);
     clearTimeout(this.sessionTimers.get(session.id));
     this.sessionTimers.delete(session.id);
-    const left = (this.perClient.get(session.remoteAddress) ?? 1) - 1;
-    if (left > 0) this.perClient.set(session.remoteAddress, left);
-    else this.perClient.delete(session.remoteAddress);
+    const left = (this.perClient.get(client) ?? 1) - 1;
+    if (left > 0) this.perClient.set(client, left);
+    else this.perClient.delete(client);
   }
 
   /** Ends a session that overstayed (slow drip): 421, then the connection is closed. */

@@ -40,6 +40,8 @@ SMTPConnection.prototype.send = function send(this: PatchedConnection, code, dat
 export interface SessionLimits {
   errorsPerSession: number;
   commandsBeforeMail: number;
+  /** NOOP, RSET, VRFY, ETRN and HELP a session may send in all (Postfix's smtpd_junk_command_limit). */
+  junkCommands: number;
 }
 
 type PatchedConnection = SMTPConnection & {
@@ -49,6 +51,7 @@ type PatchedConnection = SMTPConnection & {
   _parser: CountedStream | false;
   _errorReplies?: number;
   _commandsBeforeMail?: number;
+  _junkCommands?: number;
   _closing?: boolean;
   /** Socket chunk of the EHLO/HELO, and of the previous command (pipelining checks). */
   _helloChunk?: number;
@@ -91,8 +94,10 @@ function unauthorisedPipelining(connection: PatchedConnection, name: string): bo
  * 4. Before each command: a client that talks before the greeting gets 554 and is
  * disconnected (as Postfix's postscreen does; smtp-server would say 421), one that
  * pipelines without PIPELINING gets 503 and is disconnected, and a session that sends
- * more than commandsBeforeMail commands without a MAIL is closed.
+ * more than commandsBeforeMail commands without a MAIL, or more than junkCommands
+ * NOOP/RSET/VRFY/ETRN/HELP in all, is closed.
  */
+const JUNK = new Set(['NOOP', 'RSET', 'VRFY', 'ETRN', 'HELP']);
 const connectionClass = SMTPConnection.prototype as unknown as PatchedConnection;
 const libraryOnCommand = connectionClass._onCommand;
 connectionClass._onCommand = function onCommand(this: PatchedConnection, command: Buffer, callback: () => void) {
@@ -115,6 +120,11 @@ connectionClass._onCommand = function onCommand(this: PatchedConnection, command
     else if ((this._commandsBeforeMail = (this._commandsBeforeMail ?? 0) + 1) > limits.commandsBeforeMail) {
       this._closing = true;
       librarySend.call(this, 421, '4.7.0 Too many commands without a transaction, closing connection', false);
+      return;
+    }
+    if (JUNK.has(name) && (this._junkCommands = (this._junkCommands ?? 0) + 1) > limits.junkCommands) {
+      this._closing = true;
+      librarySend.call(this, 421, '4.7.0 Too many NOOP, RSET, VRFY, ETRN or HELP commands, closing connection', false);
       return;
     }
   }

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { maskUrl } from '../../config/load.js';
 import type { MxlistSourceConfig } from '../../config/schema.js';
 import { SourceError, SourceListBuilder, type Pulled } from '../source-list.js';
 
@@ -11,6 +12,9 @@ import { SourceError, SourceListBuilder, type Pulled } from '../source-list.js';
 export async function pullMxlist(source: MxlistSourceConfig): Promise<Pulled> {
   const url = new URL(source.url);
   url.searchParams.set('json', '1');
+  url.username = ''; // credentials go in the header only (login, password); never in a message or a log
+  url.password = '';
+  const shown = maskUrl(source.url);
   let response: Response;
   try {
     response = await fetch(url, {
@@ -20,11 +24,26 @@ export async function pullMxlist(source: MxlistSourceConfig): Promise<Pulled> {
     });
   } catch (error) {
     const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-    throw new SourceError(`cannot fetch ${source.url}: ${cause?.code ?? cause?.message ?? (error as Error).message}`);
+    throw new SourceError(`cannot fetch ${shown}: ${cause?.code ?? cause?.message ?? (error as Error).message}`);
   }
-  if (response.status === 401) throw new SourceError(`${source.url}: 401 Unauthorized: check login and password (the panel's "Secondary MX" account)`);
-  if (!response.ok) throw new SourceError(`${source.url}: HTTP ${response.status} ${response.statusText}`);
-  return parseMxlist(await response.text());
+  if (response.status === 401) throw new SourceError(`${shown}: 401 Unauthorized: check login and password (the panel's "Secondary MX" account)`);
+  if (!response.ok) throw new SourceError(`${shown}: HTTP ${response.status} ${response.statusText}`);
+  return parseMxlist(await boundedText(response, source.maxBytes, shown));
+}
+
+/** The body, refused past `maxBytes`: an endless or huge answer must not take the daemon's memory. */
+async function boundedText(response: Response, maxBytes: number, shown: string): Promise<string> {
+  const chunks: Uint8Array[] = [];
+  let bytes = 0;
+  for await (const chunk of response.body ?? []) {
+    bytes += chunk.length;
+    if (bytes > maxBytes) {
+      await response.body?.cancel().catch(() => undefined);
+      throw new SourceError(`${shown}: answer over ${maxBytes} bytes (the source's maxBytes): refused`);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 export function parseMxlist(body: string): Pulled {
