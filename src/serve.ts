@@ -13,7 +13,7 @@ import { Directory } from './directory/directory.js';
 import { DirectoryStore } from './directory/store.js';
 import { Syncer, type SyncReport } from './directory/sync.js';
 import { ReceiveServer } from './receive/server.js';
-import { PrimaryLimits } from './relay/primary-limits.js';
+import { PrimaryCapabilities, type Capabilities } from './relay/primary-capabilities.js';
 import { Relay } from './relay/relay.js';
 import { editQueued, type QueueEdit } from './spool/edit.js';
 import { assumeServiceIdentity, bindAsRoot, dropPrivileges, lookupIdentity } from './privileges.js';
@@ -91,17 +91,18 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
       onEtrn: (domain) => relay.flushInBackground({ domain }),
     });
     cleanups.push(() => server.close());
-    const limits = new PrimaryLimits(config.spool);
+    const capabilities = new PrimaryCapabilities(config.spool);
     const configuredPrimaries = () => [running.primary, ...running.sources.flatMap((source) => (source.primary ? [source.primary] : []))].map((p) => `${p.host}:${p.port}`);
-    server.setPrimaryLimit(limits.smallest(configuredPrimaries()));
-    relay.on('primary-size', (primary: string, size: number | undefined) => {
-      limits.record(primary, size).then(
+    const promise = () => server.promise(capabilities.smallestSize(configuredPrimaries()), capabilities.allSmtpUtf8(configuredPrimaries()));
+    promise();
+    relay.on('primary-capabilities', (primary: string, seen: Capabilities) => {
+      capabilities.record(primary, seen).then(
         (changed) => {
           if (!changed) return;
-          server.setPrimaryLimit(limits.smallest(configuredPrimaries()));
-          log.info({ event: 'primary_size', primary, size: size ?? null, messageSize: server.messageSize }, 'primary SIZE limit learnt: the size limit here follows it');
+          promise();
+          log.info({ event: 'primary_capabilities', primary, ...seen, messageSize: server.messageSize }, 'primary capabilities learnt: SIZE and SMTPUTF8 offered here follow them');
         },
-        (error: unknown) => log.error({ err: error, primary }, 'cannot save the primary SIZE limit'),
+        (error: unknown) => log.error({ err: error, primary }, 'cannot save the primary capabilities'),
       );
     });
     const bound = await bindAsRoot(identity, () => server.listen());
@@ -181,7 +182,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
         task = scheduleSync(next.sync.schedule);
       }
       running = applied;
-      server.setPrimaryLimit(limits.smallest(configuredPrimaries()));
+      promise();
       log.info('config reloaded');
       void syncer.run();
     };

@@ -283,7 +283,7 @@ describe('relay: reload and size', () => {
       };
       assert.equal(await ehlo(first.port), 100_000_000, 'AlternC\'s limit until the primary says otherwise');
       await sendWith(first.port, 's@remote.example', ['RCPT TO:<ok@d2.example>'], message('learn'));
-      await waitFor(() => first.logs.some((line) => line.event === 'primary_size'));
+      await waitFor(() => first.logs.some((line) => line.event === 'primary_capabilities'));
       assert.equal(await ehlo(first.port), 20000 - 4096);
       const { client } = await SmtpClient.session(first.port);
       const big = await client.command('MAIL FROM:<s@remote.example> SIZE=19000');

@@ -128,19 +128,26 @@ describe('relay: replay to a real primary', () => {
     assert.match(String(down?.reason), /421/);
   });
 
-  it('fails a message that needs SMTPUTF8 with 5.6.7 when the primary does not offer it', async () => {
-    primary = new TestPrimary(primary.port, { smtpUtf8: false });
+  it('relays an ASCII envelope sent with SMTPUTF8 to a primary without it (no backscatter), then stops offering SMTPUTF8', async () => {
+    primary = new TestPrimary(primary.port, { smtpUtf8: false, dsn: true });
     await primary.start();
-    mx = await startTestDaemon({ primaryPort: primary.port, extra: FAST });
-    const { client } = await SmtpClient.session(mx.port);
-    for (const step of ['MAIL FROM:<s@remote.example> SMTPUTF8', 'RCPT TO:<alice@d1.example>', 'DATA']) await client.command(step);
-    const reply = await client.data(message('utf8', 'Gr\u00fc\u00dfe'));
+    mx = await startTestDaemon({ primaryPort: primary.port, extra: `${FAST}\ndsn: { relay: { host: 127.0.0.1, port: ${primary.port} } }` });
+    const { client, ehlo } = await SmtpClient.session(mx.port);
+    assert.ok(ehlo.lines.some((line) => line.endsWith('SMTPUTF8')), 'offered while the primary is unknown');
+    for (const step of ['MAIL FROM:<victim@victim.test> SMTPUTF8 RET=FULL', 'RCPT TO:<alice@d1.example>', 'DATA']) await client.command(step);
+    await client.data(message('utf8', 'Gr\u00fc\u00dfe'));
     await client.quit();
-    const id = /queued as (\w+)/.exec(reply.text)![1];
-    await waitFor(() => mx!.logs.some((line) => line.queueId === id && line.msg === 'status=bounced'));
-    assert.equal(primary.received.length, 0);
-    const bounced = mx.logs.find((line) => line.queueId === id && line.msg === 'status=bounced');
-    assert.match(String(bounced?.reply), /^550 5\.6\.7 /);
+    await waitFor(() => primary.received.length === 1);
+    await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
+    assert.equal(primary.received[0].from, 'victim@victim.test');
+    assert.equal(primary.received[0].mailArgs.SMTPUTF8, undefined, 'relayed without the keyword');
+    assert.ok(!mx.logs.some((line) => line.msg === 'DSN queued (failed)'), 'no DSN to the forged sender');
+    const again = await SmtpClient.session(mx.port);
+    assert.ok(!again.ehlo.lines.some((line) => line.endsWith('SMTPUTF8')), 'not offered once the primary is known not to take it');
+    assert.equal((await again.client.command('MAIL FROM:<s@remote.example> SMTPUTF8')).code, 250);
+    const reply = await again.client.command('RCPT TO:<j\u00f6rg@d2.example>');
+    assert.deepEqual([reply.code, reply.enhanced], [553, '5.6.7'], 'refused now, not bounced later');
+    await again.client.quit();
   });
 
   it('never delivers a held message until it is released; deletes on request', async () => {

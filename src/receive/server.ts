@@ -57,6 +57,8 @@ export class ReceiveServer {
   private bound: AddressInfo[] = [];
   /** The smallest SIZE the primaries announce, less a margin for what they add; undefined until one was seen. */
   private primaryLimit: number | undefined;
+  /** Whether the primaries speak SMTPUTF8 (as last seen): it is offered here only then. */
+  private primaryUtf8 = true;
 
   constructor(private readonly options: ReceiveOptions) {}
 
@@ -134,6 +136,7 @@ export class ReceiveServer {
       authOptional: true,
       disabledCommands: tls ? ['AUTH', 'WIZ'] : ['AUTH', 'STARTTLS', 'WIZ'], // WIZ: sendmail's debug leftover, "500 command not recognized"
       hideENHANCEDSTATUSCODES: false,
+      hideSMTPUTF8: !this.primaryUtf8,
       hideDSN: false,
       hideREQUIRETLS: true, // the relay to the primary cannot promise TLS end to end
       disableReverseLookup: true,
@@ -221,7 +224,7 @@ export class ReceiveServer {
     if (session.transaction > this.options.config.limits.messagesPerConnection) {
       return new SmtpReply(421, '4.7.0', 'Too many messages on one connection, please reconnect');
     }
-    return needsSmtpUtf8(address, session);
+    return needsSmtpUtf8(address, session, this.primaryUtf8);
   }
 
   /** Bytes a message may have here: limits.messageSize, and never more than the primaries will take. */
@@ -230,13 +233,15 @@ export class ReceiveServer {
   }
 
   /**
-   * The primaries' own SIZE limit (RFC 1870, from their EHLO): what we accept must get
-   * through them. A margin is kept for what a primary adds before it counts (its own
-   * Received header; Postfix counts envelope records too).
+   * Promises senders no more than the primaries take (from their EHLO): their SIZE limit
+   * (less a margin for what a primary adds before it counts: its own Received header;
+   * Postfix counts envelope records too), and SMTPUTF8 only if they all speak it, so no
+   * message is accepted that could only come back as a bounce.
    */
-  setPrimaryLimit(size: number | undefined): void {
+  promise(size: number | undefined, smtpUtf8: boolean): void {
     this.primaryLimit = size === undefined ? undefined : Math.max(1, size - PRIMARY_SIZE_MARGIN);
-    for (const server of this.servers) (server.options as { size?: number }).size = this.messageSize;
+    this.primaryUtf8 = smtpUtf8;
+    for (const server of this.servers) Object.assign(server.options, { size: this.messageSize, hideSMTPUTF8: !smtpUtf8 });
   }
 
   /** A reloaded config (SIGHUP): limits and policy apply to new commands; TLS files are re-read. */
@@ -273,7 +278,7 @@ export class ReceiveServer {
 
   private recipient(address: string, session: SMTPServerSession): SmtpReply | null {
     try {
-      const refusal = needsSmtpUtf8(address, session);
+      const refusal = needsSmtpUtf8(address, session, this.primaryUtf8);
       if (refusal) throw refusal;
       checkRecipient(address, this.options.directory.current, this.options.config.recipientDelimiter);
       return null;
@@ -394,10 +399,10 @@ export class ReceiveServer {
  * A non-ASCII local part without MAIL ... SMTPUTF8 (RFC 6531 §3.4). Domains are not
  * checked here: smtp-server hands them over in Unicode even when they came as punycode.
  */
-function needsSmtpUtf8(address: string, session: SMTPServerSession): SmtpReply | null {
+function needsSmtpUtf8(address: string, session: SMTPServerSession, offered: boolean): SmtpReply | null {
   const local = address.slice(0, Math.max(0, address.lastIndexOf('@')));
-  if (session.envelope.smtpUtf8 || !/[^\x00-\x7f]/.test(local)) return null;
-  return new SmtpReply(553, '5.6.7', 'Non-ASCII address without SMTPUTF8');
+  if ((offered && session.envelope.smtpUtf8) || !/[^\x00-\x7f]/.test(local)) return null;
+  return new SmtpReply(553, '5.6.7', offered ? 'Non-ASCII address without SMTPUTF8' : 'Non-ASCII address: the primary does not take them (no SMTPUTF8)');
 }
 
 function shuttingDown(): SmtpReply {

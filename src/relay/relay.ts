@@ -380,7 +380,7 @@ export class Relay extends EventEmitter {
         try {
           if (!session?.usable) {
             session = await this.connect(route);
-            if (!route.mxDomain) this.emit('primary-size', route.key, session.sizeLimit);
+            if (!route.mxDomain) this.seen(route, session);
           }
           const outcome = await this.attempt(entry, route, session);
           if (outcome) this.emit('attempt', outcome);
@@ -522,6 +522,11 @@ export class Relay extends EventEmitter {
     }
   }
 
+  /** What a primary announced in its EHLO (the SMTP side promises no more: SIZE, SMTPUTF8). */
+  private seen(route: Route, session: SmtpSession): void {
+    this.emit('primary-capabilities', route.key, { size: session.sizeLimit ?? null, smtpUtf8: session.offers('SMTPUTF8') });
+  }
+
   private markDown(route: Route, reason: string): void {
     if (!route.up) return;
     route.up = false;
@@ -540,7 +545,7 @@ export class Relay extends EventEmitter {
   private async probe(route: Route): Promise<void> {
     try {
       const session = await SmtpSession.open(route.address, this.sessionOptions());
-      this.emit('primary-size', route.key, session.sizeLimit);
+      this.seen(route, session);
       session.quit();
     } catch (error) {
       this.log.debug({ primary: route.key, reason: (error as Error).message }, 'probe failed');

@@ -59,13 +59,16 @@ export async function sendMessage(session: SmtpSession, message: OutgoingMessage
     recipients: message.recipients.map((r) => results.get(r.address)!),
     reusable: reusable && session.usable,
   });
-  if (message.smtpUtf8 && !session.offers('SMTPUTF8')) {
-    decide(message.recipients, 'failed', '550 5.6.7 The primary does not offer SMTPUTF8, which this message needs');
+  // RFC 6531 §3.2: without SMTPUTF8 at the primary, a message whose envelope is ASCII still goes, without
+  // the keyword (as Postfix sends it); only non-ASCII addresses truly cannot be delivered.
+  const utf8 = message.smtpUtf8 && session.offers('SMTPUTF8');
+  if (message.smtpUtf8 && !utf8 && !isAscii([message.sender, ...message.recipients.map((r) => r.address)])) {
+    decide(message.recipients, 'failed', '550 5.6.7 The primary does not offer SMTPUTF8, which the non-ASCII addresses of this message need');
     return finish(true);
   }
   let stage = 'MAIL FROM';
   try {
-    const commands = [mailCommand(session, message), ...message.recipients.map((r) => rcptCommand(session, r))];
+    const commands = [mailCommand(session, { ...message, smtpUtf8: utf8 }), ...message.recipients.map((r) => rcptCommand(session, r))];
     const replies = session.offers('PIPELINING') ? await session.pipeline(commands) : await oneByOne(session, commands);
     const [mail, ...rcpts] = replies;
     if (!isPositive(mail)) {
@@ -162,4 +165,8 @@ function xtext(value: string): string {
   return Array.from(Buffer.from(value, 'utf8'), (byte) =>
     byte < 33 || byte > 126 || byte === 0x2b || byte === 0x3d ? `+${byte.toString(16).toUpperCase().padStart(2, '0')}` : String.fromCharCode(byte),
   ).join('');
+}
+
+function isAscii(texts: readonly string[]): boolean {
+  return texts.every((text) => !/[^\x00-\x7f]/.test(text));
 }

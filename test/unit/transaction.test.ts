@@ -132,15 +132,19 @@ describe('relay transaction: one message, one transaction (scripted primary, no 
     assert.deepEqual(verbs(primary).slice(1), ['MAIL', 'RSET']);
   });
 
-  it('sends DSN parameters only to a primary that offers DSN, SIZE only with SIZE, and fails SMTPUTF8 mail without asking when it is not offered', async () => {
+  it('sends DSN parameters only to a primary that offers DSN, SIZE only with SIZE; without SMTPUTF8 fails only non-ASCII addresses, and sends ASCII ones without the keyword', async () => {
     const primary = new ScriptedPrimary(undefined, ['PIPELINING']);
     const session = await primary.session();
     await sendMessage(session, outgoing([{ address: 'a@d1.example', orcpt: 'rfc822;a@d1.example', notify: ['NEVER'] }], BODY, { ret: 'FULL', eightBit: true }));
     assert.deepEqual(primary.commands.slice(1, 3), ['MAIL FROM:<sender@remote.example>', 'RCPT TO:<a@d1.example>']);
     const count = primary.commands.length;
-    const result = await sendMessage(session, outgoing(['a@d1.example'], BODY, { smtpUtf8: true }));
+    const result = await sendMessage(session, outgoing(['jörg@d1.example'], BODY, { smtpUtf8: true }));
     assert.deepEqual(result.recipients.map((r) => [r.outcome, r.reply.slice(0, 9)]), [['failed', '550 5.6.7']]);
     assert.equal(primary.commands.length, count, 'nothing sent');
+    // An ASCII envelope goes without the keyword (RFC 6531 §3.2, as Postfix): no bounce for what can be delivered.
+    const ascii = await sendMessage(session, outgoing(['a@d1.example'], 'Subject: Gr\u00fc\u00dfe\r\n\r\nhi\r\n', { smtpUtf8: true }));
+    assert.deepEqual(ascii.recipients.map((r) => r.outcome), ['delivered']);
+    assert.equal(primary.commands.find((c, i) => i >= count && c.startsWith('MAIL')), 'MAIL FROM:<sender@remote.example>');
   });
 
   it('dot-stuffs the data on the wire', async () => {

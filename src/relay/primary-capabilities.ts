@@ -1,0 +1,53 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeFileSynced } from '../spool/durable.js';
+
+/** What a primary announced in its last EHLO that the SMTP side must not promise beyond. */
+export interface Capabilities {
+  /** RFC 1870 SIZE limit; null when it gave none. */
+  size: number | null;
+  smtpUtf8: boolean;
+}
+
+/**
+ * Each primary's capabilities as last seen, kept in spool/primaries.json so that a
+ * daemon started while its primary is down still knows how much it takes and whether
+ * it speaks SMTPUTF8.
+ */
+export class PrimaryCapabilities {
+  private readonly seen: Map<string, Capabilities>;
+  private readonly file: string;
+
+  constructor(spoolRoot: string) {
+    this.file = join(spoolRoot, 'primaries.json');
+    let saved: Record<string, Partial<Capabilities>> = {};
+    try {
+      saved = JSON.parse(readFileSync(this.file, 'utf8')) as typeof saved;
+    } catch {
+      // none yet, or unreadable: learnt again at the next connection
+    }
+    this.seen = new Map(
+      Object.entries(saved).map(([key, value]) => [key, { size: typeof value?.size === 'number' ? value.size : null, smtpUtf8: value?.smtpUtf8 !== false }]),
+    );
+  }
+
+  /** Records what a primary announced; resolves true when it changed (and is saved). */
+  async record(primary: string, capabilities: Capabilities): Promise<boolean> {
+    const known = this.seen.get(primary);
+    if (known && known.size === capabilities.size && known.smtpUtf8 === capabilities.smtpUtf8) return false;
+    this.seen.set(primary, capabilities);
+    await writeFileSynced(`${this.file}.tmp`, this.file, `${JSON.stringify(Object.fromEntries(this.seen), null, 2)}\n`);
+    return true;
+  }
+
+  /** The smallest SIZE among these primaries; undefined when none announced one. */
+  smallestSize(primaries: readonly string[]): number | undefined {
+    const sizes = primaries.map((key) => this.seen.get(key)?.size).filter((size): size is number => typeof size === 'number');
+    return sizes.length ? Math.min(...sizes) : undefined;
+  }
+
+  /** False once any of these primaries was seen without SMTPUTF8 (unknown ones are assumed to have it). */
+  allSmtpUtf8(primaries: readonly string[]): boolean {
+    return primaries.every((key) => this.seen.get(key)?.smtpUtf8 !== false);
+  }
+}
