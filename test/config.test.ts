@@ -18,7 +18,7 @@ describe('config', () => {
       concurrency: 10, probeInterval: 10, minBackoff: 300, maxBackoff: 4000, connectTimeout: 30, commandTimeout: 300,
       queueLifetime: 432_000, delayWarning: 0, etrnClients: ['127.0.0.0/8', '::1/128'],
     });
-    assert.deepEqual(config.dsn, { port: 25 });
+    assert.deepEqual(config.dsn, { port: 25, allowInternal: false });
     assert.deepEqual(parseConfig('primary: { host: x }\nsources: [{ name: a, type: file, path: x }]\n', '/x.yaml').dns, {});
     assert.deepEqual(config.sync, { schedule: '*/10 * * * *', maxShrink: 25, shrinkFloor: 10, staleAfter: 21600 });
     assert.equal(config.tls, undefined);

@@ -192,7 +192,7 @@ describe('dsn: straight to the sender domain MX', () => {
     primary.rcptReplies.set('alice@d1.example', [550, '5.1.1 no such user']);
     mx = await startTestDaemon({
       primaryPort: primary.port,
-      extra: `relay: { probeInterval: 1, minBackoff: 1 }\ndsn: { port: ${senderMx.port} }\ndns: { servers: ["${dns.server}"] }`,
+      extra: `relay: { probeInterval: 1, minBackoff: 1 }\ndsn: { port: ${senderMx.port}, allowInternal: true }\ndns: { servers: ["${dns.server}"] }`, // the test MX hosts are on loopback
     });
   });
   afterEach(async () => {
@@ -223,6 +223,18 @@ describe('dsn: straight to the sender domain MX', () => {
     await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
     assert.equal(mx!.logs.filter((line) => line.msg === 'DSN queued (failed)').length, 1);
     assert.ok(mx!.logs.some((line) => line.msg === 'no DSN for a message from the null sender: failed recipients dropped' && line.kind === 'dsn'));
+  });
+
+  it('sends no DSN to a sender domain whose MX hosts are internal addresses, unless dsn.allowInternal', async () => {
+    await mx!.stop();
+    mx = await startTestDaemon({
+      primaryPort: primary.port,
+      extra: `relay: { probeInterval: 1, minBackoff: 1 }\ndsn: { port: ${senderMx.port} }\ndns: { servers: ["${dns.server}"] }`,
+    });
+    await sendRaw(mx.port, mail('sender@remote.example', ['alice@d1.example']), message('probe the inside'));
+    await waitFor(() => mx!.logs.some((line) => line.msg === 'status=bounced' && /internal networks \(mx\.remote\.example\[127\.0\.0\.1\]\)/.test(String(line.reply))));
+    await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
+    assert.equal(senderMx.connections, 0, 'never connected');
   });
 
   it('drops a DSN for a domain that does not exist', async () => {

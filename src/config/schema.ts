@@ -184,6 +184,8 @@ const dsn = z.strictObject({
   relay: hostPort.optional(),
   /** Port of the sender domains' MX hosts (25; another only for tests). */
   port: port.default(25),
+  /** Send DSNs to sender MX hosts on loopback, private or link-local networks (off: a forged sender could make us probe the inside). */
+  allowInternal: z.boolean().default(false),
 });
 
 const dns = z.strictObject({

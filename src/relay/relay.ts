@@ -7,7 +7,7 @@ import { CorruptEnvelopeError, type Envelope, type Recipient } from '../spool/en
 import { probeStorage } from '../spool/probe.js';
 import type { Spool } from '../spool/spool.js';
 import { onQueuedMessage, type Change, type QueuedOutcome } from '../spool/transaction.js';
-import { mailHosts, NoMailDomain } from './mx.js';
+import { isInternalAddress, mailHosts, NoMailDomain } from './mx.js';
 import { Routes, type Route } from './routes.js';
 import { backoff, Schedule, type Chore, type Scheduled } from './schedule.js';
 import { PrimaryUnreachable, SmtpSession } from './session.js';
@@ -409,10 +409,15 @@ export class Relay extends EventEmitter {
   /** A session with a primary, or with the first MX host of a sender domain that answers. */
   private async connect(route: Route): Promise<SmtpSession> {
     if (!route.mxDomain) return SmtpSession.open(route.address, this.sessionOptions());
-    const hosts = await mailHosts(route.mxDomain, this.config.dns.servers).catch((error: unknown) => {
+    const found = await mailHosts(route.mxDomain, this.config.dns.servers).catch((error: unknown) => {
       if (error instanceof NoMailDomain) throw error;
       throw new PrimaryUnreachable(`MX lookup for ${route.mxDomain} failed: ${(error as Error).message}`);
     });
+    const hosts = this.config.dsn.allowInternal ? found : found.filter((host) => !isInternalAddress(host.address));
+    if (hosts.length === 0 && found.length > 0) {
+      const internal = found.map((host) => `${host.name}[${host.address}]`).join(', ');
+      throw new NoMailDomain(`${route.mxDomain}: its mail hosts are on internal networks (${internal}): no DSN sent there (dsn.allowInternal)`);
+    }
     const failures: string[] = [];
     for (const host of hosts) {
       try {
