@@ -2,7 +2,7 @@
 // --expose-gc: the receiver collects young garbage while a large message streams in (receive/young-gc.ts).
 import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { ConfigError, describeConfig, loadConfig } from './config/load.js';
+import { ConfigError, describeConfig, insecureSources, loadConfig } from './config/load.js';
 import { flushCommand } from './commands/flush.js';
 import { EX_DATAERR, importLegacy, LegacyConfigError } from './commands/import-legacy.js';
 import { editCommand, printQueue, showCommand } from './commands/queue.js';
@@ -87,6 +87,7 @@ async function main(argv: string[]): Promise<number> {
       expectNoMore(rest);
       const loaded = loadConfig(values.config);
       await checkFileSources(loaded.config);
+      for (const reason of insecureSources(loaded.config)) process.stderr.write(`secondarymx: warning: ${reason}\n`);
       process.stdout.write(`# ${loaded.file}: ok\n${describeConfig(loaded.config)}`);
       return 0;
     }

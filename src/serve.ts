@@ -3,7 +3,7 @@ import { schedule, type ScheduledTask } from 'node-cron';
 import type { Logger } from 'pino';
 import { statSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
-import { loadConfig, type LoadedConfig } from './config/load.js';
+import { insecureSources, loadConfig, type LoadedConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { Metrics } from './control/metrics.js';
 import { MonitoringServer } from './control/monitoring.js';
@@ -47,6 +47,7 @@ export function directoryStore(spoolRoot: string): DirectoryStore {
 export async function startDaemon({ file, config }: LoadedConfig, log: Logger): Promise<Daemon> {
   log.info({ config: file, hostname: config.hostname, spool: config.spool }, 'starting');
   warnIfSecretsExposed(file, config, log);
+  for (const reason of insecureSources(config)) log.warn({ event: 'insecure_source', reason }, reason);
   const identity = config.user ? lookupIdentity(config.user, config.group) : undefined;
   if (identity) assumeServiceIdentity(identity, config.spool, config.group ? `${config.user}:${config.group}` : config.user!);
   const spool = await Spool.openForServing(config.spool, log);

@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
-import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
+import { runCli, spawnDaemon } from './helpers/cli.js';
+import { baseConfig, startTestDaemon, writeTestConfig, type TestDaemon } from './helpers/daemon.js';
+import { freePort, TestPrimary } from './helpers/primary.js';
+import { waitFor } from './helpers/wait.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
 import { queuedMessage } from './helpers/spool-files.js';
 
@@ -78,6 +81,93 @@ describe('receive: without tls', () => {
       await client.quit();
     } finally {
       await mx.stop();
+    }
+  });
+});
+
+describe('relay: a verified TLS session to the primary (primary.tls)', () => {
+  let certDir: string;
+  let tls: { key: Buffer; cert: Buffer };
+  let fingerprint: string;
+  before(() => {
+    certDir = mkdtempSync(join(tmpdir(), 'secondarymx-primary-tls-'));
+    execFileSync('openssl', [
+      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=primary.test.example', '-addext', 'subjectAltName=IP:127.0.0.1',
+      '-keyout', join(certDir, 'key.pem'), '-out', join(certDir, 'cert.pem'),
+    ], { stdio: 'ignore' });
+    tls = { key: readFileSync(join(certDir, 'key.pem')), cert: readFileSync(join(certDir, 'cert.pem')) };
+    fingerprint = execFileSync('openssl', ['x509', '-in', join(certDir, 'cert.pem'), '-noout', '-fingerprint', '-sha256'], { encoding: 'utf8' }).trim().split('=')[1];
+  });
+  after(() => rmSync(certDir, { recursive: true, force: true }));
+
+  const cases: Array<[string, (port: number) => string, boolean, RegExp | undefined]> = [
+    ['a certificate signed by the configured CA', () => `tls: { ca: ${join(certDir, 'cert.pem')} }`, true, undefined],
+    ['the pinned fingerprint', () => `tls: { fingerprint: "${fingerprint}" }`, true, undefined],
+    ['another fingerprint', () => `tls: { fingerprint: "${'AB:'.repeat(31)}AB" }`, false, /is not the pinned AB:AB/],
+    ['an unknown CA (the system CAs)', () => 'tls: {}', false, /TLS: self[- ]signed certificate/],
+  ];
+  for (const [what, primaryTls, delivered, reason] of cases) {
+    it(`${delivered ? 'delivers' : 'never delivers'} to a primary presenting ${what}`, async () => {
+      const primary = new TestPrimary(await freePort(), { tls });
+      await primary.start();
+      const yaml = baseConfig('relay: { probeInterval: 300 }').replace(/^primary: .*$/m, `primary: { host: 127.0.0.1, port: ${primary.port}, ${primaryTls(primary.port)} }`);
+      const { dir, file } = writeTestConfig(yaml);
+      const daemon = await spawnDaemon(file);
+      try {
+        const { client } = await SmtpClient.session(daemon.port);
+        assert.equal((await client.sendMail('s@remote.example', ['alice@d1.example'], message('verified'))).code, 250);
+        await client.quit();
+        if (delivered) await waitFor(() => primary.received.length === 1);
+        else {
+          await waitFor(() => daemon.logs.some((line) => line.event === 'primary_down'));
+          assert.match(String(daemon.logs.find((line) => line.event === 'primary_down')?.reason), reason!);
+          assert.equal(primary.received.length, 0);
+        }
+      } finally {
+        daemon.child.kill('SIGTERM');
+        await daemon.exited;
+        await primary.stop();
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
+
+  it('never falls back to clear text when verification is asked and the primary offers no STARTTLS', async () => {
+    const primary = new TestPrimary(await freePort());
+    await primary.start();
+    const yaml = baseConfig('relay: { probeInterval: 300 }').replace(/^primary: .*$/m, `primary: { host: 127.0.0.1, port: ${primary.port}, tls: { fingerprint: "${fingerprint}" } }`);
+    const { dir, file } = writeTestConfig(yaml);
+    const daemon = await spawnDaemon(file);
+    try {
+      const { client } = await SmtpClient.session(daemon.port);
+      assert.equal((await client.sendMail('s@remote.example', ['alice@d1.example'], message('clear'))).code, 250);
+      await client.quit();
+      await waitFor(() => daemon.logs.some((line) => line.event === 'primary_down'));
+      assert.match(String(daemon.logs.find((line) => line.event === 'primary_down')?.reason), /no STARTTLS offered, and primary\.tls requires a verified TLS session/);
+      assert.equal(primary.received.length, 0);
+    } finally {
+      daemon.child.kill('SIGTERM');
+      await daemon.exited;
+      await primary.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('warns at check about sources that send credentials in clear', async () => {
+    const sources = [
+      '  - { name: panel, type: mxlist, url: "http://panel.example/admin/mxlist.php", login: mx2, password: x }',
+      '  - { name: db, type: mysql, url: "mysql://mx:pw@db.example:3306/alternc" }',
+      '  - { name: local, type: mysql, url: "mysql://mx:pw@127.0.0.1:3306/alternc" }',
+    ].join('\n');
+    const { dir, file } = writeTestConfig(baseConfig('', sources));
+    try {
+      const result = await runCli(['check', '--config', file]);
+      assert.equal(result.status, 0, result.stderr);
+      assert.match(result.stderr, /warning: source panel: http:\/\/panel\.example\/admin\/mxlist\.php is plain http/);
+      assert.match(result.stderr, /warning: source db: MySQL at db\.example without TLS/);
+      assert.doesNotMatch(result.stderr, /source local/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

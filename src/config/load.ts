@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { isMap, isSeq, parseDocument, stringify, type Document } from 'yaml';
 import type { ZodError } from 'zod';
-import { configSchema, type Config } from './schema.js';
+import { configSchema, type Config, type HostPort } from './schema.js';
 
 /** sysexits.h EX_CONFIG: what a service manager expects for a configuration error. */
 export const EX_CONFIG = 78;
@@ -100,14 +100,19 @@ function lineOf(document: Document, text: string, path: readonly PropertyKey[]):
 }
 
 function resolvePaths(config: Config, base: string): Config {
+  const primary = <T extends HostPort | undefined>(hostPort: T): T =>
+    hostPort?.tls?.ca ? { ...hostPort, tls: { ...hostPort.tls, ca: resolve(base, hostPort.tls.ca) } } : hostPort;
   return {
     ...config,
     spool: resolve(base, config.spool),
+    primary: primary(config.primary),
     sources: config.sources.map((source) => {
-      if (source.type === 'file') return { ...source, path: resolve(base, source.path) };
-      if (source.type === 'mysql' && typeof source.ssl === 'object') return { ...source, ssl: { ca: resolve(base, source.ssl.ca) } };
-      return source;
+      const withPrimary = { ...source, ...(source.primary ? { primary: primary(source.primary) } : {}) };
+      if (withPrimary.type === 'file') return { ...withPrimary, path: resolve(base, withPrimary.path) };
+      if (withPrimary.type === 'mysql' && typeof withPrimary.ssl === 'object') return { ...withPrimary, ssl: { ca: resolve(base, withPrimary.ssl.ca) } };
+      return withPrimary;
     }),
+    dsn: { ...config.dsn, ...(config.dsn.relay ? { relay: primary(config.dsn.relay) } : {}) },
     tls: config.tls && { ...config.tls, key: resolve(base, config.tls.key), cert: resolve(base, config.tls.cert) },
   };
 }
@@ -133,4 +138,25 @@ function maskSecrets(value: unknown): unknown {
 /** A URL with the password of its user information masked (scheme://user:********@host…). */
 export function maskUrl(url: string): string {
   return url.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/@]*:)[^@/]*@/i, '$1********@');
+}
+
+/**
+ * Sources whose credentials and lists travel in clear: an http:// mxlist, a MySQL
+ * without TLS beyond loopback. A man in the middle reads the password and can add
+ * domains (an open relay for them): said at every start and by `check`.
+ */
+export function insecureSources(config: Config): string[] {
+  const warnings: string[] = [];
+  for (const source of config.sources) {
+    if (source.type === 'mxlist' && source.url.startsWith('http://')) {
+      warnings.push(`source ${source.name}: ${maskUrl(source.url)} is plain http: its password and domain list travel in clear, and a man in the middle can add domains; use https`);
+    }
+    if (source.type === 'mysql' && source.ssl === false) {
+      const host = source.host ?? new URL(source.url!.replace(/^mysql:/, 'http:')).hostname;
+      if (!['localhost', '127.0.0.1', '::1', '[::1]'].includes(host)) {
+        warnings.push(`source ${source.name}: MySQL at ${host} without TLS: its password and rows travel in clear; set ssl: true (or ssl: { ca: FILE })`);
+      }
+    }
+  }
+  return warnings;
 }

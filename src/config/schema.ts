@@ -33,6 +33,21 @@ const listenAddress = z
 const hostPort = z.strictObject({
   host: z.string().min(1),
   port: port.default(25),
+  /**
+   * Verify the primary: STARTTLS becomes required and its certificate must chain to
+   * `ca` (a PEM file; the system CAs when absent) and name `host`, or match
+   * `fingerprint` (SHA-256 of the certificate, "AB:CD:…", as openssl x509 -fingerprint -sha256 prints it).
+   * Unset: opportunistic TLS, not verified.
+   */
+  tls: z
+    .strictObject({
+      ca: z.string().min(1).optional(),
+      fingerprint: z
+        .string()
+        .regex(/^(?:[0-9A-Fa-f]{2}:){31}[0-9A-Fa-f]{2}$/, 'expected a SHA-256 fingerprint such as "AB:CD:…" (32 pairs)')
+        .optional(),
+    })
+    .optional(),
 });
 
 const sourceName = z.string().regex(/^[A-Za-z0-9_.-]+$/, 'expected letters, digits, ".", "_" or "-"');

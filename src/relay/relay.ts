@@ -408,7 +408,7 @@ export class Relay extends EventEmitter {
 
   /** A session with a primary, or with the first MX host of a sender domain that answers. */
   private async connect(route: Route): Promise<SmtpSession> {
-    if (!route.mxDomain) return SmtpSession.open(route.address, this.sessionOptions());
+    if (!route.mxDomain) return SmtpSession.open(route.address, this.sessionOptions(route));
     const found = await mailHosts(route.mxDomain, this.config.dns.servers).catch((error: unknown) => {
       if (error instanceof NoMailDomain) throw error;
       throw new PrimaryUnreachable(`MX lookup for ${route.mxDomain} failed: ${(error as Error).message}`);
@@ -429,9 +429,10 @@ export class Relay extends EventEmitter {
     throw new PrimaryUnreachable(failures.length ? failures.join('; ') : `no address for the mail hosts of ${route.mxDomain}`);
   }
 
-  private sessionOptions() {
+  private sessionOptions(route?: Route) {
     const { hostname, relay } = this.config;
-    return { name: hostname, connectTimeout: relay.connectTimeout, commandTimeout: relay.commandTimeout };
+    const verify = route?.address.tls;
+    return { name: hostname, connectTimeout: relay.connectTimeout, commandTimeout: relay.commandTimeout, ...(verify ? { verify } : {}) };
   }
 
   private async unreachableMx(entry: Scheduled, route: Route, error: Error): Promise<AttemptOutcome | undefined> {
@@ -549,7 +550,7 @@ export class Relay extends EventEmitter {
   /** Connect, EHLO, QUIT: the primary is up again when that works. */
   private async probe(route: Route): Promise<void> {
     try {
-      const session = await SmtpSession.open(route.address, this.sessionOptions());
+      const session = await SmtpSession.open(route.address, this.sessionOptions(route));
       this.seen(route, session);
       session.quit();
     } catch (error) {

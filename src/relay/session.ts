@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { connect as tlsConnect } from 'node:tls';
@@ -25,6 +26,8 @@ export interface SessionOptions {
   commandTimeout: number;
   /** TLS server name (SNI) when it is not the host we connect to. */
   servername?: string;
+  /** Verify the peer (primary.tls): STARTTLS required, certificate checked against `ca` (else the system's) or pinned by `fingerprint`. */
+  verify?: { ca?: string; fingerprint?: string };
 }
 
 /** A reply's lines are capped: a peer that sends an endless line is not an SMTP server. */
@@ -59,7 +62,7 @@ export class SmtpSession {
     try {
       return await SmtpSession.openOnce(address, options, true);
     } catch (error) {
-      if (!(error instanceof TlsFailed)) throw error;
+      if (!(error instanceof TlsFailed) || options.verify) throw error;
       return SmtpSession.openOnce(address, options, false); // opportunistic TLS (RFC 7435), as Postfix's "may" level
     }
   }
@@ -71,21 +74,43 @@ export class SmtpSession {
       socket.destroy();
       throw error instanceof PrimaryUnreachable ? error : new PrimaryUnreachable(error.message);
     });
-    if (!tryTls || !session.offers('STARTTLS')) return session.ready(socket, options);
+    const { verify } = options;
+    const refuse = (why: string) => {
+      socket.destroy();
+      return new PrimaryUnreachable(`${why}, and primary.tls requires a verified TLS session`);
+    };
+    if (!tryTls || !session.offers('STARTTLS')) {
+      if (verify) throw refuse('no STARTTLS offered');
+      return session.ready(socket, options);
+    }
     const answer = await session.command('STARTTLS').catch(() => undefined);
     if (answer?.code !== 220) {
+      if (verify) throw refuse(`STARTTLS answered ${answer?.text ?? 'nothing'}`);
       if (!session.usable) throw new PrimaryUnreachable('connection lost after STARTTLS');
       return session.ready(socket, options);
     }
     socket.removeAllListeners('data');
-    const secure = tlsConnect({ socket, servername: options.servername ?? (/^[\d.:]+$/.test(address.host) ? undefined : address.host), rejectUnauthorized: false });
+    const servername = options.servername ?? (/^[\d.:]+$/.test(address.host) ? undefined : address.host);
+    const secure = tlsConnect({
+      socket,
+      host: servername ?? address.host, // what the certificate must name (an IP address too)
+      servername,
+      // A pinned fingerprint is checked below instead of the chain; a CA file replaces the system's.
+      rejectUnauthorized: Boolean(verify && !verify.fingerprint),
+      ...(verify?.ca ? { ca: readFileSync(verify.ca) } : {}),
+    });
     await new Promise<void>((resolve, reject) => {
       secure.once('secureConnect', resolve);
-      secure.once('error', (error) => reject(new TlsFailed(error.message)));
+      secure.once('error', (error) => reject(verify ? new PrimaryUnreachable(`TLS: ${error.message}`) : new TlsFailed(error.message)));
     }).catch((error: Error) => {
       secure.destroy();
       throw error;
     });
+    const fingerprint = secure.getPeerCertificate().fingerprint256;
+    if (verify?.fingerprint && fingerprint?.toUpperCase() !== verify.fingerprint.toUpperCase()) {
+      secure.destroy();
+      throw new PrimaryUnreachable(`TLS: the primary's certificate ${fingerprint} is not the pinned ${verify.fingerprint}`);
+    }
     watchTimeout(secure, options.connectTimeout);
     const encrypted = new SmtpSession(secure);
     encrypted.peerName = session.peerName;

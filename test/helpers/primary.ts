@@ -43,7 +43,8 @@ export class TestPrimary {
   constructor(
     readonly port: number,
     /** keepData: false records envelopes only (the drain benchmark's 10,000 messages). */
-    private readonly options: { smtpUtf8?: boolean; dsn?: boolean; keepData?: boolean; size?: number } = {},
+    /** tls: PEM key and certificate; STARTTLS is offered only with them. */
+    private readonly options: { smtpUtf8?: boolean; dsn?: boolean; keepData?: boolean; size?: number; tls?: { key: Buffer; cert: Buffer } } = {},
   ) {}
 
   async start(): Promise<void> {
@@ -51,7 +52,8 @@ export class TestPrimary {
       name: 'primary.test.example',
       authOptional: true,
       size: this.options.size ?? 50_000_000,
-      disabledCommands: ['AUTH', 'STARTTLS'],
+      disabledCommands: this.options.tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
+      ...this.options.tls,
       hideSMTPUTF8: this.options.smtpUtf8 === false,
       hideDSN: !this.options.dsn,
       disableReverseLookup: true,
