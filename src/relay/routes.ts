@@ -63,11 +63,6 @@ export class Routes {
     return [...this.routes.values()].filter((r) => !r.mxDomain).map((r) => ({ primary: r.key, up: r.up }));
   }
 
-  /** Sender-MX routes in use (bounces waiting for a sender's MX). */
-  get mxRoutes(): number {
-    return [...this.routes.values()].filter((r) => r.mxDomain).length;
-  }
-
   all(): IterableIterator<Route> {
     return this.routes.values();
   }
