@@ -1,16 +1,23 @@
 /*
  * `npm run bench`: every benchmark on loopback against the built daemon; one line per
  * figure, and bench/last-run.json for comparison across commits.
- * BENCH_ONLY=accept|relay|sync|memory runs one group.
+ * BENCH_ONLY=inspect|accept|relay|sync|memory runs one group.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { acceptBenchmarks } from './accept.js';
 import { fileCreateCost, removeLeftovers, type Figure } from './figures.js';
+import { inspectBenchmarks } from './inspect.js';
 import { memoryBenchmarks } from './memory.js';
 import { relayBenchmarks } from './relay.js';
 import { syncBenchmarks } from './sync.js';
 
-const groups: Record<string, (report: (figure: Figure) => void) => Promise<void>> = { accept: acceptBenchmarks, relay: relayBenchmarks, sync: syncBenchmarks, memory: memoryBenchmarks };
+const groups: Record<string, (report: (figure: Figure) => void) => Promise<void>> = {
+  inspect: inspectBenchmarks,
+  accept: acceptBenchmarks,
+  relay: relayBenchmarks,
+  sync: syncBenchmarks,
+  memory: memoryBenchmarks,
+};
 
 /*
  * The cases' spools go under bench/.tmp, not /tmp: on ext4 without a journal (this
