@@ -2,20 +2,15 @@
 // --expose-gc: the receiver collects young garbage while a large message streams in (receive/young-gc.ts).
 import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { ConfigError, describeConfig, insecureSources, loadConfig } from './config/load.js';
-import { flushCommand } from './commands/flush.js';
-import { EX_DATAERR, importLegacy, LegacyConfigError } from './commands/import-legacy.js';
-import { editCommand, printQueue, showCommand } from './commands/queue.js';
-import type { QueueEdit } from './spool/edit.js';
-import { statusCommand } from './commands/status.js';
-import { syncCommand } from './commands/sync.js';
 import type { Config } from './config/schema.js';
-import { pullFile } from './directory/sources/file.js';
-import { createLogger } from './log.js';
-import { serve } from './serve.js';
-import { actAsSpoolOwner } from './privileges.js';
+import { EX_CONFIG, EX_USAGE } from './exit-codes.js';
+import type { QueueEdit } from './spool/edit.js';
 
-const EX_USAGE = 64;
+/*
+ * Each command loads its modules when it runs (import()): `status` or `--help` need not
+ * load the daemon, smtp-server, nodemailer and the MySQL driver (0.4 s of start-up).
+ */
+const config = async (path: string | undefined) => (await import('./config/load.js')).loadConfig(path);
 
 const USAGE = `usage: secondarymx <command> [--config FILE]
 
@@ -44,10 +39,12 @@ options:
   -h, --help         this help
   -v, --version      print the version
 
-exit codes: 0 ok, 1 runtime error, 64 usage error, 65 import-legacy: unusable file, 75 sync: some source kept its old data /
-            flush: the primary was unreachable, 78 configuration error`;
+exit codes: 0 ok, 1 runtime error, 64 usage error, 65 import-legacy: unusable file, 75 sync: some source kept its old data
+            or held removals / flush: the primary was unreachable or a message stayed busy, 78 configuration error`;
 
-class UsageError extends Error {}
+class UsageError extends Error {
+  readonly exitCode = EX_USAGE;
+}
 
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -78,14 +75,16 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'serve': {
       expectNoMore(rest);
-      const loaded = loadConfig(values.config);
+      const loaded = await config(values.config);
+      const [{ serve }, { createLogger }] = await Promise.all([import('./serve.js'), import('./log.js')]);
       await serve(loaded, createLogger(loaded.config.log.level));
       // Stopped cleanly; exit now rather than wait for a pretty-printing log worker (pino flushes it on exit).
       process.exit(0);
     }
     case 'check': {
       expectNoMore(rest);
-      const loaded = loadConfig(values.config);
+      const loaded = await config(values.config);
+      const { describeConfig, insecureSources } = await import('./config/load.js');
       await checkFileSources(loaded.config);
       for (const reason of insecureSources(loaded.config)) process.stderr.write(`secondarymx: warning: ${reason}\n`);
       process.stdout.write(`# ${loaded.file}: ok\n${describeConfig(loaded.config)}`);
@@ -93,41 +92,41 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'sync': {
       expectNoMore(rest);
-      const { config } = loadConfig(values.config);
-      actAsSpoolOwner(config.spool);
-      return syncCommand(config, { force: values.force, json: values.json });
+      const loaded = (await config(values.config)).config;
+      (await import('./privileges.js')).actAsSpoolOwner(loaded.spool);
+      return (await import('./commands/sync.js')).syncCommand(loaded, { force: values.force, json: values.json });
     }
     case 'status':
       expectNoMore(rest);
-      return statusCommand(loadConfig(values.config).config, values.json);
+      return (await import('./commands/status.js')).statusCommand((await config(values.config)).config, values.json);
     case 'flush': {
       expectNoMore(rest);
-      const { config } = loadConfig(values.config);
-      actAsSpoolOwner(config.spool);
-      return flushCommand(config, { id: values.id, domain: values.domain }, values.json);
+      const loaded = (await config(values.config)).config;
+      (await import('./privileges.js')).actAsSpoolOwner(loaded.spool);
+      return (await import('./commands/flush.js')).flushCommand(loaded, { id: values.id, domain: values.domain }, values.json);
     }
     case 'queue': {
       const [subcommand, id, ...more] = rest;
       expectNoMore(more);
-      const config = () => loadConfig(values.config).config;
+      const queue = await import('./commands/queue.js');
       if (subcommand === 'list') {
         if (id) throw new UsageError(`unexpected argument: ${id}`);
-        return printQueue(config().spool, values.json);
+        return queue.printQueue((await config(values.config)).config.spool, values.json);
       }
       if (!['show', 'hold', 'release', 'delete'].includes(subcommand ?? '')) {
         throw new UsageError(subcommand ? `unknown queue command: ${subcommand}` : 'queue needs a command: list, show, hold, release, delete');
       }
       if (!id) throw new UsageError(`queue ${subcommand} needs a queue id`);
-      if (subcommand === 'show') return showCommand(config(), id, values.json);
-      const loaded = config();
-      actAsSpoolOwner(loaded.spool);
-      return editCommand(loaded, subcommand as QueueEdit, id);
+      const loaded = (await config(values.config)).config;
+      if (subcommand === 'show') return queue.showCommand(loaded, id, values.json);
+      (await import('./privileges.js')).actAsSpoolOwner(loaded.spool);
+      return queue.editCommand(loaded, subcommand as QueueEdit, id);
     }
     case 'import-legacy': {
       const [legacy, ...more] = rest;
       if (!legacy) throw new UsageError('import-legacy needs the old config file');
       expectNoMore(more);
-      const { yaml, warnings } = importLegacy(legacy);
+      const { yaml, warnings } = (await import('./commands/import-legacy.js')).importLegacy(legacy);
       for (const warning of warnings) process.stderr.write(`secondarymx: ${warning}\n`);
       process.stdout.write(`# from ${legacy}: add to the sources: list of secondarymx.yaml\n${yaml}`);
       return 0;
@@ -141,6 +140,7 @@ async function main(argv: string[]): Promise<number> {
 
 /** Domain files are local: a bad line (which a sync leaves out with a warning) is a configuration error `check` names. */
 async function checkFileSources(config: Config): Promise<void> {
+  const [{ pullFile }, { ConfigError }] = await Promise.all([import('./directory/sources/file.js'), import('./config/load.js')]);
   for (const source of config.sources) {
     if (source.type !== 'file') continue;
     let skipped: readonly string[];
@@ -163,18 +163,15 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (error: unknown) => {
-    if (error instanceof LegacyConfigError) {
-      process.stderr.write(`secondarymx: ${error.message}\n`);
-      process.exitCode = EX_DATAERR;
-    } else if (error instanceof ConfigError) {
-      process.stderr.write(`secondarymx: config error: ${error.message}\n`);
-      process.exitCode = 78;
-    } else if (error instanceof UsageError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`secondarymx: ${(error as Error).message}\n\n${USAGE}\n`);
+    // Errors say which exit code they mean (ConfigError, LegacyConfigError, UsageError): no module is loaded to tell.
+    const exitCode = (error as { exitCode?: number }).exitCode;
+    const message = error instanceof Error ? error.message : String(error);
+    if (exitCode === EX_USAGE || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`secondarymx: ${message}\n\n${USAGE}\n`);
       process.exitCode = EX_USAGE;
     } else {
-      process.stderr.write(`secondarymx: ${error instanceof Error ? error.message : String(error)}\n`);
-      process.exitCode = 1;
+      process.stderr.write(`secondarymx: ${exitCode === EX_CONFIG ? 'config error: ' : ''}${message}\n`);
+      process.exitCode = exitCode ?? 1;
     }
   },
 );

@@ -10,7 +10,7 @@ import { MonitoringServer } from './control/monitoring.js';
 import { ControlServer, controlSocketPath } from './control/server.js';
 import type { StatusReport } from './control/status.js';
 import { Directory } from './directory/directory.js';
-import { DirectoryStore } from './directory/store.js';
+import { directoryStore } from './directory/store.js';
 import { Syncer, type SyncReport } from './directory/sync.js';
 import { ReceiveServer } from './receive/server.js';
 import { PrimaryCapabilities, type Capabilities } from './relay/primary-capabilities.js';
@@ -40,9 +40,6 @@ export interface Daemon {
 /** Keys that take effect only at start: the sockets, the spool, the identity. */
 const RESTART_KEYS = ['hostname', 'listen', 'spool', 'user', 'group', 'control'] as const;
 
-export function directoryStore(spoolRoot: string): DirectoryStore {
-  return new DirectoryStore(join(spoolRoot, 'directory'));
-}
 
 export async function startDaemon({ file, config }: LoadedConfig, log: Logger): Promise<Daemon> {
   log.info({ config: file, hostname: config.hostname, spool: config.spool }, 'starting');

@@ -5,7 +5,7 @@ import { Relay, type FlushFilter, type FlushReport } from '../relay/relay.js';
 import { runningDaemonPid } from '../spool/locks.js';
 import { Spool } from '../spool/spool.js';
 import { withProgress } from './progress.js';
-import { EX_TEMPFAIL } from './sync.js';
+import { EX_TEMPFAIL } from '../exit-codes.js';
 
 /**
  * `secondarymx flush [--domain D] [--id ID]`: attempt delivery now, ignoring backoff,

@@ -1,10 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { stringify } from 'yaml';
 
-/** sysexits.h EX_DATAERR: the input file is not usable. */
-export const EX_DATAERR = 65;
+import { EX_DATAERR } from '../exit-codes.js';
 
-export class LegacyConfigError extends Error {}
+export class LegacyConfigError extends Error {
+  readonly exitCode = EX_DATAERR;
+}
 
 const KNOWN = new Set(['HOST', 'LOGIN', 'PASSWORD', 'MASTERIP', 'PROTOCOL', 'URL']);
 

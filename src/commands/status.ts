@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import type { Config } from '../config/schema.js';
 import { callDaemon } from '../control/client.js';
 import type { StatusReport } from '../control/status.js';
-import { directoryStore } from '../serve.js';
+import { directoryStore } from '../directory/store.js';
 import { Spool } from '../spool/spool.js';
 import { formatTable, shortTime } from './table.js';
 

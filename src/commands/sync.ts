@@ -2,13 +2,12 @@ import type { Config } from '../config/schema.js';
 import { callDaemon } from '../control/client.js';
 import { Syncer, type SyncReport } from '../directory/sync.js';
 import { createLogger } from '../log.js';
-import { directoryStore } from '../serve.js';
+import { directoryStore } from '../directory/store.js';
+import { EX_TEMPFAIL } from '../exit-codes.js';
 import { runningDaemonPid } from '../spool/locks.js';
 import { withProgress } from './progress.js';
 import { formatTable } from './table.js';
 
-/** sysexits.h EX_TEMPFAIL: some source kept its previous data or held removals back; look again later. */
-export const EX_TEMPFAIL = 75;
 
 /** `secondarymx sync [--force]`: through the running daemon, or on its own when none runs. */
 export async function syncCommand(config: Config, options: { force: boolean; json: boolean }): Promise<number> {

@@ -2,10 +2,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { isMap, isSeq, parseDocument, stringify, type Document } from 'yaml';
 import type { ZodError } from 'zod';
+import { EX_CONFIG } from '../exit-codes.js';
 import { configSchema, type Config, type HostPort } from './schema.js';
 
-/** sysexits.h EX_CONFIG: what a service manager expects for a configuration error. */
-export const EX_CONFIG = 78;
 
 export class ConfigError extends Error {
   readonly exitCode = EX_CONFIG;

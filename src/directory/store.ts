@@ -119,3 +119,8 @@ export class DirectoryStore {
     await this.folderSync.sync();
   }
 }
+
+/** The store of a spool: its directory/ folder. */
+export function directoryStore(spoolRoot: string): DirectoryStore {
+  return new DirectoryStore(join(spoolRoot, 'directory'));
+}

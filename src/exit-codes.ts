@@ -1,0 +1,8 @@
+/** The CLI's exit codes, from sysexits.h: one place, named. */
+export const EX_USAGE = 64;
+/** import-legacy: the old config file is not usable. */
+export const EX_DATAERR = 65;
+/** Something is left to try later: a source kept old data or held removals, flush left messages. */
+export const EX_TEMPFAIL = 75;
+/** The config is wrong: the message names file, line and key. */
+export const EX_CONFIG = 78;
