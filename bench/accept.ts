@@ -66,7 +66,13 @@ export async function acceptBenchmarks(report: Report): Promise<void> {
     // The same without the pause before the greeting (Postfix's smtpd has none).
     { name: 'accept A, greetingPause 0', sessions: 100, perSession: 1, total: acceptA, greetingPause: 0 },
     // B: the messages are shared out over the 20 connections (150 each by default).
-    { name: 'accept B', sessions: 20, perSession: Math.ceil(Number(process.env.BENCH_ACCEPT_B ?? 3000) / 20), total: Number(process.env.BENCH_ACCEPT_B ?? 3000), greetingPause: 0.1 },
+    {
+      name: 'accept B',
+      sessions: 20,
+      perSession: Math.ceil(Number(process.env.BENCH_ACCEPT_B ?? 3000) / 20),
+      total: Number(process.env.BENCH_ACCEPT_B ?? 3000),
+      greetingPause: 0.1,
+    },
   ];
   for (const c of cases) {
     // Every bench session comes from 127.0.0.1: lift the per-client limit a real MX keeps.

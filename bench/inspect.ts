@@ -14,6 +14,11 @@ export async function inspectBenchmarks(report: Report): Promise<void> {
     for (let at = 0; at < data.length; at += segment) inspector.inspect(data.subarray(at, at + segment));
     inspector.finish();
     const used = process.cpuUsage(started);
-    report({ name: 'header scan', value: (used.user + used.system) / 1000, unit: 'ms CPU', parameters: { header: `${Math.round(data.length / 1024)}KB`, segment } });
+    report({
+      name: 'header scan',
+      value: (used.user + used.system) / 1000,
+      unit: 'ms CPU',
+      parameters: { header: `${Math.round(data.length / 1024)}KB`, segment },
+    });
   }
 }

@@ -34,7 +34,12 @@ export async function memoryBenchmarks(report: Report): Promise<void> {
     }
     const reply = await client.data('');
     await client.quit();
-    report({ name: '50 MB message RSS growth', value: Math.max(peak, peakRssMb(pid)) - before, unit: 'MB', parameters: { reply: reply.code, baseline: `${before.toFixed(0)}MB` } });
+    report({
+      name: '50 MB message RSS growth',
+      value: Math.max(peak, peakRssMb(pid)) - before,
+      unit: 'MB',
+      parameters: { reply: reply.code, baseline: `${before.toFixed(0)}MB` },
+    });
 
     const sockets: Socket[] = [];
     const idleBefore = rssMb(pid);
@@ -57,7 +62,17 @@ export async function memoryBenchmarks(report: Report): Promise<void> {
     const base = Date.now() - 60_000;
     for (let i = 0; i < count; i++) {
       const id = newQueueId(base + i);
-      const envelope: Envelope = { version: 1, id, arrival: new Date(base + i).toISOString(), sender: 's@remote.example', recipients: [{ address: 'alice@d1.example', state: 'pending', source: 'local' }], size: body.length, bodyType: '7bit', smtpUtf8: false, client: { address: '127.0.0.1', helo: 'x' } };
+      const envelope: Envelope = {
+        version: 1,
+        id,
+        arrival: new Date(base + i).toISOString(),
+        sender: 's@remote.example',
+        recipients: [{ address: 'alice@d1.example', state: 'pending', source: 'local' }],
+        size: body.length,
+        bodyType: '7bit',
+        smtpUtf8: false,
+        client: { address: '127.0.0.1', helo: 'x' },
+      };
       writeFileSync(join(queue, `${id}.msg`), Buffer.concat([Buffer.from(body), envelopeTrailer(envelope)]));
     }
     const started = Date.now();
@@ -68,7 +83,12 @@ export async function memoryBenchmarks(report: Report): Promise<void> {
       name: 'start with a full spool',
       value: (Date.parse(String(listening?.time)) - Date.parse(String(starting?.time))) / 1000,
       unit: 's to listening',
-      parameters: { messages: count, rss: `${rssMb(daemon.child.pid!).toFixed(0)}MB`, peak: `${peakRssMb(daemon.child.pid!).toFixed(0)}MB`, wall: `${((Date.now() - started) / 1000).toFixed(1)}s` },
+      parameters: {
+        messages: count,
+        rss: `${rssMb(daemon.child.pid!).toFixed(0)}MB`,
+        peak: `${peakRssMb(daemon.child.pid!).toFixed(0)}MB`,
+        wall: `${((Date.now() - started) / 1000).toFixed(1)}s`,
+      },
     });
   } finally {
     daemon.child.kill('SIGTERM');

@@ -75,7 +75,12 @@ export async function relayBenchmarks(report: Report): Promise<void> {
     report({ name: 'drain rate', value: total / seconds, unit: 'messages/s', parameters });
     report({ name: 'drain cpu', value: ((cpuSeconds(daemon.child.pid!) - daemonCpu) * 1000) / total, unit: 'ms CPU/message', parameters });
     const sinkCpu = process.cpuUsage(benchCpu);
-    report({ name: 'drain sink cpu (the primary, in the bench process)', value: (sinkCpu.user + sinkCpu.system) / 1000 / total, unit: 'ms CPU/message', parameters });
+    report({
+      name: 'drain sink cpu (the primary, in the bench process)',
+      value: (sinkCpu.user + sinkCpu.system) / 1000 / total,
+      unit: 'ms CPU/message',
+      parameters,
+    });
     report({ name: 'peak connections to the primary', value: primary.peakConnections, unit: 'connections', parameters });
 
     if (existsSync(SMTP_SINK)) {

@@ -36,7 +36,9 @@ async function main(): Promise<void> {
   const figures: Figure[] = [];
   const report = (figure: Figure) => {
     figures.push(figure);
-    const params = Object.entries(figure.parameters).map(([k, v]) => `${k}=${v}`).join(' ');
+    const params = Object.entries(figure.parameters)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ');
     console.log(`${figure.name}: ${figure.value.toFixed(figure.value < 10 ? 2 : 0)} ${figure.unit} (${params})`);
   };
   const only = process.env.BENCH_ONLY;

@@ -40,7 +40,6 @@ export interface Daemon {
 /** Keys that take effect only at start: the sockets, the spool, the identity. */
 const RESTART_KEYS = ['hostname', 'listen', 'spool', 'user', 'group', 'control'] as const;
 
-
 export async function startDaemon({ file, config }: LoadedConfig, log: Logger): Promise<Daemon> {
   log.info({ config: file, hostname: config.hostname, spool: config.spool }, 'starting');
   warnIfSecretsExposed(file, config, log);
@@ -90,7 +89,8 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     });
     cleanups.push(() => server.close());
     const capabilities = new PrimaryCapabilities(config.spool);
-    const configuredPrimaries = () => [running.primary, ...running.sources.flatMap((source) => (source.primary ? [source.primary] : []))].map((p) => `${p.host}:${p.port}`);
+    const configuredPrimaries = () =>
+      [running.primary, ...running.sources.flatMap((source) => (source.primary ? [source.primary] : []))].map((p) => `${p.host}:${p.port}`);
     const promise = () => server.promise(capabilities.smallestSize(configuredPrimaries()), capabilities.allSmtpUtf8(configuredPrimaries()));
     promise();
     relay.on('primary-capabilities', (primary: string, seen: Capabilities) => {
@@ -98,7 +98,10 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
         (changed) => {
           if (!changed) return;
           promise();
-          log.info({ event: 'primary_capabilities', primary, ...seen, messageSize: server.messageSize }, 'primary capabilities learnt: SIZE and SMTPUTF8 offered here follow them');
+          log.info(
+            { event: 'primary_capabilities', primary, ...seen, messageSize: server.messageSize },
+            'primary capabilities learnt: SIZE and SMTPUTF8 offered here follow them',
+          );
         },
         (error: unknown) => log.error({ err: error, primary }, 'cannot save the primary capabilities'),
       );
@@ -182,7 +185,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
       running = applied;
       promise();
       log.info('config reloaded');
-      void syncer.run();
+      syncer.run().catch((error: unknown) => log.error({ err: error }, 'sync after reload failed'));
     };
     return { server, directory, spool, syncer, relay, metrics, monitoringPort: monitoringAddress.port, firstSync, reload, stop };
   } catch (error) {

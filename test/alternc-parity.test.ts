@@ -25,8 +25,14 @@ const MAPS = {
 async function primaryAccepts(db: Connection, address: string): Promise<boolean> {
   // Postfix's own reading of the address: trailing dot dropped, needless quotes removed, lowercase keys.
   const at = address.lastIndexOf('@');
-  const local = address.slice(0, at).replace(/^"(.*)"$/, '$1').toLowerCase();
-  const domain = address.slice(at + 1).replace(/\.$/, '').toLowerCase();
+  const local = address
+    .slice(0, at)
+    .replace(/^"(.*)"$/, '$1')
+    .toLowerCase();
+  const domain = address
+    .slice(at + 1)
+    .replace(/\.$/, '')
+    .toLowerCase();
   const [hosted] = await db.query(MAPS.domain, [domain]);
   if ((hosted as unknown[]).length === 0) return false;
   const plus = local.indexOf('+');
@@ -57,9 +63,15 @@ describe('AlternC parity: the daemon accepts what the primary accepts (AlternC s
     await admin.query(`CREATE DATABASE ${name} CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci; USE ${name}`);
     await admin.query(readFileSync(new URL('./fixtures/alternc-mail.sql', import.meta.url), 'utf8'));
     const domain = async (domaine: string, gesmx = 1, dnsAction = 'OK') =>
-      ((await admin.query('INSERT INTO domaines (domaine, gesmx, dns_action) VALUES (?, ?, ?)', [domaine, gesmx, dnsAction]))[0] as { insertId: number }).insertId;
+      ((await admin.query('INSERT INTO domaines (domaine, gesmx, dns_action) VALUES (?, ?, ?)', [domaine, gesmx, dnsAction]))[0] as { insertId: number })
+        .insertId;
     const address = async (domainId: number, local: string, fields: { type?: string; enabled?: number; mailbox?: boolean; recipients?: string } = {}) => {
-      const [result] = await admin.query('INSERT INTO address (domain_id, address, type, enabled) VALUES (?, ?, ?, ?)', [domainId, local, fields.type ?? '', fields.enabled ?? 1]);
+      const [result] = await admin.query('INSERT INTO address (domain_id, address, type, enabled) VALUES (?, ?, ?, ?)', [
+        domainId,
+        local,
+        fields.type ?? '',
+        fields.enabled ?? 1,
+      ]);
       const id = (result as { insertId: number }).insertId;
       if (fields.mailbox) await admin.query("INSERT INTO mailbox (address_id, path, delivery) VALUES (?, ?, 'dovecot')", [id, `/var/mail/${local}`]);
       if (fields.recipients) await admin.query('INSERT INTO recipient (address_id, recipients) VALUES (?, ?)', [id, fields.recipients]);
@@ -82,7 +94,9 @@ describe('AlternC parity: the daemon accepts what the primary accepts (AlternC s
     await address(await domain('nomx.example', 0), 'alice', { mailbox: true });
     await domain('panel.example.org');
     await admin.query("INSERT INTO variable (name, value) VALUES ('mailname_bounce', 'panel.example.org')");
-    await admin.query("INSERT INTO membres (uid, login, mail, notes) VALUES (2000, 'admin', 'admin@elsewhere.test', ''), (2001, 'jdoe', 'jdoe@elsewhere.test', '')");
+    await admin.query(
+      "INSERT INTO membres (uid, login, mail, notes) VALUES (2000, 'admin', 'admin@elsewhere.test', ''), (2001, 'jdoe', 'jdoe@elsewhere.test', '')",
+    );
     const url = new URL(TEST_MYSQL_URL);
     url.pathname = `/${name}`;
     mx = await startTestDaemon({ sources: `  - { name: alternc, type: mysql, url: "${url}" }` });
@@ -145,10 +159,6 @@ describe('AlternC parity: the daemon accepts what the primary accepts (AlternC s
     } finally {
       await client.quit();
     }
-    assert.deepEqual(
-      rows.map((row) => row.slice(0, row.indexOf(':'))).sort(),
-      Object.keys(DIFFERENCES).sort(),
-      `differences:\n${rows.join('\n')}`,
-    );
+    assert.deepEqual(rows.map((row) => row.slice(0, row.indexOf(':'))).sort(), Object.keys(DIFFERENCES).sort(), `differences:\n${rows.join('\n')}`);
   });
 });

@@ -36,14 +36,20 @@ describe('cli: the daemon as a process', () => {
     const id = /queued as (\w+)/.exec(reply.text)![1];
 
     const offline = await queueJson(file);
-    assert.deepEqual(offline.map((row) => [row.id, row.sender, row.state]), [[id, 'sender@remote.example', 'queued']]);
+    assert.deepEqual(
+      offline.map((row) => [row.id, row.sender, row.state]),
+      [[id, 'sender@remote.example', 'queued']],
+    );
 
     const second = await spawnDaemon(file); // recovery runs, the stale lock is taken over
     try {
       const recovered = second.logs.find((line) => line.msg === 'spool recovered');
       assert.equal(recovered?.corrupt, 0);
       const online = await queueJson(file);
-      assert.deepEqual(online.map((row) => row.id), [id]);
+      assert.deepEqual(
+        online.map((row) => row.id),
+        [id],
+      );
       assert.deepEqual(online[0].recipients, [
         { address: 'alice@d1.example', state: 'pending', source: 'local' },
         { address: 'x@d2.example', state: 'pending', source: 'local' },

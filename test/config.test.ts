@@ -7,16 +7,36 @@ describe('config', () => {
   it('fills in the documented defaults and resolves paths against the config folder', () => {
     const config = parseConfig(baseConfig(), '/etc/secondarymx/secondarymx.yaml');
     assert.deepEqual(config.limits, {
-      messageSize: 100_000_000, recipients: 1000, hops: 50, connections: 500, idleTimeout: 300, shutdownTimeout: 30,
-      connectionsPerClient: 20, clientIpv6Prefix: 64, messagesPerConnection: 1000, commandsBeforeMail: 20, junkCommands: 100, errorsPerSession: 20, greetingPause: 0.1,
-      dataTimeout: 600, sessionTimeout: 1800, commandLength: 2048,
+      messageSize: 100_000_000,
+      recipients: 1000,
+      hops: 50,
+      connections: 500,
+      idleTimeout: 300,
+      shutdownTimeout: 30,
+      connectionsPerClient: 20,
+      clientIpv6Prefix: 64,
+      messagesPerConnection: 1000,
+      commandsBeforeMail: 20,
+      junkCommands: 100,
+      errorsPerSession: 20,
+      greetingPause: 0.1,
+      dataTimeout: 600,
+      sessionTimeout: 1800,
+      commandLength: 2048,
     });
     assert.equal(config.spool, '/etc/secondarymx/spool');
     assert.deepEqual(config.sources[0], { name: 'local', type: 'file', path: '/etc/secondarymx/domains.txt' });
     assert.deepEqual(config.primary, { host: '127.0.0.1', port: 1 });
     assert.deepEqual(config.relay, {
-      concurrency: 10, probeInterval: 10, minBackoff: 300, maxBackoff: 4000, connectTimeout: 30, commandTimeout: 300,
-      queueLifetime: 432_000, delayWarning: 0, etrnClients: ['127.0.0.0/8', '::1/128'],
+      concurrency: 10,
+      probeInterval: 10,
+      minBackoff: 300,
+      maxBackoff: 4000,
+      connectTimeout: 30,
+      commandTimeout: 300,
+      queueLifetime: 432_000,
+      delayWarning: 0,
+      etrnClients: ['127.0.0.0/8', '::1/128'],
     });
     assert.deepEqual(config.dsn, { port: 25, allowInternal: false });
     assert.deepEqual(parseConfig('primary: { host: x }\nsources: [{ name: a, type: file, path: x }]\n', '/x.yaml').dns, {});

@@ -47,13 +47,23 @@ describe('deploy: import-legacy', () => {
 
   it('turns an old alternc-secondarymx config into a sources: entry the config accepts', async () => {
     const legacy = join(dir, 'secondarymx.conf');
-    writeFileSync(legacy, '# old alternc-secondarymx\nHOST="panel.example.org"\nLOGIN=mx2\nPASSWORD=\'s3cret\'\nMASTERIP=192.0.2.10\nPROTOCOL=https\nDEBUG=1\n');
+    writeFileSync(
+      legacy,
+      '# old alternc-secondarymx\nHOST="panel.example.org"\nLOGIN=mx2\nPASSWORD=\'s3cret\'\nMASTERIP=192.0.2.10\nPROTOCOL=https\nDEBUG=1\n',
+    );
     const result = await runCli(['import-legacy', legacy]);
     assert.equal(result.status, 0, result.stderr);
     assert.match(result.stderr, /DEBUG is not used by secondarymx, ignored/);
     const parsed = parseYaml(result.stdout) as { sources: unknown[] };
     assert.deepEqual(parsed.sources, [
-      { name: 'panel.example.org', type: 'mxlist', url: 'https://panel.example.org/admin/mxlist.php', login: 'mx2', password: 's3cret', primary: { host: '192.0.2.10', port: 25 } },
+      {
+        name: 'panel.example.org',
+        type: 'mxlist',
+        url: 'https://panel.example.org/admin/mxlist.php',
+        login: 'mx2',
+        password: 's3cret',
+        primary: { host: '192.0.2.10', port: 25 },
+      },
     ]);
     const config = parseConfig(`primary: { host: 127.0.0.1 }\n${result.stdout}`, '/x.yaml');
     assert.equal(config.sources[0].type, 'mxlist');
@@ -87,7 +97,10 @@ describe('deploy: SIGHUP re-reads the config', () => {
     try {
       assert.equal(await rcpt('anyone@new.example'), 550);
       writeFileSync(join(dir, 'domains2.txt'), 'new.example\n');
-      writeFileSync(file, baseConfig('limits: { messageSize: 600 }', '  - { name: other, type: file, path: domains2.txt }').replace('127.0.0.1:0', '127.0.0.1:2599'));
+      writeFileSync(
+        file,
+        baseConfig('limits: { messageSize: 600 }', '  - { name: other, type: file, path: domains2.txt }').replace('127.0.0.1:0', '127.0.0.1:2599'),
+      );
       daemon.child.kill('SIGHUP');
       await waitFor(() => daemon.logs.some((line) => line.msg === 'sync finished' && line.domains === 1));
       assert.deepEqual(daemon.logs.find((line) => line.msg === 'config reloaded, but these keys only take effect after a restart')?.keys, ['listen']);
@@ -114,12 +127,25 @@ describe('deploy: alert rules', () => {
     const rules = parseYaml(readFileSync(fileURLToPath(new URL('../deploy/alerts.yml', import.meta.url)), 'utf8')) as {
       groups: Array<{ rules: Array<{ alert: string; expr: string }> }>;
     };
-    const metrics = new Metrics({ spool: async () => ({ messages: 0, bytes: 0, oldestArrival: undefined }), primaries: () => [], sources: () => [], sessions: () => 0, spoolFree: () => Infinity });
+    const metrics = new Metrics({
+      spool: async () => ({ messages: 0, bytes: 0, oldestArrival: undefined }),
+      primaries: () => [],
+      sources: () => [],
+      sessions: () => 0,
+      spoolFree: () => Infinity,
+    });
     const exported = new Set((await metrics.registry.getMetricsAsJSON()).map((metric) => metric.name));
     const alerts = rules.groups.flatMap((group) => group.rules);
     assert.deepEqual(
       alerts.map((rule) => rule.alert),
-      ['SecondaryMxPrimaryDown', 'SecondaryMxSpoolGrowing', 'SecondaryMxOldestMessageNearExpiry', 'SecondaryMxSyncFailing', 'SecondaryMxDown', 'SecondaryMxDiskNearlyFull'],
+      [
+        'SecondaryMxPrimaryDown',
+        'SecondaryMxSpoolGrowing',
+        'SecondaryMxOldestMessageNearExpiry',
+        'SecondaryMxSyncFailing',
+        'SecondaryMxDown',
+        'SecondaryMxDiskNearlyFull',
+      ],
     );
     for (const rule of alerts) {
       for (const name of rule.expr.match(/secondarymx_[a-z_]+/g) ?? []) assert.ok(exported.has(name), `${rule.alert} uses ${name}, which is not exported`);

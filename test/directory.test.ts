@@ -49,7 +49,10 @@ describe('directory: file source', () => {
   }
 
   it('refuses a file with no valid line at all', () => {
-    assert.throws(() => parseDomainList('localhost\n', '/etc/list.txt'), (error: unknown) => error instanceof SourceError && /empty result/.test(error.message));
+    assert.throws(
+      () => parseDomainList('localhost\n', '/etc/list.txt'),
+      (error: unknown) => error instanceof SourceError && /empty result/.test(error.message),
+    );
   });
 
   it('accepts what AlternC\'s checkfqdn accepts: a label may start with "_"', () => {

@@ -13,7 +13,11 @@ import { queuedEnvelope, queuedIds } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
 function mail(from: string, to: string[], extra: { mail?: string; rcpt?: string[] } = {}): string[] {
-  return [`MAIL FROM:<${from}>${extra.mail ? ` ${extra.mail}` : ''}`, ...to.map((rcpt, i) => `RCPT TO:<${rcpt}>${extra.rcpt?.[i] ? ` ${extra.rcpt[i]}` : ''}`), 'DATA'];
+  return [
+    `MAIL FROM:<${from}>${extra.mail ? ` ${extra.mail}` : ''}`,
+    ...to.map((rcpt, i) => `RCPT TO:<${rcpt}>${extra.rcpt?.[i] ? ` ${extra.rcpt[i]}` : ''}`),
+    'DATA',
+  ];
 }
 
 /** The fields of a message/delivery-status part: the per-message block, then one per recipient. */
@@ -46,7 +50,10 @@ async function parseDsn(received: Received): Promise<Dsn> {
       const [head, ...body] = part.replace(/^\r\n/, '').split('\r\n\r\n');
       return { type: /^Content-Type: ([^;\r\n]+)/im.exec(head)?.[1], body: body.join('\r\n\r\n') };
     });
-  assert.deepEqual(parts.slice(0, 2).map((p) => p.type), ['text/plain', 'message/delivery-status']);
+  assert.deepEqual(
+    parts.slice(0, 2).map((p) => p.type),
+    ['text/plain', 'message/delivery-status'],
+  );
   const status = parts[1].body;
   return { received, parsed, status: statusBlocks(status), returned: parts[2]?.body ?? '' };
 }
@@ -79,7 +86,10 @@ describe('dsn: bounces through a smarthost', () => {
     mx = await start();
     const id = await sendRaw(
       mx.port,
-      mail('sender@remote.example', ['alice@d1.example', 'bob.smith@d1.example'], { mail: 'RET=HDRS ENVID=env-42', rcpt: ['ORCPT=rfc822;Alice@D1.example NOTIFY=FAILURE,DELAY'] }),
+      mail('sender@remote.example', ['alice@d1.example', 'bob.smith@d1.example'], {
+        mail: 'RET=HDRS ENVID=env-42',
+        rcpt: ['ORCPT=rfc822;Alice@D1.example NOTIFY=FAILURE,DELAY'],
+      }),
       message('refused', 'Hello Alice.'),
     );
     await waitFor(() => smarthost.received.length === 1);
@@ -91,7 +101,10 @@ describe('dsn: bounces through a smarthost', () => {
     assert.equal(dsn.received.from, '');
     assert.deepEqual(dsn.received.to, ['sender@remote.example']);
     const headers = dsn.parsed.headers;
-    assert.match(String(headers.get('content-type') && (headers.get('content-type') as { value: string; params: Record<string, string> }).value), /^multipart\/report$/);
+    assert.match(
+      String(headers.get('content-type') && (headers.get('content-type') as { value: string; params: Record<string, string> }).value),
+      /^multipart\/report$/,
+    );
     assert.equal((headers.get('content-type') as { params: Record<string, string> }).params['report-type'], 'delivery-status');
     assert.equal(dsn.parsed.from?.value[0].address, 'MAILER-DAEMON@mx2.test.example');
     assert.deepEqual(dsn.parsed.to && !Array.isArray(dsn.parsed.to) ? dsn.parsed.to.value[0].address : '', 'sender@remote.example');
@@ -207,7 +220,11 @@ describe('dsn: straight to the sender domain MX', () => {
     assert.deepEqual([senderMx.received[0].from, senderMx.received[0].to], ['', ['sender@remote.example']]);
     assert.equal((await parseDsn(senderMx.received[0])).status[1].Status, '5.1.1');
     await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
-    assert.deepEqual(mx!.daemon.relay.summary().primaries.map((p) => p.primary), [`127.0.0.1:${primary.port}`], 'the route to the sender MX is forgotten once used');
+    assert.deepEqual(
+      mx!.daemon.relay.summary().primaries.map((p) => p.primary),
+      [`127.0.0.1:${primary.port}`],
+      'the route to the sender MX is forgotten once used',
+    );
   });
 
   it('falls back to the A record of a domain without MX', async () => {
@@ -232,7 +249,9 @@ describe('dsn: straight to the sender domain MX', () => {
       extra: `relay: { probeInterval: 1, minBackoff: 1 }\ndsn: { port: ${senderMx.port} }\ndns: { servers: ["${dns.server}"] }`,
     });
     await sendRaw(mx.port, mail('sender@remote.example', ['alice@d1.example']), message('probe the inside'));
-    await waitFor(() => mx!.logs.some((line) => line.msg === 'status=bounced' && /internal networks \(mx\.remote\.example\[127\.0\.0\.1\]\)/.test(String(line.reply))));
+    await waitFor(() =>
+      mx!.logs.some((line) => line.msg === 'status=bounced' && /internal networks \(mx\.remote\.example\[127\.0\.0\.1\]\)/.test(String(line.reply))),
+    );
     await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
     assert.equal(senderMx.connections, 0, 'never connected');
   });

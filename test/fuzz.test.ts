@@ -44,14 +44,34 @@ function sessionBytes(random: () => number): Buffer {
       return data;
     }
     case 3: // bad data: bare LF, bare CR, NUL
-      return Buffer.from(VALID.slice(0, 5).join('') + `Subject: x\r\n\r\n${pick(['a\nb', 'a\rb', 'a\u0000b', '\n.\nRCPT TO:<e@vil.example>'])}\r\n.\r\nQUIT\r\n`);
+      return Buffer.from(
+        VALID.slice(0, 5).join('') + `Subject: x\r\n\r\n${pick(['a\nb', 'a\rb', 'a\u0000b', '\n.\nRCPT TO:<e@vil.example>'])}\r\n.\r\nQUIT\r\n`,
+      );
     case 4: // cut in the middle of DATA
       return Buffer.from(VALID.slice(0, 5).join('') + 'Subject: cut\r\n\r\nhalf a mess');
     case 5: // an endless line
       return Buffer.from(`MAIL FROM:<${'a'.repeat(1000 + Math.floor(random() * 20_000))}`);
     case 6: // address tricks and junk commands
       return Buffer.from(
-        ['EHLO x', ...Array.from({ length: 8 }, () => pick(['RCPT TO:<@a:b@c>', 'MAIL FROM:<>', 'RCPT TO:<a@[1.2.3.4]>', 'VRFY root', 'ETRN x', 'AUTH PLAIN AAAA', 'STARTTLS', 'BDAT 10', '\u00ff\u00fe', 'HELP', 'RSET'])), 'QUIT'].join('\r\n') + '\r\n',
+        [
+          'EHLO x',
+          ...Array.from({ length: 8 }, () =>
+            pick([
+              'RCPT TO:<@a:b@c>',
+              'MAIL FROM:<>',
+              'RCPT TO:<a@[1.2.3.4]>',
+              'VRFY root',
+              'ETRN x',
+              'AUTH PLAIN AAAA',
+              'STARTTLS',
+              'BDAT 10',
+              '\u00ff\u00fe',
+              'HELP',
+              'RSET',
+            ]),
+          ),
+          'QUIT',
+        ].join('\r\n') + '\r\n',
       );
     default: // a dozen messages on one connection, some refused
       return Buffer.from(['EHLO many.example\r\n', ...Array.from({ length: 12 }, () => VALID.slice(1, 6).join('')), 'QUIT\r\n'].join(''));
@@ -153,7 +173,9 @@ describe('fuzz: thousands of random and mutated sessions', () => {
       assert.equal(readdirSync(join(dir, 'spool', 'tmp')).length, 0, 'no partial file left');
       assert.ok(after < baseline + 60, `RSS ${after.toFixed(0)} MB after, baseline ${baseline.toFixed(0)} MB (seed ${seed})`);
       assert.equal(daemon.child.exitCode, null, 'the daemon did not crash');
-      console.log(`      (seed ${seed}: ${sessions} sessions in ${seconds.toFixed(1)} s, ${accepted.size} messages accepted, RSS ${baseline.toFixed(0)} → ${after.toFixed(0)} MB)`);
+      console.log(
+        `      (seed ${seed}: ${sessions} sessions in ${seconds.toFixed(1)} s, ${accepted.size} messages accepted, RSS ${baseline.toFixed(0)} → ${after.toFixed(0)} MB)`,
+      );
     } finally {
       if (daemon) {
         daemon.child.kill('SIGTERM');

@@ -22,7 +22,8 @@ describe('hardening: limits on hostile sessions', () => {
   let mx: TestDaemon;
   before(async () => {
     mx = await startTestDaemon({
-      extra: 'limits: { connectionsPerClient: 2, messagesPerConnection: 2, commandsBeforeMail: 5, errorsPerSession: 3, dataTimeout: 1, sessionTimeout: 4, commandLength: 600 }',
+      extra:
+        'limits: { connectionsPerClient: 2, messagesPerConnection: 2, commandsBeforeMail: 5, errorsPerSession: 3, dataTimeout: 1, sessionTimeout: 4, commandLength: 600 }',
     });
   });
   after(async () => mx.stop());
@@ -280,7 +281,11 @@ describe('hardening: secrets', () => {
 describe('hardening: TLS', () => {
   let dir: string;
   const makeCert = (name: string) =>
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', `/CN=${name}`, '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
+    execFileSync(
+      'openssl',
+      ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', `/CN=${name}`, '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')],
+      { stdio: 'ignore' },
+    );
   /** SHA-256 of the certificate now in cert.pem, as TLS peers see it. */
   const fingerprint = () => new X509Certificate(readFileSync(join(dir, 'cert.pem'))).fingerprint256;
   before(() => {
@@ -416,7 +421,7 @@ describe('hardening: least privilege', () => {
     }
   });
 
-  it('runs a spool-writing command typed as root as the spool\'s owner: no root-owned file, no write through a planted symlink', async function () {
+  it("runs a spool-writing command typed as root as the spool's owner: no root-owned file, no write through a planted symlink", async function () {
     if (!isRoot) this.skip();
     const { dir, file } = writeTestConfig(`${baseConfig()}user: nobody\n`);
     chmodSync(dir, 0o755);

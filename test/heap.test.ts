@@ -9,7 +9,10 @@ describe('relay: the scheduler heap', () => {
     assert.equal(heap.size, values.length);
     const popped: number[] = [];
     for (let value = heap.pop(); value !== undefined; value = heap.pop()) popped.push(value);
-    assert.deepEqual(popped, [...values].sort((a, b) => a - b));
+    assert.deepEqual(
+      popped,
+      [...values].sort((a, b) => a - b),
+    );
     assert.equal(heap.peek(), undefined);
   });
 });

@@ -49,7 +49,8 @@ describe('monitoring: /metrics and /healthz on control.listen', () => {
         ['secondarymx_smtp_sessions', (v) => v === 1],
       ];
       // The relay settles asynchronously: scrape until every figure holds, then report any that does not.
-      const failing = (text: string) => expectations.filter(([series, check]) => !check(sample(text, series) ?? NaN)).map(([series]) => `${series} = ${sample(text, series)}`);
+      const failing = (text: string) =>
+        expectations.filter(([series, check]) => !check(sample(text, series) ?? NaN)).map(([series]) => `${series} = ${sample(text, series)}`);
       let text = body;
       await waitFor(async () => failing((text = (await get(mx.daemon.monitoringPort, '/metrics')).body)).length === 0).catch(() => undefined);
       assert.deepEqual(failing(text), []);
@@ -58,7 +59,9 @@ describe('monitoring: /metrics and /healthz on control.listen', () => {
       const { client: again } = await SmtpClient.session(mx.port);
       assert.equal((await again.sendMail('s@remote.example', ['alice@d1.example'], message('waiting'))).code, 250);
       await again.quit();
-      await waitFor(async () => sample((await get(mx.daemon.monitoringPort, '/metrics')).body, `secondarymx_primary_up{primary="127.0.0.1:${primary.port}"}`) === 0);
+      await waitFor(
+        async () => sample((await get(mx.daemon.monitoringPort, '/metrics')).body, `secondarymx_primary_up{primary="127.0.0.1:${primary.port}"}`) === 0,
+      );
       const later = (await get(mx.daemon.monitoringPort, '/metrics')).body;
       assert.equal(sample(later, 'secondarymx_spool_messages'), 1);
       assert.ok(sample(later, 'secondarymx_spool_bytes')! > 100);
@@ -74,7 +77,11 @@ describe('monitoring: /metrics and /healthz on control.listen', () => {
   it('answers /healthz with 503 and the reason while the directory is incomplete', async () => {
     const mx = await startTestDaemon({ sources: '  - { name: alternc, type: mysql, url: "mysql://mx@127.0.0.1:1/alternc", timeout: 2 }' });
     try {
-      assert.deepEqual(await get(mx.daemon.monitoringPort, '/healthz'), { status: 503, body: 'directory incomplete: never loaded: alternc\n', type: 'text/plain' });
+      assert.deepEqual(await get(mx.daemon.monitoringPort, '/healthz'), {
+        status: 503,
+        body: 'directory incomplete: never loaded: alternc\n',
+        type: 'text/plain',
+      });
     } finally {
       await mx.stop();
     }

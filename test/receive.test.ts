@@ -68,7 +68,10 @@ describe('receive: SMTP policy against a running server', () => {
     const done = await client.data(message('idn'));
     const id = /queued as (\w+)/.exec(done.text)![1];
     const envelope = queuedEnvelope(mx.spoolDir, id!);
-    assert.deepEqual(envelope.recipients.map((r: { address: string }) => r.address), ['info@xn--bcher-kva.example']);
+    assert.deepEqual(
+      envelope.recipients.map((r: { address: string }) => r.address),
+      ['info@xn--bcher-kva.example'],
+    );
   });
 
   it('refuses an unknown domain with 550 5.7.1 and an unknown address with 550 5.1.1', async () => {
@@ -81,14 +84,17 @@ describe('receive: SMTP policy against a running server', () => {
     assert.ok(refusals.includes('user@unknown.example') && refusals.includes('nobody@d1.example'));
   });
 
-  it('reads a trailing dot and a needlessly quoted local part as the primary\'s Postfix does, and spools the plain address', async () => {
+  it("reads a trailing dot and a needlessly quoted local part as the primary's Postfix does, and spools the plain address", async () => {
     assert.equal((await client.command('MAIL FROM:<s@remote.example>')).code, 250);
     assert.equal((await client.command('RCPT TO:<alice@d1.example.>')).code, 250);
     assert.equal((await client.command('RCPT TO:<"Bob.Smith"@d1.example>')).code, 250);
     assert.deepEqual(pick(await client.command('RCPT TO:<"bob smith"@d1.example>')), [501, '5.1.3']);
     assert.equal((await client.command('DATA')).code, 354);
     const id = /queued as (\w+)/.exec((await client.data(message('forms'))).text)![1];
-    assert.deepEqual(queuedEnvelope(mx.spoolDir, id).recipients.map((r) => r.address), ['alice@d1.example', 'Bob.Smith@d1.example']);
+    assert.deepEqual(
+      queuedEnvelope(mx.spoolDir, id).recipients.map((r) => r.address),
+      ['alice@d1.example', 'Bob.Smith@d1.example'],
+    );
   });
 
   it('accepts an address extension when the base address is known (recipient_delimiter "+"), and nothing else', async () => {
@@ -185,7 +191,8 @@ describe('receive: SMTP policy against a running server', () => {
   });
 
   it('refuses a message with more Received headers than limits.hops with 554 5.4.6', async () => {
-    const received = (n: number) => Array.from({ length: n }, (_, i) => `Received: from hop${i}.example by hop${i + 1}.example; Wed, 25 Nov 2026 10:00:00 +0000`);
+    const received = (n: number) =>
+      Array.from({ length: n }, (_, i) => `Received: from hop${i}.example by hop${i + 1}.example; Wed, 25 Nov 2026 10:00:00 +0000`);
     const loop = await client.sendMail('s@remote.example', ['alice@d1.example'], message('loop', 'x', received(6)));
     assert.deepEqual([loop.code, loop.enhanced], [554, '5.4.6']);
     const ok = await client.sendMail('s@remote.example', ['alice@d1.example'], message('five hops', 'x', received(5)));
@@ -203,7 +210,10 @@ describe('receive: SMTP policy against a running server', () => {
     assert.ok(headerEnd > 0);
     assert.deepEqual(stored.subarray(headerEnd), expected);
     const ours = stored.subarray(0, headerEnd).toString('utf8');
-    assert.match(ours, /^Received: from client\.example \(\[127\.0\.0\.1\]\)\r\n\tby mx2\.test\.example \(alternc-secondarymx\) with ESMTP id \w+\r\n\tfor <alice@d1\.example>;\r\n\t\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d \+0000\r\n$/);
+    assert.match(
+      ours,
+      /^Received: from client\.example \(\[127\.0\.0\.1\]\)\r\n\tby mx2\.test\.example \(alternc-secondarymx\) with ESMTP id \w+\r\n\tfor <alice@d1\.example>;\r\n\t\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d \+0000\r\n$/,
+    );
     assert.ok(ours.includes(`id ${id}`));
     assert.equal(queuedEnvelope(mx.spoolDir, id).messageId, '<bytes@remote.example>');
   });
@@ -224,7 +234,10 @@ describe('receive: SMTP policy against a running server', () => {
   it('pipelines a whole transaction in one write', async () => {
     client.write(`MAIL FROM:<s@remote.example>\r\nRCPT TO:<alice@d1.example>\r\nRCPT TO:<nobody@d1.example>\r\nDATA\r\n`);
     const replies = [await client.reply(), await client.reply(), await client.reply(), await client.reply()];
-    assert.deepEqual(replies.map((r) => r.code), [250, 250, 550, 354]);
+    assert.deepEqual(
+      replies.map((r) => r.code),
+      [250, 250, 550, 354],
+    );
     assert.equal((await client.data(message('pipelined'))).code, 250);
   });
 

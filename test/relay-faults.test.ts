@@ -24,7 +24,7 @@ function sendWith(port: number, from: string, rcptLines: string[], body: string)
 /** A message whose header block is 17,000 short lines (85 KB): more than mailparser will parse. */
 const POISON = `From: s@remote.example\r\nMessage-ID: <poison@remote.example>\r\n${'a:b\r\n'.repeat(17_000)}\r\nbody\r\n`;
 
-describe('relay: one transaction per message, whatever the recipients\' DSN parameters', () => {
+describe("relay: one transaction per message, whatever the recipients' DSN parameters", () => {
   let primary: TestPrimary;
   let mx: TestDaemon | undefined;
   beforeEach(async () => {
@@ -73,7 +73,10 @@ describe('relay: one transaction per message, whatever the recipients\' DSN para
     await primary.start();
     await waitFor(() => queuedIds(mx!.spoolDir).length === 0, 8000);
     const delivered = primary.received.filter((m) => m.from !== '');
-    assert.deepEqual(delivered.map((m) => m.to), [['ok1@d2.example'], ['ok2@d2.example', 'ok2b@d2.example'], ['ok3@d2.example']]);
+    assert.deepEqual(
+      delivered.map((m) => m.to),
+      [['ok1@d2.example'], ['ok2@d2.example', 'ok2b@d2.example'], ['ok3@d2.example']],
+    );
     assert.equal(primary.received.filter((m) => m.from === '').length, 2, 'a DSN for each refused recipient');
     assert.equal(downs(), 1, 'down only while it was');
     assert.ok(primary.connections <= 4, `${primary.connections} connections (probe, one session, the DSNs)`);
@@ -147,7 +150,10 @@ describe('relay: a message that cannot be processed never stalls anything', () =
       await waitFor(() => mx.logs.some((line) => line.event === 'primary_down'));
       // An envelope edited by hand (or written by a buggy version): NOTIFY as a string, not a list.
       const envelope = queuedEnvelope(mx.spoolDir, broken);
-      writeFileSync(join(mx.spoolDir, 'queue', `${broken}.env`), JSON.stringify({ ...envelope, recipients: [{ ...envelope.recipients[0], notify: 'FAILURE' }] }));
+      writeFileSync(
+        join(mx.spoolDir, 'queue', `${broken}.env`),
+        JSON.stringify({ ...envelope, recipients: [{ ...envelope.recipients[0], notify: 'FAILURE' }] }),
+      );
       execFileSync('mkdir', [join(mx.spoolDir, 'queue', `${unreadable}.env`)]); // EISDIR on every read
       await primary.start();
       await waitFor(() => primary.received.length === 1 && mx.logs.some((line) => line.queueId === unreadable && line.event === 'message_set_aside'), 8000);
@@ -190,7 +196,11 @@ describe('relay: the spool cannot record outcomes', () => {
   }
 
   it('with queue/ read-only and a healthy primary: stops, says so, delivers each message at most twice, resumes when writable', async () => {
-    const mx = await startTestDaemon({ spoolDir: mountPoint, primaryPort: primary.port, extra: 'relay: { probeInterval: 1 }\nlimits: { messageSize: 100000 }' });
+    const mx = await startTestDaemon({
+      spoolDir: mountPoint,
+      primaryPort: primary.port,
+      extra: 'relay: { probeInterval: 1 }\nlimits: { messageSize: 100000 }',
+    });
     try {
       await queueWhileDown(mx, 10);
       const queue = join(mountPoint, 'queue');
@@ -216,7 +226,10 @@ describe('relay: the spool cannot record outcomes', () => {
       const counts = new Map<string, number>();
       for (const id of primary.messageIds()) counts.set(id, (counts.get(id) ?? 0) + 1);
       assert.equal(counts.size, 10, 'every message delivered');
-      assert.ok([...counts.values()].every((n) => n <= 2), `deliveries per message: ${[...counts.values()]}`);
+      assert.ok(
+        [...counts.values()].every((n) => n <= 2),
+        `deliveries per message: ${[...counts.values()]}`,
+      );
       assert.equal((await fetch(`http://127.0.0.1:${mx.daemon.monitoringPort}/healthz`)).status, 200);
     } finally {
       await mx.stop();
@@ -224,7 +237,11 @@ describe('relay: the spool cannot record outcomes', () => {
   });
 
   it('with a full spool and a primary answering 451: no more connections than messages until the backoff is due', async () => {
-    const mx = await startTestDaemon({ spoolDir: mountPoint, primaryPort: primary.port, extra: 'relay: { probeInterval: 1 }\nlimits: { messageSize: 100000 }' });
+    const mx = await startTestDaemon({
+      spoolDir: mountPoint,
+      primaryPort: primary.port,
+      extra: 'relay: { probeInterval: 1 }\nlimits: { messageSize: 100000 }',
+    });
     try {
       await queueWhileDown(mx, 10, 'busy@d2.example');
       primary.rcptReplies.set('busy@d2.example', [451, '4.3.0 try again later']);
@@ -237,7 +254,11 @@ describe('relay: the spool cannot record outcomes', () => {
       await primary.start();
       await waitFor(() => mx.logs.some((line) => line.event === 'spool_fault'));
       await sleep(3000);
-      assert.deepEqual(readdirSync(join(mountPoint, 'tmp')).filter((name) => name.endsWith('.env')), [], 'no half-written envelope left in tmp/');
+      assert.deepEqual(
+        readdirSync(join(mountPoint, 'tmp')).filter((name) => name.endsWith('.env')),
+        [],
+        'no half-written envelope left in tmp/',
+      );
       const whileFull = primary.connections;
       assert.ok(whileFull <= 11, `${whileFull} connections while full: one probe, then at most one per message`);
       rmSync(filler);
@@ -270,7 +291,7 @@ describe('relay: reload and size', () => {
     }
   });
 
-  it('learns the primary\'s SIZE from its EHLO, never accepts more than it takes, and remembers it across a restart', async () => {
+  it("learns the primary's SIZE from its EHLO, never accepts more than it takes, and remembers it across a restart", async () => {
     const primary = new TestPrimary(await freePort(), { size: 20000 });
     await primary.start();
     const { dir, file } = writeTestConfig(withPrimary(baseConfig('relay: { probeInterval: 1 }'), primary.port));
@@ -281,7 +302,7 @@ describe('relay: reload and size', () => {
         await client.quit();
         return Number(reply.lines.map((line) => /^250[ -]SIZE (\d+)$/.exec(line)?.[1]).find(Boolean));
       };
-      assert.equal(await ehlo(first.port), 100_000_000, 'AlternC\'s limit until the primary says otherwise');
+      assert.equal(await ehlo(first.port), 100_000_000, "AlternC's limit until the primary says otherwise");
       await sendWith(first.port, 's@remote.example', ['RCPT TO:<ok@d2.example>'], message('learn'));
       await waitFor(() => first.logs.some((line) => line.event === 'primary_capabilities'));
       assert.equal(await ehlo(first.port), 20000 - 4096);

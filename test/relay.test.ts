@@ -56,7 +56,10 @@ describe('relay: replay to a real primary', () => {
     assert.deepEqual(got.data, spooled);
     assert.equal(got.mailArgs.SIZE, String(spooled.length));
     const states = mx.logs.filter((line) => line.msg === 'primary is DOWN: delivery stopped, probing' || line.msg === 'primary is UP: replaying the spool');
-    assert.deepEqual(states.map((line) => line.msg), ['primary is DOWN: delivery stopped, probing', 'primary is UP: replaying the spool']);
+    assert.deepEqual(
+      states.map((line) => line.msg),
+      ['primary is DOWN: delivery stopped, probing', 'primary is UP: replaying the spool'],
+    );
     const sent = mx.logs.find((line) => line.queueId === id && line.msg === 'status=sent');
     assert.deepEqual(sent?.to, ['alice@d1.example', 'x@d2.example']);
     assert.equal(sent?.primary, `127.0.0.1:${primary.port}`);
@@ -85,11 +88,14 @@ describe('relay: replay to a real primary', () => {
     const wait = Date.parse(envelope.nextAttempt!) - Date.now();
     assert.ok(wait > 290_000 && wait <= 300_000, `next attempt in ${wait} ms`);
     const logged = mx.logs.filter((line) => line.queueId === id && String(line.msg).startsWith('status='));
-    assert.deepEqual(logged.map((line) => [line.msg, line.to]), [
-      ['status=sent', ['ok@d2.example']],
-      ['status=deferred', ['busy@d2.example']],
-      ['status=bounced', ['gone@d2.example']],
-    ]);
+    assert.deepEqual(
+      logged.map((line) => [line.msg, line.to]),
+      [
+        ['status=sent', ['ok@d2.example']],
+        ['status=deferred', ['busy@d2.example']],
+        ['status=bounced', ['gone@d2.example']],
+      ],
+    );
     // The deferred recipient retries with a flush; then only the failed one is left, marked failed.
     primary.rcptReplies.delete('busy@d2.example');
     const flush = await runCli(['flush', '--json', '--config', mx.file]);
@@ -133,7 +139,10 @@ describe('relay: replay to a real primary', () => {
     await primary.start();
     mx = await startTestDaemon({ primaryPort: primary.port, extra: `${FAST}\ndsn: { relay: { host: 127.0.0.1, port: ${primary.port} } }` });
     const { client, ehlo } = await SmtpClient.session(mx.port);
-    assert.ok(ehlo.lines.some((line) => line.endsWith('SMTPUTF8')), 'offered while the primary is unknown');
+    assert.ok(
+      ehlo.lines.some((line) => line.endsWith('SMTPUTF8')),
+      'offered while the primary is unknown',
+    );
     for (const step of ['MAIL FROM:<victim@victim.test> SMTPUTF8 RET=FULL', 'RCPT TO:<alice@d1.example>', 'DATA']) await client.command(step);
     await client.data(message('utf8', 'Gr\u00fc\u00dfe'));
     await client.quit();

@@ -24,11 +24,15 @@ describe('security: resource use', () => {
       for (let at = 0; at < data.length; at += size) inspector.inspect(data.subarray(at, at + size));
       inspector.finish();
       assert.equal(inspector.messageId, '<cut@here>', `chunks of ${size}`);
-      assert.deepEqual([inspector.problem?.responseCode, inspector.problem?.enhancedCode], [554, '5.4.6'], `two Received headers counted with chunks of ${size}`);
+      assert.deepEqual(
+        [inspector.problem?.responseCode, inspector.problem?.enhancedCode],
+        [554, '5.4.6'],
+        `two Received headers counted with chunks of ${size}`,
+      );
     }
   });
 
-  it('refuses an endless mxlist answer at the source\'s maxBytes instead of reading it all', async () => {
+  it("refuses an endless mxlist answer at the source's maxBytes instead of reading it all", async () => {
     const panel = createServer((_request, response) => {
       response.writeHead(200, { 'content-type': 'application/json' });
       const chunk = Buffer.alloc(64 * 1024, 'a');
@@ -133,7 +137,9 @@ describe('security: output and inputs', () => {
 
   it('never shows the password of an mxlist URL: not in the error, the log, status or the saved state', async () => {
     const secret = 'S3cretInUrl';
-    const { dir, file } = writeTestConfig(baseConfig('', `  - { name: panel, type: mxlist, url: "http://mx2:${secret}@127.0.0.1:1/mxlist.php", login: mx2, password: x, timeout: 2 }`));
+    const { dir, file } = writeTestConfig(
+      baseConfig('', `  - { name: panel, type: mxlist, url: "http://mx2:${secret}@127.0.0.1:1/mxlist.php", login: mx2, password: x, timeout: 2 }`),
+    );
     try {
       const sync = await runCli(['sync', '--config', file]);
       assert.equal(sync.status, 75);

@@ -158,8 +158,19 @@ describe('spool: start-up recovery', () => {
         corrupt,
       });
       const recovered = spool.takeRecovered()!;
-      assert.deepEqual(recovered.map((e) => e.id), [queued, updated, longEnvelope, legacy]);
-      assert.deepEqual(recovered.map((e) => [e.held ?? false, e.recipients.length]), [[false, 1], [true, 1], [false, 300], [false, 1]]);
+      assert.deepEqual(
+        recovered.map((e) => e.id),
+        [queued, updated, longEnvelope, legacy],
+      );
+      assert.deepEqual(
+        recovered.map((e) => [e.held ?? false, e.recipients.length]),
+        [
+          [false, 1],
+          [true, 1],
+          [false, 300],
+          [false, 1],
+        ],
+      );
       const { envelopes } = await spool.list();
       assert.deepEqual(envelopes, recovered, 'the daemon reads back what recovery read');
       for (const envelope of envelopes) {
@@ -200,7 +211,10 @@ describe('spool: start-up recovery', () => {
         smtpUtf8: false,
         client: { address: '127.0.0.1', helo: 'x' },
       });
-      const mode = (name: string) => execFileSync('stat', ['-c', '%a', join(root, 'queue', name)]).toString().trim();
+      const mode = (name: string) =>
+        execFileSync('stat', ['-c', '%a', join(root, 'queue', name)])
+          .toString()
+          .trim();
       assert.equal(mode(`${envelope.id}.msg`), '600');
       assert.equal(envelope.size, 7);
       assert.deepEqual(await spool.readEnvelope(envelope.id), envelope);
@@ -250,13 +264,14 @@ describe('spool: directory fsync (group commit)', () => {
   beforeEach(() => (root = mkdtempSync(join(tmpdir(), 'secondarymx-dirsync-'))));
   afterEach(() => rmSync(root, { recursive: true, force: true }));
 
-  const openOn = (dir: string) => readdirSync('/proc/self/fd').filter((fd) => {
-    try {
-      return readlinkSync(`/proc/self/fd/${fd}`) === dir;
-    } catch {
-      return false; // the descriptor readdir itself used, gone already
-    }
-  }).length;
+  const openOn = (dir: string) =>
+    readdirSync('/proc/self/fd').filter((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`) === dir;
+      } catch {
+        return false; // the descriptor readdir itself used, gone already
+      }
+    }).length;
 
   it('shares rounds between concurrent callers and leaves no descriptor open once idle', async () => {
     const sync = new DirectorySync(root);

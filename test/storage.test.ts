@@ -25,7 +25,10 @@ describe('storage: what /healthz says is what MAIL meets', () => {
     try {
       const { client } = await SmtpClient.session(mx.port);
       assert.equal((await client.sendMail('s@remote.example', ['alice@d1.example'], message('room'))).code, 250);
-      const free = () => { const s = statfsSync(mountPoint); return s.bavail * s.bsize; };
+      const free = () => {
+        const s = statfsSync(mountPoint);
+        return s.bavail * s.bsize;
+      };
       writeFileSync(join(mountPoint, 'filler'), Buffer.alloc(free() - 2_500_000)); // 2.5 MB left: a 4 KB message fits, a 2 MB one may not
       const [status, reason] = await healthz(mx.daemon.monitoringPort);
       assert.equal(status, 503);
@@ -38,7 +41,10 @@ describe('storage: what /healthz says is what MAIL meets', () => {
       await waitFor(async () => (await healthz(mx.daemon.monitoringPort))[0] === 200);
       await waitFor(async () => (await client.command('MAIL FROM:<s@remote.example>')).code === 250, 3000);
       await client.quit();
-      assert.deepEqual(mx.logs.filter((line) => String(line.event).startsWith('spool_')).map((line) => line.event), ['spool_low', 'spool_ok']);
+      assert.deepEqual(
+        mx.logs.filter((line) => String(line.event).startsWith('spool_')).map((line) => line.event),
+        ['spool_low', 'spool_ok'],
+      );
     } finally {
       await mx.stop();
       execFileSync('umount', [mountPoint]);
@@ -59,7 +65,10 @@ describe('storage: what /healthz says is what MAIL meets', () => {
       const [status, reason] = await healthz(mx.daemon.monitoringPort);
       assert.equal(status, 503);
       assert.match(reason, /is not the folder this daemon locked \(deleted, moved or replaced\): restart the daemon$/);
-      assert.ok(mx.logs.some((line) => line.event === 'spool_fault'), 'delivery stopped too');
+      assert.ok(
+        mx.logs.some((line) => line.event === 'spool_fault'),
+        'delivery stopped too',
+      );
       await client.quit();
     } finally {
       await mx.stop();

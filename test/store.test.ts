@@ -16,7 +16,10 @@ describe('directory store: the persisted last good lists', () => {
   afterEach(() => rmSync(root, { recursive: true, force: true }));
 
   it('round-trips a list: domains, catch-alls, unchecked domains and addresses', async () => {
-    const list = parseDomainList('a.example\nalice@a.example\nbob@a.example\n@c.example\nopen.example\nxn--bcher-kva.example\nüser@xn--bcher-kva.example\n', 'x').list;
+    const list = parseDomainList(
+      'a.example\nalice@a.example\nbob@a.example\n@c.example\nopen.example\nxn--bcher-kva.example\nüser@xn--bcher-kva.example\n',
+      'x',
+    ).list;
     await store.saveList('src', list);
     assert.deepEqual(await store.loadList('src'), list);
     assert.equal(await store.loadList('other'), undefined);

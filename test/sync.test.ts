@@ -81,7 +81,7 @@ describe('sync: AlternC MySQL source (real MariaDB)', () => {
     assert.deepEqual([...list.keys()], [long]);
     const asUser = await createConnection({ uri: db.url(user) });
     try {
-      await assert.rejects(asUser.query("UPDATE domaines SET gesmx = 0"), /UPDATE command denied/);
+      await assert.rejects(asUser.query('UPDATE domaines SET gesmx = 0'), /UPDATE command denied/);
     } finally {
       await asUser.end();
     }
@@ -101,7 +101,10 @@ describe('sync: AlternC MySQL source (real MariaDB)', () => {
     // A bad row is left out and named; the rest of the source applies (one row must not freeze AlternC's whole list).
     const bad = await db.domain('bad domain.example');
     await db.address(bad, 'alice');
-    await assert.rejects(pullMysql(mysqlSource(db.url(user))), /empty result: no domain at all \(1 rows not valid: not a valid domain: domaines\.id \d+ "bad domain\.example"\)/);
+    await assert.rejects(
+      pullMysql(mysqlSource(db.url(user))),
+      /empty result: no domain at all \(1 rows not valid: not a valid domain: domaines\.id \d+ "bad domain\.example"\)/,
+    );
     const ok = await db.domain('ok.example');
     await db.address(ok, 'with space');
     await db.address(ok, 'fine');
@@ -192,7 +195,10 @@ describe('sync: the daemon follows AlternC', () => {
     const held = await cliJson<SyncReport>(['sync'], mx.file);
     assert.equal(held.status, 75);
     assert.equal(held.report.sources[0].result, 'held');
-    assert.match(held.report.sources[0].reason!, /^2 of 4 domains would be removed \(50\.0%\), over sync\.maxShrink 25%: removals held back, additions applied; run "secondarymx sync --force"/);
+    assert.match(
+      held.report.sources[0].reason!,
+      /^2 of 4 domains would be removed \(50\.0%\), over sync\.maxShrink 25%: removals held back, additions applied; run "secondarymx sync --force"/,
+    );
     assert.equal(await rcpt(mx.port, 'postmaster@d3.example'), '250 2.1.5', 'the removal waits');
     assert.equal(await rcpt(mx.port, 'postmaster@new.example'), '250 2.1.5', 'the addition does not');
     const text = await runCli(['sync', '--config', mx.file]);
@@ -275,7 +281,9 @@ class MxlistPanel {
   requests = 0;
   inFlight = 0;
   maxInFlight = 0;
-  private readonly server: Server = createServer((request, response) => void this.handle(request, response));
+  private readonly server: Server = createServer((request, response) => {
+    this.handle(request, response).catch(() => response.destroy()); // the panel fails as a broken one would
+  });
   port = 0;
 
   async start(): Promise<void> {
@@ -307,7 +315,9 @@ class MxlistPanel {
       if (this.mode === 'empty') return void response.end('');
       if (this.mode === 'truncated') return void response.end(plain.slice(0, -3));
       if (this.mode === 'plain' || !json) return void response.end(plain);
-      const integrity = createHash('md5').update(this.mode === 'bad-integrity' ? 'tampered' : this.domains.join('')).digest('hex');
+      const integrity = createHash('md5')
+        .update(this.mode === 'bad-integrity' ? 'tampered' : this.domains.join(''))
+        .digest('hex');
       response.end(JSON.stringify({ integrity, items: this.domains }));
     } finally {
       this.inFlight--;
@@ -351,7 +361,11 @@ describe('sync: mxlist.php source', () => {
     ['a bad integrity hash', () => (panel.mode = 'bad-integrity'), /integrity check failed/],
     ['a truncated plain answer', () => ((panel.mode = 'plain'), (panel.mode = 'truncated')), /does not end with a newline/],
     ['an empty answer', () => (panel.mode = 'empty'), /empty result/],
-    ['an answer with no valid domain', () => (panel.domains = ['bad_domain!']), /empty result: no domain at all \(1 rows not valid: not a valid domain: "bad_domain!"\)/],
+    [
+      'an answer with no valid domain',
+      () => (panel.domains = ['bad_domain!']),
+      /empty result: no domain at all \(1 rows not valid: not a valid domain: "bad_domain!"\)/,
+    ],
   ];
   for (const [what, arrange, reason] of failures) {
     it(`refuses ${what}`, async () => {

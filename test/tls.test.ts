@@ -39,10 +39,25 @@ describe('receive: STARTTLS and a real client', () => {
 
   before(async () => {
     certDir = mkdtempSync(join(tmpdir(), 'secondarymx-tls-'));
-    execFileSync('openssl', [
-      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=mx2.test.example',
-      '-keyout', join(certDir, 'key.pem'), '-out', join(certDir, 'cert.pem'),
-    ], { stdio: 'ignore' });
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'rsa:2048',
+        '-nodes',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=mx2.test.example',
+        '-keyout',
+        join(certDir, 'key.pem'),
+        '-out',
+        join(certDir, 'cert.pem'),
+      ],
+      { stdio: 'ignore' },
+    );
     mx = await startTestDaemon({ extra: `tls: { key: ${join(certDir, 'key.pem')}, cert: ${join(certDir, 'cert.pem')} }` });
   });
   after(async () => {
@@ -53,7 +68,10 @@ describe('receive: STARTTLS and a real client', () => {
   it('offers STARTTLS when tls is configured', async () => {
     const { client, ehlo } = await SmtpClient.session(mx.port);
     await client.quit();
-    assert.ok(ehlo.lines.some((line) => line.slice(4) === 'STARTTLS'), ehlo.lines.join(' | '));
+    assert.ok(
+      ehlo.lines.some((line) => line.slice(4) === 'STARTTLS'),
+      ehlo.lines.join(' | '),
+    );
   });
 
   it('accepts mail from nodemailer over STARTTLS and records ESMTPS in the Received header', async () => {
@@ -91,12 +109,31 @@ describe('relay: a verified TLS session to the primary (primary.tls)', () => {
   let fingerprint: string;
   before(() => {
     certDir = mkdtempSync(join(tmpdir(), 'secondarymx-primary-tls-'));
-    execFileSync('openssl', [
-      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=primary.test.example', '-addext', 'subjectAltName=IP:127.0.0.1',
-      '-keyout', join(certDir, 'key.pem'), '-out', join(certDir, 'cert.pem'),
-    ], { stdio: 'ignore' });
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'rsa:2048',
+        '-nodes',
+        '-days',
+        '1',
+        '-subj',
+        '/CN=primary.test.example',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1',
+        '-keyout',
+        join(certDir, 'key.pem'),
+        '-out',
+        join(certDir, 'cert.pem'),
+      ],
+      { stdio: 'ignore' },
+    );
     tls = { key: readFileSync(join(certDir, 'key.pem')), cert: readFileSync(join(certDir, 'cert.pem')) };
-    fingerprint = execFileSync('openssl', ['x509', '-in', join(certDir, 'cert.pem'), '-noout', '-fingerprint', '-sha256'], { encoding: 'utf8' }).trim().split('=')[1];
+    fingerprint = execFileSync('openssl', ['x509', '-in', join(certDir, 'cert.pem'), '-noout', '-fingerprint', '-sha256'], { encoding: 'utf8' })
+      .trim()
+      .split('=')[1];
   });
   after(() => rmSync(certDir, { recursive: true, force: true }));
 
@@ -106,13 +143,22 @@ describe('relay: a verified TLS session to the primary (primary.tls)', () => {
     ['another fingerprint', () => `tls: { fingerprint: "${'AB:'.repeat(31)}AB" }`, false, /is not the pinned AB:AB/],
     ['an unknown CA (the system CAs)', () => 'tls: {}', false, /TLS: self[- ]signed certificate/],
     // Never a fallback to clear text when verification is asked.
-    ['no STARTTLS at all', () => `tls: { fingerprint: "${fingerprint}" }`, false, /no STARTTLS offered, and primary\.tls requires a verified TLS session/, false],
+    [
+      'no STARTTLS at all',
+      () => `tls: { fingerprint: "${fingerprint}" }`,
+      false,
+      /no STARTTLS offered, and primary\.tls requires a verified TLS session/,
+      false,
+    ],
   ];
   for (const [what, primaryTls, delivered, reason, offersTls = true] of cases) {
     it(`${delivered ? 'delivers' : 'never delivers'} to a primary presenting ${what}`, async () => {
       const primary = new TestPrimary(await freePort(), offersTls ? { tls } : {});
       await primary.start();
-      const yaml = baseConfig('relay: { probeInterval: 300 }').replace(/^primary: .*$/m, `primary: { host: 127.0.0.1, port: ${primary.port}, ${primaryTls()} }`);
+      const yaml = baseConfig('relay: { probeInterval: 300 }').replace(
+        /^primary: .*$/m,
+        `primary: { host: 127.0.0.1, port: ${primary.port}, ${primaryTls()} }`,
+      );
       const { dir, file } = writeTestConfig(yaml);
       const daemon = await spawnDaemon(file);
       try {

@@ -11,11 +11,14 @@ export async function withProgress<T>(work: Promise<T>, describe: (elapsedSecond
   const timer = setInterval(() => {
     const elapsed = (Date.now() - started) / 1000;
     if (elapsed < 1) return;
-    void Promise.resolve(describe(elapsed)).then((text) => {
-      if (finished) return;
-      shown = true;
-      process.stderr.write(`\r\x1b[K${text}`);
-    });
+    Promise.resolve(describe(elapsed)).then(
+      (text) => {
+        if (finished) return;
+        shown = true;
+        process.stderr.write(`\r\x1b[K${text}`);
+      },
+      () => undefined, // a progress line that cannot be made is left out
+    );
   }, 500);
   try {
     return await work;

@@ -16,7 +16,15 @@ export async function printQueue(spoolRoot: string, json: boolean): Promise<numb
   const { envelopes, unreadable } = existsSync(spool.queueDir) ? await spool.list() : { envelopes: [], unreadable: [] };
   for (const { id, reason } of unreadable) process.stderr.write(`secondarymx: ${id}: unreadable envelope: ${reason}\n`);
   if (json) {
-    const rows = envelopes.map((e) => ({ id: e.id, arrival: e.arrival, size: e.size, sender: e.sender, state: messageState(e), ...(e.heldReason ? { heldReason: e.heldReason } : {}), recipients: e.recipients }));
+    const rows = envelopes.map((e) => ({
+      id: e.id,
+      arrival: e.arrival,
+      size: e.size,
+      sender: e.sender,
+      state: messageState(e),
+      ...(e.heldReason ? { heldReason: e.heldReason } : {}),
+      recipients: e.recipients,
+    }));
     process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
     return 0;
   }
@@ -32,9 +40,7 @@ export function formatQueue(envelopes: readonly Envelope[]): string {
   for (const envelope of envelopes) {
     bytes += envelope.size;
     const arrival = envelope.arrival.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
-    lines.push(
-      `${envelope.id} ${String(envelope.size).padStart(8)} ${arrival.padEnd(20)} ${messageState(envelope).padEnd(8)} ${envelope.sender || '<>'}`,
-    );
+    lines.push(`${envelope.id} ${String(envelope.size).padStart(8)} ${arrival.padEnd(20)} ${messageState(envelope).padEnd(8)} ${envelope.sender || '<>'}`);
     if (envelope.heldReason) lines.push(`${' '.repeat(20)}held by the relay: ${envelope.heldReason}`);
     for (const recipient of envelope.recipients) lines.push(`${' '.repeat(60)}${recipient.address} (${recipient.state})`);
     lines.push('');
@@ -91,7 +97,10 @@ export async function showCommand(config: Config, id: string, json: boolean): Pr
  * addresses or headers are shown escaped, never interpreted. JSON output stays exact.
  */
 export function printable(line: string): string {
-  return line.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return line.replace(
+    /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
 }
 
 async function readHeaders(message: Readable): Promise<string[]> {

@@ -26,7 +26,9 @@ async function offlineStatus(config: Config): Promise<StatusReport> {
 export function formatStatus(report: StatusReport): string {
   const { daemon, directory, spool } = report;
   const lines = [
-    daemon.running ? `daemon: running (pid ${daemon.pid}) since ${shortTime(daemon.startedAt)}, listening on ${daemon.listen?.join(', ')}` : 'daemon: not running',
+    daemon.running
+      ? `daemon: running (pid ${daemon.pid}) since ${shortTime(daemon.startedAt)}, listening on ${daemon.listen?.join(', ')}`
+      : 'daemon: not running',
   ];
   if (directory) {
     const state = directory.complete ? 'complete' : `incomplete: never loaded: ${directory.missingSources.join(', ')}`;

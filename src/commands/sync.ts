@@ -8,7 +8,6 @@ import { runningDaemonPid } from '../spool/locks.js';
 import { withProgress } from './progress.js';
 import { formatTable } from './table.js';
 
-
 /** `secondarymx sync [--force]`: through the running daemon, or on its own when none runs. */
 export async function syncCommand(config: Config, options: { force: boolean; json: boolean }): Promise<number> {
   const progress = (elapsed: number) => `syncing ${config.sources.length} source(s)… ${elapsed.toFixed(0)} s`;
@@ -33,7 +32,9 @@ export function formatSync(report: SyncReport, via: string): string {
     s.addresses,
     `+${s.added.domains}/-${s.removed.domains}`,
     `+${s.added.addresses}/-${s.removed.addresses}`,
-    [s.reason ? `${s.result === 'held' ? 'held' : 'kept old data'}: ${s.reason}` : '', s.skipped ? `${s.skipped.length} rows left out: ${s.skipped[0]}` : ''].filter(Boolean).join('; '),
+    [s.reason ? `${s.result === 'held' ? 'held' : 'kept old data'}: ${s.reason}` : '', s.skipped ? `${s.skipped.length} rows left out: ${s.skipped[0]}` : '']
+      .filter(Boolean)
+      .join('; '),
   ]);
   const { directory } = report;
   const summary =

@@ -5,7 +5,6 @@ import type { ZodError } from 'zod';
 import { EX_CONFIG } from '../exit-codes.js';
 import { configSchema, type Config, type HostPort } from './schema.js';
 
-
 export class ConfigError extends Error {
   readonly exitCode = EX_CONFIG;
 }
@@ -126,9 +125,7 @@ export function describeConfig(config: Config): string {
 function maskSecrets(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(maskSecrets);
   if (value && typeof value === 'object') {
-    return Object.fromEntries(
-      Object.entries(value).map(([key, inner]) => [key, SECRET_KEY.test(key) ? '********' : maskSecrets(inner)]),
-    );
+    return Object.fromEntries(Object.entries(value).map(([key, inner]) => [key, SECRET_KEY.test(key) ? '********' : maskSecrets(inner)]));
   }
   if (typeof value === 'string') return maskUrl(value);
   return value;
@@ -148,7 +145,9 @@ export function insecureSources(config: Config): string[] {
   const warnings: string[] = [];
   for (const source of config.sources) {
     if (source.type === 'mxlist' && source.url.startsWith('http://')) {
-      warnings.push(`source ${source.name}: ${maskUrl(source.url)} is plain http: its password and domain list travel in clear, and a man in the middle can add domains; use https`);
+      warnings.push(
+        `source ${source.name}: ${maskUrl(source.url)} is plain http: its password and domain list travel in clear, and a man in the middle can add domains; use https`,
+      );
     }
     if (source.type === 'mysql' && source.ssl === false) {
       const host = source.host ?? new URL(source.url!.replace(/^mysql:/, 'http:')).hostname;

@@ -24,11 +24,9 @@ export function parseListenAddress(value: string): ListenAddress | undefined {
 const port = z.int().min(1).max(65535);
 const positiveInt = z.int().positive();
 
-const listenAddress = z
-  .string()
-  .refine((value) => parseListenAddress(value) !== undefined, {
-    message: 'expected "host:port" or "[ipv6]:port" with a port up to 65535',
-  });
+const listenAddress = z.string().refine((value) => parseListenAddress(value) !== undefined, {
+  message: 'expected "host:port" or "[ipv6]:port" with a port up to 65535',
+});
 
 const hostPort = z.strictObject({
   host: z.string().min(1),
@@ -251,7 +249,10 @@ export const configSchema = z.strictObject({
    * Postfix's recipient_delimiter: an address with an extension (alice+news@, list-confirm+token@)
    * is accepted when its base address is. Several characters allowed; "" turns it off.
    */
-  recipientDelimiter: z.string().regex(/^[^\sA-Za-z0-9@.]*$/, 'expected delimiter characters such as "+" or "+-"').default('+'),
+  recipientDelimiter: z
+    .string()
+    .regex(/^[^\sA-Za-z0-9@.]*$/, 'expected delimiter characters such as "+" or "+-"')
+    .default('+'),
   sources: z
     .array(z.discriminatedUnion('type', [fileSource, mysqlSource, mxlistSource]))
     .min(1)

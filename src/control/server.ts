@@ -22,7 +22,9 @@ export class ControlServer {
     private readonly routes: Record<string, Route>,
     private readonly log: Logger,
   ) {
-    this.server = createServer((request, response) => void this.handle(request, response));
+    this.server = createServer((request, response) => {
+      this.handle(request, response).catch((error: unknown) => this.log.error({ err: error }, 'control request failed'));
+    });
   }
 
   async listen(): Promise<void> {

@@ -17,10 +17,7 @@ export interface Conflict {
   claimedBy: string;
 }
 
-export type Lookup =
-  | { verdict: 'accept'; source: string; recipientCheck: boolean }
-  | { verdict: 'unknown-domain' }
-  | { verdict: 'unknown-address' };
+export type Lookup = { verdict: 'accept'; source: string; recipientCheck: boolean } | { verdict: 'unknown-domain' } | { verdict: 'unknown-address' };
 
 interface Owner {
   source: string;

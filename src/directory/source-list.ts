@@ -58,7 +58,8 @@ export class SourceListBuilder {
   }
 
   build(): Pulled {
-    if (this.list.size === 0) throw new SourceError(`empty result: no domain at all${this.skipped.length ? ` (${this.skipped.length} rows not valid: ${this.skipped[0]})` : ''}`);
+    if (this.list.size === 0)
+      throw new SourceError(`empty result: no domain at all${this.skipped.length ? ` (${this.skipped.length} rows not valid: ${this.skipped[0]})` : ''}`);
     return { list: this.list, skipped: this.skipped };
   }
 }

@@ -139,9 +139,15 @@ export class Syncer {
       directory: { domains: snapshot.domainCount, addresses: snapshot.addressCount, complete: snapshot.complete, conflicts: snapshot.conflicts },
     };
     for (const conflict of snapshot.conflicts) {
-      this.log.warn(conflict, `domain ${conflict.domain} is listed by ${conflict.keptBy} and ${conflict.claimedBy}: ${conflict.keptBy} (listed first) keeps it`);
+      this.log.warn(
+        conflict,
+        `domain ${conflict.domain} is listed by ${conflict.keptBy} and ${conflict.claimedBy}: ${conflict.keptBy} (listed first) keeps it`,
+      );
     }
-    this.log.info({ ...report.directory, conflicts: snapshot.conflicts.length, kept: sources.filter((s) => s.result === 'kept').map((s) => s.name) }, 'sync finished');
+    this.log.info(
+      { ...report.directory, conflicts: snapshot.conflicts.length, kept: sources.filter((s) => s.result === 'kept').map((s) => s.name) },
+      'sync finished',
+    );
     return report;
   }
 
@@ -158,10 +164,21 @@ export class Syncer {
         ...this.state[source.name],
         type: source.type,
         lastAttempt: attemptAt,
-        ...(applied ? { lastSuccess: attemptAt, lastError: undefined, held: result === 'held' ? reason : undefined, skipped: skipped.length } : { lastError: reason }),
+        ...(applied
+          ? { lastSuccess: attemptAt, lastError: undefined, held: result === 'held' ? reason : undefined, skipped: skipped.length }
+          : { lastError: reason }),
         ...counts,
       };
-      return { name: source.name, type: source.type, result, ...(reason ? { reason } : {}), ...(skipped.length ? { skipped } : {}), ...counts, ...diff, durationMs: Date.now() - started };
+      return {
+        name: source.name,
+        type: source.type,
+        result,
+        ...(reason ? { reason } : {}),
+        ...(skipped.length ? { skipped } : {}),
+        ...counts,
+        ...diff,
+        durationMs: Date.now() - started,
+      };
     };
     const none = { added: { domains: 0, addresses: 0 }, removed: { domains: 0, addresses: 0 } };
     let list: SourceList;
@@ -175,7 +192,10 @@ export class Syncer {
       return report('kept', reason, none);
     }
     if (skipped.length > 0) {
-      this.log.warn({ event: 'rows_skipped', source: source.name, count: skipped.length, rows: skipped.slice(0, 20) }, 'rows left out of the pull: not valid (the rest applies)');
+      this.log.warn(
+        { event: 'rows_skipped', source: source.name, count: skipped.length, rows: skipped.slice(0, 20) },
+        'rows left out of the pull: not valid (the rest applies)',
+      );
     }
     const { maxShrink, shrinkFloor } = this.config.sync;
     const shrink = previous && !force ? shrinkBeyond(before, diffLists(previous, list).removed, maxShrink, shrinkFloor) : undefined;
@@ -184,7 +204,10 @@ export class Syncer {
       // Additions apply now (a new domain must not get 550 while the guard holds); removals wait for --force.
       held = `${shrink}, over sync.maxShrink ${maxShrink}%: removals held back, additions applied; run "secondarymx sync --force" to apply the removals`;
       list = keepingRemovals(previous!, list);
-      this.log.warn({ event: 'shrink_held', source: source.name, reason: held, before, pulled: countList(list) }, 'source shrank too much: its removals are held back');
+      this.log.warn(
+        { event: 'shrink_held', source: source.name, reason: held, before, pulled: countList(list) },
+        'source shrank too much: its removals are held back',
+      );
     }
     const diff = previous ? diffLists(previous, list) : { added: countList(list), removed: { domains: 0, addresses: 0 } };
     try {
@@ -250,7 +273,13 @@ function keepingRemovals(previous: SourceList, pulled: SourceList): SourceList {
     const old = previous.get(domain);
     merged.set(
       domain,
-      old ? { recipientCheck: entry.recipientCheck || old.recipientCheck, catchAll: entry.catchAll || old.catchAll, localParts: new Set([...old.localParts, ...entry.localParts]) } : entry,
+      old
+        ? {
+            recipientCheck: entry.recipientCheck || old.recipientCheck,
+            catchAll: entry.catchAll || old.catchAll,
+            localParts: new Set([...old.localParts, ...entry.localParts]),
+          }
+        : entry,
     );
   }
   return merged;

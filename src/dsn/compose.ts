@@ -73,7 +73,10 @@ function humanText(input: NoticeInput, subject: string | undefined): string {
     '',
     `Message: ${subject ? `"${subject}", ` : ''}received ${rfc5322Date(new Date(envelope.arrival))}, queue id ${envelope.id}`,
     '',
-    ...recipients.map((r) => `<${r.address}>: ${r.status === '4.4.7' ? 'delivery time expired; ' : ''}${r.reply ? `last reply: ${r.reply}` : 'no answer from the primary mail server'}`),
+    ...recipients.map(
+      (r) =>
+        `<${r.address}>: ${r.status === '4.4.7' ? 'delivery time expired; ' : ''}${r.reply ? `last reply: ${r.reply}` : 'no answer from the primary mail server'}`,
+    ),
     '',
     ...(input.withoutOriginal === undefined ? [] : [`The original message's headers are not included: ${input.withoutOriginal}.`, '']),
   ];

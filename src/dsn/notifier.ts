@@ -44,7 +44,11 @@ export class Notifier {
     const notice = envelope.notice;
     if (!notice) return;
     await this.write(envelope);
-    this.settle(envelope, envelope.recipients.filter((r) => notice.recipients.includes(r.address)), notice.action);
+    this.settle(
+      envelope,
+      envelope.recipients.filter((r) => notice.recipients.includes(r.address)),
+      notice.action,
+    );
   }
 
   private owed(envelope: Envelope, recipients: Recipient[], action: NoticeAction): Recipient[] {
@@ -58,7 +62,8 @@ export class Notifier {
     const wanted = action === 'failed' ? 'FAILURE' : 'DELAY';
     const owed = recipients.filter((r) => !r.notify || r.notify.includes(wanted));
     const skipped = recipients.filter((r) => !owed.includes(r));
-    if (skipped.length > 0) this.log.info({ queueId: envelope.id, to: skipped.map((r) => r.address), action, notify: skipped[0].notify }, 'no DSN: NOTIFY does not ask for it');
+    if (skipped.length > 0)
+      this.log.info({ queueId: envelope.id, to: skipped.map((r) => r.address), action, notify: skipped[0].notify }, 'no DSN: NOTIFY does not ask for it');
     return owed;
   }
 
@@ -84,7 +89,10 @@ export class Notifier {
     const data = await composeNotice(input).catch((error: unknown) => {
       if ((error as NodeJS.ErrnoException).syscall) throw error; // reading the spool failed: not the message's fault
       // A message the parser cannot read (a header of 17,000 lines) still gets its notice, without the original.
-      this.log.warn({ event: 'notice_without_original', queueId: envelope.id, reason: (error as Error).message }, 'the original cannot be read: notice sent without it');
+      this.log.warn(
+        { event: 'notice_without_original', queueId: envelope.id, reason: (error as Error).message },
+        'the original cannot be read: notice sent without it',
+      );
       return composeNotice({ ...input, withoutOriginal: 'they could not be read' });
     });
     const dsn = await this.spool.enqueue(notice.id, data, {
@@ -96,7 +104,10 @@ export class Notifier {
       client: { address: '127.0.0.1', helo: this.config.hostname },
       kind: 'dsn',
     });
-    this.log.info({ queueId: envelope.id, dsnId: dsn.id, action: notice.action, to: envelope.sender, recipients: notice.recipients }, `DSN queued (${notice.action})`);
+    this.log.info(
+      { queueId: envelope.id, dsnId: dsn.id, action: notice.action, to: envelope.sender, recipients: notice.recipients },
+      `DSN queued (${notice.action})`,
+    );
     this.queued(dsn);
   }
 }

@@ -12,7 +12,11 @@ export function clientKey(address: string, prefix: number): string {
   if (mapped) return mapped;
   if (!isIPv6(address)) return address;
   const groups = expand(address);
-  const bits = groups.map((group) => group.toString(2).padStart(16, '0')).join('').slice(0, prefix).padEnd(128, '0');
+  const bits = groups
+    .map((group) => group.toString(2).padStart(16, '0'))
+    .join('')
+    .slice(0, prefix)
+    .padEnd(128, '0');
   const network = Array.from({ length: 8 }, (_, i) => parseInt(bits.slice(i * 16, i * 16 + 16), 2).toString(16)).join(':');
   return `${network}/${prefix}`;
 }

@@ -96,7 +96,8 @@ export class MessageInspector {
     this.headerBytes += chunk.length;
     this.tail = Buffer.concat([tail, chunk.subarray(Math.max(0, chunk.length - 3))]).subarray(-3);
     let end = -1;
-    if (before === 0 && chunk.subarray(0, 2).equals(HEADER_END.subarray(0, 2))) end = 0; // no header at all
+    if (before === 0 && chunk.subarray(0, 2).equals(HEADER_END.subarray(0, 2)))
+      end = 0; // no header at all
     else {
       const found = Buffer.concat([tail, chunk]).indexOf(HEADER_END);
       if (found !== -1) end = before - tail.length + found;
@@ -109,7 +110,10 @@ export class MessageInspector {
   private endHeader(block: Buffer): void {
     this.headerDone = true;
     this.header = [];
-    const lines = block.toString('latin1').replace(/\r\n(?=[ \t])/g, '').split('\r\n');
+    const lines = block
+      .toString('latin1')
+      .replace(/\r\n(?=[ \t])/g, '')
+      .split('\r\n');
     let received = 0;
     for (const line of lines) {
       if (/^received:/i.test(line)) received++;

@@ -15,13 +15,7 @@ export function rfc5322Date(date: Date): string {
  * The trace header this MX prepends (RFC 5321 §4.4). "for" names the recipient only
  * when there is exactly one, as Postfix does, so a message to many does not list them.
  */
-export function receivedHeader(
-  session: SMTPServerSession,
-  recipients: readonly string[],
-  hostname: string,
-  queueId: string,
-  now: Date,
-): string {
+export function receivedHeader(session: SMTPServerSession, recipients: readonly string[], hostname: string, queueId: string, now: Date): string {
   // RFC 6531 §3.7.3: SMTPUTF8 sessions are "UTF8SMTP", "UTF8SMTPS".
   const protocol = session.envelope.smtpUtf8 ? session.transmissionType.replace(/^E?SMTP/, 'UTF8SMTP') : session.transmissionType;
   const client = session.remoteAddress.includes(':') ? `IPv6:${session.remoteAddress}` : session.remoteAddress;

@@ -129,7 +129,11 @@ export class ReceiveServer {
       size: this.messageSize,
       maxRecipients: config.limits.recipients,
       maxCommandLength: config.limits.commandLength,
-      sessionLimits: { errorsPerSession: config.limits.errorsPerSession, commandsBeforeMail: config.limits.commandsBeforeMail, junkCommands: config.limits.junkCommands },
+      sessionLimits: {
+        errorsPerSession: config.limits.errorsPerSession,
+        commandsBeforeMail: config.limits.commandsBeforeMail,
+        junkCommands: config.limits.junkCommands,
+      },
       greetingPause: config.limits.greetingPause * 1000,
       socketTimeout: config.limits.idleTimeout * 1000,
       closeTimeout: config.limits.shutdownTimeout * 1000,
@@ -154,10 +158,13 @@ export class ReceiveServer {
       onData: (stream, session, callback) => {
         this.inData.add(session.id);
         const slow = setTimeout(() => this.cut(session, '4.4.2 DATA took too long, closing connection'), config.limits.dataTimeout * 1000);
-        this.receive(stream, session).finally(() => clearTimeout(slow)).then(
-          (reply) => callback(null, reply),
-          (error: unknown) => callback(error instanceof SmtpReply ? error : this.internalError(error, session)),
-        ).finally(() => this.inData.delete(session.id));
+        this.receive(stream, session)
+          .finally(() => clearTimeout(slow))
+          .then(
+            (reply) => callback(null, reply),
+            (error: unknown) => callback(error instanceof SmtpReply ? error : this.internalError(error, session)),
+          )
+          .finally(() => this.inData.delete(session.id));
       },
     };
   }
@@ -176,7 +183,10 @@ export class ReceiveServer {
     if (fromClient >= limits.connectionsPerClient) return refuse('per-client connection limit reached', limits.connectionsPerClient);
     this.sessions.set(session.id, client);
     this.perClient.set(client, fromClient + 1);
-    this.sessionTimers.set(session.id, setTimeout(() => this.cut(session, '4.4.2 Session took too long, closing connection'), limits.sessionTimeout * 1000));
+    this.sessionTimers.set(
+      session.id,
+      setTimeout(() => this.cut(session, '4.4.2 Session took too long, closing connection'), limits.sessionTimeout * 1000),
+    );
     return null;
   }
 
@@ -300,7 +310,8 @@ export class ReceiveServer {
     const dsnOf = new Map<string, { notify?: string[]; orcpt?: string }>();
     for (const rcpt of session.envelope.rcptTo) {
       const address = normalizeRecipient(rcpt.address);
-      if (!dsnOf.has(address)) dsnOf.set(address, { ...(rcpt.dsn?.notify ? { notify: rcpt.dsn.notify } : {}), ...(rcpt.dsn?.orcpt ? { orcpt: rcpt.dsn.orcpt } : {}) });
+      if (!dsnOf.has(address))
+        dsnOf.set(address, { ...(rcpt.dsn?.notify ? { notify: rcpt.dsn.notify } : {}), ...(rcpt.dsn?.orcpt ? { orcpt: rcpt.dsn.orcpt } : {}) });
     }
     const recipients = [...dsnOf.keys()];
     let message: IncomingMessage | undefined;
@@ -333,7 +344,10 @@ export class ReceiveServer {
       }
     } catch (error) {
       await dropMessage();
-      log.info({ client: session.remoteAddress, from: senderOf(session), size: inspector.size, reason: (error as Error).message }, 'connection lost during DATA, nothing queued');
+      log.info(
+        { client: session.remoteAddress, from: senderOf(session), size: inspector.size, reason: (error as Error).message },
+        'connection lost during DATA, nothing queued',
+      );
       throw new SmtpReply(451, '4.4.2', 'Connection lost during DATA'); // nobody is left to read it
     }
     inspector.finish();
@@ -341,7 +355,10 @@ export class ReceiveServer {
     if (storageError) log.error({ err: storageError, client: session.remoteAddress }, 'spool: cannot write the message');
     const refusal = inspector.problem ?? (message ? undefined : STORAGE_FAILURE());
     if (refusal || !message) {
-      log.info({ client: session.remoteAddress, from: senderOf(session), to: recipients, size: inspector.size, reply: `${refusal!.responseCode} ${refusal!.message}` }, 'message refused');
+      log.info(
+        { client: session.remoteAddress, from: senderOf(session), to: recipients, size: inspector.size, reply: `${refusal!.responseCode} ${refusal!.message}` },
+        'message refused',
+      );
       this.options.metrics?.refused.inc({ reason: refusalReason(refusal!.enhancedCode) });
       throw refusal;
     }

@@ -42,10 +42,24 @@ export async function mailHosts(domain: string, servers: readonly string[] | und
 
 /** Networks that are not the public internet: loopback, private, link-local, CGNAT, unique-local, unspecified. */
 const INTERNAL = new BlockList();
-for (const [network, bits] of [['0.0.0.0', 8], ['10.0.0.0', 8], ['100.64.0.0', 10], ['127.0.0.0', 8], ['169.254.0.0', 16], ['172.16.0.0', 12], ['192.168.0.0', 16]] as const) {
+for (const [network, bits] of [
+  ['0.0.0.0', 8],
+  ['10.0.0.0', 8],
+  ['100.64.0.0', 10],
+  ['127.0.0.0', 8],
+  ['169.254.0.0', 16],
+  ['172.16.0.0', 12],
+  ['192.168.0.0', 16],
+] as const) {
   INTERNAL.addSubnet(network, bits, 'ipv4');
 }
-for (const [network, bits] of [['::', 127], ['fc00::', 7], ['fe80::', 10], ['::ffff:0:0', 96]] as const) INTERNAL.addSubnet(network, bits, 'ipv6');
+for (const [network, bits] of [
+  ['::', 127],
+  ['fc00::', 7],
+  ['fe80::', 10],
+  ['::ffff:0:0', 96],
+] as const)
+  INTERNAL.addSubnet(network, bits, 'ipv6');
 
 /** Whether an address is on an internal network: a sender domain whose MX points there must not get our DSNs (a probe of the inside). */
 export function isInternalAddress(address: string): boolean {

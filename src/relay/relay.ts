@@ -82,7 +82,13 @@ export class Relay extends EventEmitter {
     super();
     this.routes = new Routes(config);
     this.schedule = new Schedule(config.relay, (kind, recipient) => this.routes.keyFor(kind, recipient));
-    this.notifier = new Notifier(config, spool, log, (dsn) => this.add(dsn), (envelope, recipient) => this.routes.resolve(envelope.kind, recipient).address.host);
+    this.notifier = new Notifier(
+      config,
+      spool,
+      log,
+      (dsn) => this.add(dsn),
+      (envelope, recipient) => this.routes.resolve(envelope.kind, recipient).address.host,
+    );
   }
 
   /** Indexes the spool; call once before anything else. Interrupted notices are finished as chores, not here. */
@@ -111,11 +117,13 @@ export class Relay extends EventEmitter {
         const route = this.routes.get(key);
         while (route?.up && route.workers < Math.min(this.config.relay.concurrency, this.schedule.readyCount(key))) {
           route.workers++;
-          void this.work(route).finally(() => {
-            route.workers--;
-            this.routes.sweep((k) => this.schedule.uses(k));
-            this.emit('progress');
-          });
+          this.work(route)
+            .catch((error: unknown) => this.log.error({ err: error, primary: route.key }, 'relay worker failed'))
+            .finally(() => {
+              route.workers--;
+              this.routes.sweep((k) => this.schedule.uses(k));
+              this.emit('progress');
+            });
         }
       }
     }
@@ -145,12 +153,14 @@ export class Relay extends EventEmitter {
       if (!next) return;
       this.choresRunning++;
       this.schedule.take(next.entry);
-      void this.chore(next.chore, next.entry).finally(() => {
-        this.choresRunning--;
-        this.schedule.finish(next.entry, Date.now());
-        this.emit('progress');
-        this.kick();
-      });
+      this.chore(next.chore, next.entry)
+        .catch((error: unknown) => this.log.error({ err: error, queueId: next.entry.id, chore: next.chore }, 'queue chore failed'))
+        .finally(() => {
+          this.choresRunning--;
+          this.schedule.finish(next.entry, Date.now());
+          this.emit('progress');
+          this.kick();
+        });
     }
   }
 
@@ -218,7 +228,10 @@ export class Relay extends EventEmitter {
       if (outcome.kind !== 'done') return;
       this.schedule.index(outcome.value, Date.now());
       this.metrics?.relayHeld.inc();
-      this.log.error({ event: 'message_held', queueId: entry.id, err: error }, 'message held: the relay cannot process it (release it with "queue release" once fixed)');
+      this.log.error(
+        { event: 'message_held', queueId: entry.id, err: error },
+        'message held: the relay cannot process it (release it with "queue release" once fixed)',
+      );
     } catch (second) {
       if (isStorageError(second)) return this.storageFault(second, entry.id);
       this.schedule.delete(entry.id);
@@ -438,7 +451,9 @@ export class Relay extends EventEmitter {
   private async unreachableMx(entry: Scheduled, route: Route, error: Error): Promise<AttemptOutcome | undefined> {
     const permanent = error instanceof NoMailDomain;
     const reply = permanent ? `550 5.1.2 ${error.message}` : `451 4.4.1 ${error.message}`;
-    return this.attemptWith(entry, route, async (recipients) => recipients.map((r) => ({ address: r.address, outcome: permanent ? 'failed' : 'deferred', reply })));
+    return this.attemptWith(entry, route, async (recipients) =>
+      recipients.map((r) => ({ address: r.address, outcome: permanent ? 'failed' : 'deferred', reply })),
+    );
   }
 
   /** One attempt: this route's pending recipients of one message, in one transaction on the session. */
@@ -536,7 +551,10 @@ export class Relay extends EventEmitter {
   private markDown(route: Route, reason: string): void {
     if (!route.up) return;
     route.up = false;
-    this.log.warn({ event: 'primary_down', primary: route.key, reason, probeInterval: this.config.relay.probeInterval }, 'primary is DOWN: delivery stopped, probing');
+    this.log.warn(
+      { event: 'primary_down', primary: route.key, reason, probeInterval: this.config.relay.probeInterval },
+      'primary is DOWN: delivery stopped, probing',
+    );
     this.emit('progress');
     this.scheduleProbe(route);
   }
@@ -544,7 +562,9 @@ export class Relay extends EventEmitter {
   private scheduleProbe(route: Route): void {
     if (!this.daemon || this.stopped) return;
     clearTimeout(route.probe);
-    route.probe = setTimeout(() => void this.probe(route), this.config.relay.probeInterval * 1000);
+    route.probe = setTimeout(() => {
+      this.probe(route).catch((error: unknown) => this.log.error({ err: error, primary: route.key }, 'probe failed'));
+    }, this.config.relay.probeInterval * 1000);
   }
 
   /** Connect, EHLO, QUIT: the primary is up again when that works. */

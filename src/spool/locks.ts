@@ -68,7 +68,9 @@ export async function takeDaemonLock(root: string): Promise<void> {
     }
     const holder = runningDaemonPid(root);
     if (holder) {
-      throw new SpoolLockedError(`spool ${root} is in use by process ${holder} (another secondarymx serve); if that process is not secondarymx, remove ${pidFile}`);
+      throw new SpoolLockedError(
+        `spool ${root} is in use by process ${holder} (another secondarymx serve); if that process is not secondarymx, remove ${pidFile}`,
+      );
     }
     await unlinkIfAny(pidFile); // stale: its holder is gone
   }

@@ -134,7 +134,14 @@ export class Spool {
   async summary(): Promise<{ messages: number; bytes: number }> {
     const names = await readdir(this.queueDir).catch(() => [] as string[]);
     const queued = names.filter((name) => name.endsWith('.msg'));
-    const sizes = await Promise.all(queued.map((name) => stat(join(this.queueDir, name)).then((s) => s.size, () => 0)));
+    const sizes = await Promise.all(
+      queued.map((name) =>
+        stat(join(this.queueDir, name)).then(
+          (s) => s.size,
+          () => 0,
+        ),
+      ),
+    );
     return { messages: queued.length, bytes: sizes.reduce((sum, size) => sum + size, 0) };
   }
 
@@ -153,7 +160,13 @@ export class Spool {
   /** Queues a message this MX wrote itself (a DSN) under a chosen id; no-op if it is already queued. */
   async enqueue(id: string, data: Buffer, fields: EnvelopeFields): Promise<Envelope> {
     const envelope: Envelope = { version: 1, id, size: data.length, ...fields };
-    if (await stat(this.messagePath(id)).then(() => true, () => false)) return this.readEnvelope(id);
+    if (
+      await stat(this.messagePath(id)).then(
+        () => true,
+        () => false,
+      )
+    )
+      return this.readEnvelope(id);
     await this.publish(id, () => writeFileSynced(join(this.tmpDir, `${id}.msg`), this.messagePath(id), [data, envelopeTrailer(envelope)]));
     return envelope;
   }

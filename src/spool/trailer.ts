@@ -29,7 +29,7 @@ export async function readTrailer(path: string, id: string): Promise<Envelope> {
   const handle = await open(path, 'r');
   try {
     const reads = trailerReads((await handle.stat()).size, id);
-    for (let next = reads.next(); ; ) {
+    for (let next = reads.next(); ;) {
       if (next.done) return next.value;
       const buffer = Buffer.alloc(next.value.length);
       const { bytesRead } = await handle.read(buffer, 0, buffer.length, next.value.position);
@@ -45,7 +45,7 @@ export function readTrailerSync(path: string, id: string): Envelope {
   const fd = openSync(path, 'r');
   try {
     const reads = trailerReads(fstatSync(fd).size, id);
-    for (let next = reads.next(); ; ) {
+    for (let next = reads.next(); ;) {
       if (next.done) return next.value;
       const buffer = Buffer.alloc(next.value.length);
       next = reads.next(buffer.subarray(0, readSync(fd, buffer, 0, buffer.length, next.value.position)));

@@ -32,7 +32,9 @@ export class SpoolWatch extends EventEmitter {
   /** The first look, then one every second. */
   async start(): Promise<void> {
     await this.check();
-    this.timer = setInterval(() => void this.check(), INTERVAL_MS);
+    this.timer = setInterval(() => {
+      this.check().catch((error: unknown) => this.log.error({ err: error }, 'spool watch failed'));
+    }, INTERVAL_MS);
     this.timer.unref();
   }
 
@@ -60,7 +62,11 @@ export class SpoolWatch extends EventEmitter {
 
   async check(): Promise<void> {
     const moved = await this.spool.movedFolder();
-    if (!moved) this.bytesFree = await statfs(this.spool.root).then((s) => s.bavail * s.bsize, () => Infinity);
+    if (!moved)
+      this.bytesFree = await statfs(this.spool.root).then(
+        (s) => s.bavail * s.bsize,
+        () => Infinity,
+      );
     const [condition, why] = moved
       ? (['gone', `spool ${moved} is not the folder this daemon locked (deleted, moved or replaced): restart the daemon`] as const)
       : this.bytesFree < this.minFree

@@ -58,10 +58,15 @@ export async function spawnDaemon(configFile: string, options: { prefix?: string
     createInterface({ input: child.stdout! }).on('line', (line) => {
       const entry = JSON.parse(line) as Record<string, unknown>;
       logs.push(entry);
-      if (entry.msg === 'listening') listening = Number(String((entry.listen as string[])[0]).split(':').pop());
+      if (entry.msg === 'listening')
+        listening = Number(
+          String((entry.listen as string[])[0])
+            .split(':')
+            .pop(),
+        );
       if (entry.msg === 'sync finished' && listening !== undefined) resolve(listening);
     });
-    void exited.then(({ code }) => reject(new Error(`daemon exited with ${code} before listening: ${stderr}`)));
+    exited.then(({ code }) => reject(new Error(`daemon exited with ${code} before listening: ${stderr}`)), reject);
   });
   return { child, port, logs, exited };
 }

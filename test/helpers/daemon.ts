@@ -72,7 +72,10 @@ export function withPrimary(yaml: string, port: number | undefined): string {
 export async function startTestDaemon(
   options: { extra?: string; sources?: string; domains?: string; spoolDir?: string; primaryPort?: number } = {},
 ): Promise<TestDaemon> {
-  const yaml = withPrimary(baseConfig(options.extra, options.sources), options.primaryPort).replace('spool: ./spool', `spool: ${options.spoolDir ?? './spool'}`);
+  const yaml = withPrimary(baseConfig(options.extra, options.sources), options.primaryPort).replace(
+    'spool: ./spool',
+    `spool: ${options.spoolDir ?? './spool'}`,
+  );
   const { dir, file } = writeTestConfig(yaml, options.domains);
   const config = parseConfig(yaml, file);
   const logs: Array<Record<string, unknown>> = [];

@@ -54,7 +54,8 @@ export class TestDnsServer {
         answers.push(record(TYPE.MX, Buffer.concat([preference, encodeName(mx.exchange)])));
       }
     }
-    if (zone && type === TYPE.A) for (const address of (zone.a ?? []).filter((a) => isIPv4(a))) answers.push(record(TYPE.A, Buffer.from(address.split('.').map(Number))));
+    if (zone && type === TYPE.A)
+      for (const address of (zone.a ?? []).filter((a) => isIPv4(a))) answers.push(record(TYPE.A, Buffer.from(address.split('.').map(Number))));
     const header = Buffer.alloc(12);
     query.copy(header, 0, 0, 2); // id
     header.writeUInt16BE(zone ? 0x8180 : 0x8183, 2); // response, recursion available; NXDOMAIN for unknown names
@@ -65,7 +66,10 @@ export class TestDnsServer {
 }
 
 function encodeName(name: string): Buffer {
-  const parts = name.split('.').filter(Boolean).map((label) => Buffer.concat([Buffer.from([label.length]), Buffer.from(label, 'latin1')]));
+  const parts = name
+    .split('.')
+    .filter(Boolean)
+    .map((label) => Buffer.concat([Buffer.from([label.length]), Buffer.from(label, 'latin1')]));
   return Buffer.concat([...parts, Buffer.from([0])]);
 }
 

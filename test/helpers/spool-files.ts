@@ -7,7 +7,10 @@ import { readTrailerSync } from '../../src/spool/trailer.js';
 
 /** Ids of the queued messages (one queue/<id>.msg each), sorted. */
 export function queuedIds(spoolDir: string): string[] {
-  return readdirSync(join(spoolDir, 'queue')).filter((name) => name.endsWith('.msg')).map((name) => name.slice(0, -'.msg'.length)).sort();
+  return readdirSync(join(spoolDir, 'queue'))
+    .filter((name) => name.endsWith('.msg'))
+    .map((name) => name.slice(0, -'.msg'.length))
+    .sort();
 }
 
 /** A queued message's envelope: its later state (queue/<id>.env) if it changed, else the one stored after the message. */

@@ -40,7 +40,10 @@ function drain(s: Schedule, route: string, now: number): string[] {
 
 describe('relay schedule (injected time, no I/O)', () => {
   it('backs off as Postfix does: min, doubling, capped at max', () => {
-    assert.deepEqual([1, 2, 3, 4, 5, 10].map((n) => backoff(n, 300, 4000)), [300, 600, 1200, 2400, 4000, 4000]);
+    assert.deepEqual(
+      [1, 2, 3, 4, 5, 10].map((n) => backoff(n, 300, 4000)),
+      [300, 600, 1200, 2400, 4000, 4000],
+    );
   });
 
   it('hands out due messages oldest first, per route, and a deferred one only once its backoff has passed', () => {
@@ -126,7 +129,7 @@ describe('relay schedule (injected time, no I/O)', () => {
     assert.equal(s.get(e.id)!.expires, T0 + 60_000);
   });
 
-  it('counts the messages using each route, so routes to senders\' MX hosts are forgotten once idle', () => {
+  it("counts the messages using each route, so routes to senders' MX hosts are forgotten once idle", () => {
     const config = parseConfig('primary: { host: 127.0.0.1, port: 2526 }\nsources: [{ name: a, type: file, path: x }]\n', '/test.yaml');
     const routes = new Routes(config);
     const mxRoutes = () => [...routes.all()].filter((route) => route.mxDomain).length;

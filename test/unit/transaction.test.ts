@@ -31,17 +31,29 @@ describe('relay transaction: one message, one transaction (scripted primary, no 
     const primary = new ScriptedPrimary();
     const session = await primary.session();
     const body = `Subject: big\r\n\r\n${'x'.repeat(76)}\r\n`.repeat(2500); // 190 KB
-    const recipients = Array.from({ length: 100 }, (_, i) => ({ address: `user${i}@d1.example`, orcpt: `rfc822;User${i}+tag@D1.example`, notify: i % 2 ? ['FAILURE'] : ['SUCCESS', 'DELAY'] }));
+    const recipients = Array.from({ length: 100 }, (_, i) => ({
+      address: `user${i}@d1.example`,
+      orcpt: `rfc822;User${i}+tag@D1.example`,
+      notify: i % 2 ? ['FAILURE'] : ['SUCCESS', 'DELAY'],
+    }));
     const result = await sendMessage(session, outgoing(recipients, body, { ret: 'HDRS', envid: 'env=42' }));
     assert.ok(result.recipients.every((r) => r.outcome === 'delivered'));
     assert.equal(result.reusable, true);
-    assert.deepEqual(verbs(primary).slice(1).filter((v) => v !== 'RCPT'), ['MAIL', 'DATA', '.']);
+    assert.deepEqual(
+      verbs(primary)
+        .slice(1)
+        .filter((v) => v !== 'RCPT'),
+      ['MAIL', 'DATA', '.'],
+    );
     assert.equal(primary.delivered.length, 1);
     assert.equal(primary.delivered[0].to.length, 100);
     const rcpts = primary.commands.filter((c) => c.startsWith('RCPT'));
     assert.equal(rcpts[7], 'RCPT TO:<user7@d1.example> NOTIFY=FAILURE ORCPT=rfc822;User7+2Btag@D1.example');
     assert.equal(rcpts[8], 'RCPT TO:<user8@d1.example> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;User8+2Btag@D1.example');
-    assert.match(primary.commands.find((c) => c.startsWith('MAIL'))!, new RegExp(`^MAIL FROM:<sender@remote.example> SIZE=${Buffer.byteLength(body)} RET=HDRS ENVID=env\\+3D42$`));
+    assert.match(
+      primary.commands.find((c) => c.startsWith('MAIL'))!,
+      new RegExp(`^MAIL FROM:<sender@remote.example> SIZE=${Buffer.byteLength(body)} RET=HDRS ENVID=env\\+3D42$`),
+    );
     const data = Buffer.byteLength(primary.delivered[0].data) + '.\r\n'.length;
     assert.ok(data <= Buffer.byteLength(body) * 1.01, `${data} bytes of DATA for a ${Buffer.byteLength(body)}-byte message`);
   });
@@ -49,10 +61,16 @@ describe('relay transaction: one message, one transaction (scripted primary, no 
   it('delivers the others exactly once when a recipient in the middle is refused, and fails only that one', async () => {
     const primary = new ScriptedPrimary(byPrefix({ 'RCPT TO:<b@': '550 5.1.1 <b@d1.example>: Recipient address rejected' }));
     const session = await primary.session();
-    const result = await sendMessage(session, outgoing([{ address: 'a@d1.example', orcpt: 'rfc822;a@d1.example' }, { address: 'b@d1.example', orcpt: 'rfc822;b@d1.example' }, 'c@d1.example']));
+    const result = await sendMessage(
+      session,
+      outgoing([{ address: 'a@d1.example', orcpt: 'rfc822;a@d1.example' }, { address: 'b@d1.example', orcpt: 'rfc822;b@d1.example' }, 'c@d1.example']),
+    );
     assert.deepEqual(outcomes(result), ['a@d1.example delivered', 'b@d1.example failed', 'c@d1.example delivered']);
     assert.equal(result.recipients[1].reply, '550 5.1.1 <b@d1.example>: Recipient address rejected');
-    assert.deepEqual(primary.delivered.map((d) => d.to), [['a@d1.example', 'c@d1.example']]);
+    assert.deepEqual(
+      primary.delivered.map((d) => d.to),
+      [['a@d1.example', 'c@d1.example']],
+    );
     assert.equal(result.reusable, true);
     // The session carries the next message without a nested MAIL.
     const next = await sendMessage(session, outgoing(['d@d1.example']));
@@ -72,7 +90,10 @@ describe('relay transaction: one message, one transaction (scripted primary, no 
   });
 
   it('applies a refused MAIL to every recipient (4xx deferred, 5xx failed) and resets', async () => {
-    for (const [reply, outcome] of [['451 4.3.0 try later', 'deferred'], ['552 5.3.4 too big', 'failed']] as const) {
+    for (const [reply, outcome] of [
+      ['451 4.3.0 try later', 'deferred'],
+      ['552 5.3.4 too big', 'failed'],
+    ] as const) {
       const primary = new ScriptedPrimary(byPrefix({ MAIL: reply }));
       const session = await primary.session();
       const result = await sendMessage(session, outgoing(['a@d1.example', 'b@d1.example']));
@@ -119,7 +140,11 @@ describe('relay transaction: one message, one transaction (scripted primary, no 
       const primary = new ScriptedPrimary(byPrefix(rules));
       const session = await primary.session();
       const result = await sendMessage(session, outgoing(['a@d1.example', 'b@d1.example']));
-      assert.deepEqual(result.recipients.map((r) => r.outcome), expected, JSON.stringify(rules));
+      assert.deepEqual(
+        result.recipients.map((r) => r.outcome),
+        expected,
+        JSON.stringify(rules),
+      );
       assert.equal(result.reusable, false, `${JSON.stringify(rules)}: a fresh session next`);
     }
   });
@@ -139,12 +164,21 @@ describe('relay transaction: one message, one transaction (scripted primary, no 
     assert.deepEqual(primary.commands.slice(1, 3), ['MAIL FROM:<sender@remote.example>', 'RCPT TO:<a@d1.example>']);
     const count = primary.commands.length;
     const result = await sendMessage(session, outgoing(['jörg@d1.example'], BODY, { smtpUtf8: true }));
-    assert.deepEqual(result.recipients.map((r) => [r.outcome, r.reply.slice(0, 9)]), [['failed', '550 5.6.7']]);
+    assert.deepEqual(
+      result.recipients.map((r) => [r.outcome, r.reply.slice(0, 9)]),
+      [['failed', '550 5.6.7']],
+    );
     assert.equal(primary.commands.length, count, 'nothing sent');
     // An ASCII envelope goes without the keyword (RFC 6531 §3.2, as Postfix): no bounce for what can be delivered.
     const ascii = await sendMessage(session, outgoing(['a@d1.example'], 'Subject: Gr\u00fc\u00dfe\r\n\r\nhi\r\n', { smtpUtf8: true }));
-    assert.deepEqual(ascii.recipients.map((r) => r.outcome), ['delivered']);
-    assert.equal(primary.commands.find((c, i) => i >= count && c.startsWith('MAIL')), 'MAIL FROM:<sender@remote.example>');
+    assert.deepEqual(
+      ascii.recipients.map((r) => r.outcome),
+      ['delivered'],
+    );
+    assert.equal(
+      primary.commands.find((c, i) => i >= count && c.startsWith('MAIL')),
+      'MAIL FROM:<sender@remote.example>',
+    );
   });
 
   it('dot-stuffs the data on the wire', async () => {
@@ -174,9 +208,20 @@ describe('relay transaction: one message, one transaction (scripted primary, no 
   });
 
   it('never delivers twice beyond the transactions whose final reply was lost, whatever mix of replies and drops (hundreds of random transactions)', async () => {
-    const answers: ScriptAnswer[] = [undefined, undefined, undefined, '250 2.0.0 ok', '450 4.2.0 busy', '550 5.1.1 no', '554 5.7.1 no', '503 5.5.1 sequence', '421 4.3.2 bye', 'drop'];
+    const answers: ScriptAnswer[] = [
+      undefined,
+      undefined,
+      undefined,
+      '250 2.0.0 ok',
+      '450 4.2.0 busy',
+      '550 5.1.1 no',
+      '554 5.7.1 no',
+      '503 5.5.1 sequence',
+      '421 4.3.2 bye',
+      'drop',
+    ];
     let seed = 42;
-    const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
     const pick = (): ScriptAnswer => answers[Math.floor(random() * answers.length)];
     const primary = new ScriptedPrimary((command) => {
       if (command.startsWith('EHLO') || command === 'RSET' || command === 'QUIT') return undefined;
@@ -205,8 +250,12 @@ describe('relay transaction: one message, one transaction (scripted primary, no 
     const lostFor = (address: string) => primary.lost.filter((to) => to.includes(address)).length;
     for (const [address, times] of deliveredTo) assert.equal(times, 1, `${address} recorded delivered ${times} times`);
     for (const [address] of deliveredTo) assert.ok(atPrimary.has(address), `${address} recorded delivered but the primary never took it`);
-    for (const [address, times] of atPrimary) assert.ok(times <= 1 + lostFor(address), `${address} reached the primary ${times} times, ${lostFor(address)} of them unanswered`);
-    assert.ok(primary.lost.length > 0 && transactions > 300, `${transactions} transactions, ${primary.lost.length} final replies lost: the mix covers the case`);
+    for (const [address, times] of atPrimary)
+      assert.ok(times <= 1 + lostFor(address), `${address} reached the primary ${times} times, ${lostFor(address)} of them unanswered`);
+    assert.ok(
+      primary.lost.length > 0 && transactions > 300,
+      `${transactions} transactions, ${primary.lost.length} final replies lost: the mix covers the case`,
+    );
     assert.equal(primary.sequenceErrors, 0, 'never a nested MAIL or a DATA without recipients');
     assert.equal(pendingOf.size, 0, 'every recipient settled');
   });

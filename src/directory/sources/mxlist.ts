@@ -71,5 +71,8 @@ function domainsOf(body: string): string[] {
 
 function plainDomains(body: string): string[] {
   if (body.length > 0 && !body.endsWith('\n')) throw new SourceError('plain answer does not end with a newline: truncated?');
-  return body.split('\n').filter((line) => line.trim() !== '').map((line) => line.trim());
+  return body
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => line.trim());
 }

@@ -22,8 +22,7 @@ import { SourceError, SourceListBuilder, type Pulled } from '../source-list.js';
  * hosted domain without an enabled address accepts nothing, as on the primary.
  */
 const DOMAINS = 'SELECT id, domaine FROM domaines WHERE gesmx = 1';
-const ADDRESSES =
-  'SELECT a.domain_id, a.address FROM address a JOIN domaines d ON d.id = a.domain_id WHERE d.gesmx = 1 AND a.enabled = 1';
+const ADDRESSES = 'SELECT a.domain_id, a.address FROM address a JOIN domaines d ON d.id = a.domain_id WHERE d.gesmx = 1 AND a.enabled = 1';
 /*
  * The primary's myalias.cf map. Its first part is the enabled addresses with
  * recipients (read above already); the others are AlternC's account aliases,
@@ -65,7 +64,12 @@ export async function pullMysql(source: MysqlSourceConfig): Promise<Pulled> {
     }
     await connection.promise().query('COMMIT');
     const pulled = builder.build();
-    return aliases ? pulled : { ...pulled, warnings: ['alias_view is not readable (GRANT SELECT ON alternc.alias_view): account aliases such as login@<mailname_bounce> are refused'] };
+    return aliases
+      ? pulled
+      : {
+          ...pulled,
+          warnings: ['alias_view is not readable (GRANT SELECT ON alternc.alias_view): account aliases such as login@<mailname_bounce> are refused'],
+        };
   } catch (error) {
     if (error instanceof SourceError) throw error;
     throw new SourceError(`MySQL query failed: ${describe(error)}`);
@@ -100,5 +104,8 @@ async function connectionOptions(source: MysqlSourceConfig): Promise<ConnectionO
 /** The driver's message without the password, which some errors quote. */
 function describe(error: unknown): string {
   const { code, message } = error as { code?: string; message?: string };
-  return [code, message].filter(Boolean).join(': ').replace(/(password|pass)=[^\s;]*/gi, '$1=********');
+  return [code, message]
+    .filter(Boolean)
+    .join(': ')
+    .replace(/(password|pass)=[^\s;]*/gi, '$1=********');
 }
