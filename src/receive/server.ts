@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { BlockList, isIPv4, type AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { SMTPServer, type SMTPServerDataStream, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
+import type { SMTPServerDataStream, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import { parseListenAddress, type Config } from '../config/schema.js';
 import type { Directory } from '../directory/directory.js';
 import type { Envelope } from '../spool/envelope.js';
@@ -13,8 +13,7 @@ import { asciiAddress, normalizeDomain } from '../directory/names.js';
 import { checkRecipient, normalizeRecipient } from './policy.js';
 import { receivedHeader } from './received.js';
 import { SmtpReply } from './replies.js';
-import './smtp-server-patches.js';
-import type { PatchOptions } from './smtp-server-patches.js';
+import { MxServer, type MxOptions } from './mx-server.js';
 import { countDataBytes } from './young-gc.js';
 import { refusalReason, type Metrics } from '../control/metrics.js';
 
@@ -43,7 +42,7 @@ const STORAGE_FAILURE = () => new SmtpReply(452, '4.3.1', 'Insufficient system s
  * each step. It answers 250 to DATA only once the spool says the message is durable.
  */
 export class ReceiveServer {
-  private readonly servers: SMTPServer[] = [];
+  private readonly servers: MxServer[] = [];
   /** Session id → the client it counts for (client-key.ts). */
   private readonly sessions = new Map<string, string>();
   private readonly perClient = new Map<string, number>();
@@ -69,7 +68,7 @@ export class ReceiveServer {
     const bound = this.bound;
     for (const entry of config.listen) {
       const { host, port } = parseListenAddress(entry)!;
-      const server = new SMTPServer(smtpOptions);
+      const server = new MxServer(smtpOptions);
       server.on('error', (error) => this.options.log.warn({ err: error }, 'smtp error'));
       this.servers.push(server);
       await new Promise<void>((resolve, reject) => {
@@ -120,7 +119,7 @@ export class ReceiveServer {
     await Promise.all([...this.writing].map((message) => message.discard()));
   }
 
-  private smtpOptions(): SMTPServerOptions & PatchOptions {
+  private smtpOptions(): SMTPServerOptions & MxOptions {
     const { config } = this.options;
     const tls = config.tls && { ...this.tlsFiles(), minVersion: config.tls.minVersion };
     return {
@@ -258,7 +257,7 @@ export class ReceiveServer {
   updateConfig(config: Config): void {
     const previous = this.options.config;
     this.options.config = config;
-    let options: SMTPServerOptions & PatchOptions;
+    let options: SMTPServerOptions & MxOptions;
     try {
       options = this.smtpOptions(); // reads the TLS files: unreadable ones refuse the whole reload
     } catch (error) {
