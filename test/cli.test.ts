@@ -3,7 +3,7 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, writeTestConfig } from './helpers/daemon.js';
-import { message, SmtpClient } from './helpers/smtp-client.js';
+import { message, SmtpClient, queuedId } from './helpers/smtp-client.js';
 
 interface QueueRow {
   id: string;
@@ -33,7 +33,7 @@ describe('cli: the daemon as a process', () => {
     first.child.kill('SIGKILL');
     assert.equal((await first.exited).signal, 'SIGKILL');
     client.destroy();
-    const id = /queued as (\w+)/.exec(reply.text)![1];
+    const id = queuedId(reply.text);
 
     const offline = await queueJson(file);
     assert.deepEqual(

@@ -8,7 +8,7 @@ import { spawnDaemon } from './helpers/cli.js';
 import { baseConfig, startTestDaemon, withPrimary, writeTestConfig, type TestDaemon } from './helpers/daemon.js';
 import { TestDnsServer } from './helpers/dns-server.js';
 import { freePort, TestPrimary, type Received } from './helpers/primary.js';
-import { message, sendRaw, SmtpClient } from './helpers/smtp-client.js';
+import { message, queuedId, sendRaw, SmtpClient } from './helpers/smtp-client.js';
 import { queuedEnvelope, queuedIds } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -276,7 +276,7 @@ describe('dsn: crash between queuing a DSN and settling the message', () => {
         await client.quit();
         first.child.kill('SIGKILL');
         await first.exited;
-        const id = /queued as (\w+)/.exec(reply.text)![1];
+        const id = queuedId(reply.text);
         // The state the notifier leaves after its first step (and, optionally, its second).
         const spoolDir = join(dir, 'spool');
         const envelopeFile = join(spoolDir, 'queue', `${id}.env`);

@@ -10,12 +10,11 @@ import { join } from 'node:path';
 import { CLI, runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, startTestDaemon, writeTestConfig, type TestDaemon } from './helpers/daemon.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
-import { message, SmtpClient } from './helpers/smtp-client.js';
+import { message, pick, queuedId, SmtpClient } from './helpers/smtp-client.js';
 import { queuedIds } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
 const isRoot = process.getuid?.() === 0;
-const pick = (reply: { code: number; enhanced: string }) => [reply.code, reply.enhanced];
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe('hardening: limits on hostile sessions', () => {
@@ -432,7 +431,7 @@ describe('hardening: least privilege', () => {
       writeFileSync(secret, 'root only\n', { mode: 0o600 });
       const daemon = await spawnDaemon(file);
       const { client } = await SmtpClient.session(daemon.port);
-      const id = /queued as (\w+)/.exec((await client.sendMail('s@remote.example', ['alice@d1.example'], message('held by root'))).text)![1];
+      const id = queuedId((await client.sendMail('s@remote.example', ['alice@d1.example'], message('held by root'))).text);
       await client.quit();
       daemon.child.kill('SIGTERM');
       await daemon.exited;

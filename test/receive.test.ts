@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { SmtpClient, message } from './helpers/smtp-client.js';
+import { message, pick, queuedId, SmtpClient } from './helpers/smtp-client.js';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
 import { queuedEnvelope, queuedMessage } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
@@ -13,8 +13,6 @@ function queued(spoolDir: string): string[] {
 function leftovers(spoolDir: string): string[] {
   return [...readdirSync(join(spoolDir, 'tmp')), ...queued(spoolDir)];
 }
-
-const pick = (reply: { code: number; enhanced: string }) => [reply.code, reply.enhanced];
 
 describe('receive: SMTP policy against a running server', () => {
   let mx: TestDaemon;
@@ -66,7 +64,7 @@ describe('receive: SMTP policy against a running server', () => {
     const reply = await client.command('DATA');
     assert.equal(reply.code, 354);
     const done = await client.data(message('idn'));
-    const id = /queued as (\w+)/.exec(done.text)![1];
+    const id = queuedId(done.text);
     const envelope = queuedEnvelope(mx.spoolDir, id!);
     assert.deepEqual(
       envelope.recipients.map((r: { address: string }) => r.address),
@@ -90,7 +88,7 @@ describe('receive: SMTP policy against a running server', () => {
     assert.equal((await client.command('RCPT TO:<"Bob.Smith"@d1.example>')).code, 250);
     assert.deepEqual(pick(await client.command('RCPT TO:<"bob smith"@d1.example>')), [501, '5.1.3']);
     assert.equal((await client.command('DATA')).code, 354);
-    const id = /queued as (\w+)/.exec((await client.data(message('forms'))).text)![1];
+    const id = queuedId((await client.data(message('forms'))).text);
     assert.deepEqual(
       queuedEnvelope(mx.spoolDir, id).recipients.map((r) => r.address),
       ['alice@d1.example', 'Bob.Smith@d1.example'],
@@ -158,7 +156,7 @@ describe('receive: SMTP policy against a running server', () => {
     assert.deepEqual([fourth.code, fourth.enhanced], [452, '4.5.3']);
     assert.equal((await client.command('DATA')).code, 354);
     const reply = await client.data(message('limit'));
-    const id = /queued as (\w+)/.exec(reply.text)![1];
+    const id = queuedId(reply.text);
     const envelope = queuedEnvelope(mx.spoolDir, id!);
     assert.equal(envelope.recipients.length, 3);
   });
@@ -203,7 +201,7 @@ describe('receive: SMTP policy against a running server', () => {
     const body = 'Line one\r\n..leading dot (stuffed)\r\n\tTab \u00e9t\u00e9 8bit\r\nX-Received: not a trace header\r\n';
     const sent = Buffer.from(message('bytes', body, ['Received: from earlier.example by relay.example; Wed, 25 Nov 2026 10:00:00 +0000']), 'utf8');
     const reply = await client.sendMail('s@remote.example', ['alice@d1.example'], sent);
-    const id = /queued as (\w+)/.exec(reply.text)![1];
+    const id = queuedId(reply.text);
     const stored = queuedMessage(mx.spoolDir, id); // the bytes before the envelope the file ends with
     const expected = Buffer.from(sent.toString('latin1').replace('\r\n..leading', '\r\n.leading'), 'latin1');
     const headerEnd = stored.length - expected.length;
@@ -220,7 +218,7 @@ describe('receive: SMTP policy against a running server', () => {
 
   it('keeps the null sender and logs one summary line per accepted message', async () => {
     const reply = await client.sendMail('', ['alice@d1.example'], message('bounce'));
-    const id = /queued as (\w+)/.exec(reply.text)![1];
+    const id = queuedId(reply.text);
     const envelope = queuedEnvelope(mx.spoolDir, id!);
     assert.equal(envelope.sender, '');
     const lines = mx.logs.filter((line) => line.queueId === id);

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, startTestDaemon, withPrimary, writeTestConfig, type TestDaemon } from './helpers/daemon.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
-import { message, SmtpClient } from './helpers/smtp-client.js';
+import { message, pick, queuedId, SmtpClient } from './helpers/smtp-client.js';
 import { queuedEnvelope, queuedIds, queuedMessage } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -15,7 +15,7 @@ async function send(port: number, from: string, to: string[], body: string): Pro
   try {
     const reply = await client.sendMail(from, to, body);
     assert.equal(reply.code, 250, reply.lines.join(' | '));
-    return /queued as (\w+)/.exec(reply.text)![1];
+    return queuedId(reply.text);
   } finally {
     await client.quit();
   }
@@ -221,10 +221,6 @@ describe('relay: ETRN (RFC 1985)', () => {
     }
   });
 });
-
-function pick(reply: { code: number; enhanced: string }): [number, string] {
-  return [reply.code, reply.enhanced];
-}
 
 describe('relay: flush without a daemon', () => {
   let primary: TestPrimary;

@@ -11,9 +11,7 @@ import { clientKey } from '../src/receive/client-key.js';
 import { MessageInspector } from '../src/receive/inspect.js';
 import { runCli } from './helpers/cli.js';
 import { baseConfig, startTestDaemon, writeTestConfig, type TestDaemon } from './helpers/daemon.js';
-import { message, SmtpClient } from './helpers/smtp-client.js';
-
-const pick = (reply: { code: number; enhanced: string }) => [reply.code, reply.enhanced];
+import { message, pick, queuedId, SmtpClient } from './helpers/smtp-client.js';
 
 describe('security: resource use', () => {
   it('finds the end of the header and its fields at every way of cutting the message into chunks', () => {
@@ -95,7 +93,7 @@ describe('security: output and inputs', () => {
     try {
       const { client } = await SmtpClient.session(mx.port); // smtp-server refuses control characters in EHLO and addresses itself
       const body = message('nice \u202egnp.exe', 'hi').replace('Subject:', 'X-Title: \u001b]0;pwned\u0007 \u001b[2J\r\nSubject:');
-      const id = /queued as (\w+)/.exec((await client.sendMail('s@remote.example', ['alice@d1.example'], body)).text)![1];
+      const id = queuedId((await client.sendMail('s@remote.example', ['alice@d1.example'], body)).text);
       await client.quit();
       const show = await runCli(['queue', 'show', id, '--config', mx.file]);
       assert.equal(show.status, 0, show.stderr);

@@ -5,14 +5,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable, type Readable } from 'node:stream';
 import { createLogger } from '../src/log.js';
-import { DirectorySync } from '../src/spool/durable.js';
+import { DirectorySync } from '../src/fs/durable.js';
 import type { Envelope } from '../src/spool/envelope.js';
 import { newQueueId } from '../src/spool/queue-id.js';
 import { SpoolLockedError } from '../src/spool/locks.js';
 import { Spool } from '../src/spool/spool.js';
 import { envelopeTrailer } from '../src/spool/trailer.js';
 import { startTestDaemon } from './helpers/daemon.js';
-import { message, SmtpClient } from './helpers/smtp-client.js';
+import { message, SmtpClient, queuedId } from './helpers/smtp-client.js';
 
 const silent = createLogger('silent');
 
@@ -74,7 +74,7 @@ describe('spool: storage failures', () => {
       await new Promise((resolve) => setTimeout(resolve, 1100));
       const ok = await client.sendMail('s@remote.example', ['alice@d1.example'], message('fits'));
       assert.equal(ok.code, 250);
-      assert.deepEqual(contents(mountPoint).queue, [`${/queued as (\w+)/.exec(ok.text)![1]}.msg`]);
+      assert.deepEqual(contents(mountPoint).queue, [`${queuedId(ok.text)}.msg`]);
       await client.quit();
     } finally {
       await mx.stop();

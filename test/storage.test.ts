@@ -5,11 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnDaemon } from './helpers/cli.js';
 import { baseConfig, startTestDaemon, writeTestConfig } from './helpers/daemon.js';
-import { message, SmtpClient } from './helpers/smtp-client.js';
+import { message, pick, SmtpClient } from './helpers/smtp-client.js';
 import { waitFor } from './helpers/wait.js';
 
 const isRoot = process.getuid?.() === 0;
-const pick = (reply: { code: number; enhanced: string }) => [reply.code, reply.enhanced];
 
 async function healthz(port: number): Promise<[number, string]> {
   const response = await fetch(`http://127.0.0.1:${port}/healthz`);

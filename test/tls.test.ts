@@ -8,7 +8,7 @@ import { runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, startTestDaemon, writeTestConfig, type TestDaemon } from './helpers/daemon.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
 import { waitFor } from './helpers/wait.js';
-import { message, SmtpClient } from './helpers/smtp-client.js';
+import { message, SmtpClient, queuedId } from './helpers/smtp-client.js';
 import { queuedMessage } from './helpers/spool-files.js';
 
 /** Sends one message with nodemailer's SMTP client, as a real sending MTA would. */
@@ -76,7 +76,7 @@ describe('receive: STARTTLS and a real client', () => {
 
   it('accepts mail from nodemailer over STARTTLS and records ESMTPS in the Received header', async () => {
     const response = await sendWithNodemailer(mx.port, { requireTLS: true }, 'sender@remote.example', ['alice@d1.example'], message('over tls'));
-    const id = /queued as (\w+)/.exec(response)![1];
+    const id = queuedId(response);
     const stored = queuedMessage(mx.spoolDir, id).toString('utf8');
     assert.match(stored, /^Received: from sender\.example \(\[127\.0\.0\.1\]\)\r\n\tby mx2\.test\.example \(alternc-secondarymx\) with ESMTPS id /);
   });

@@ -1,8 +1,7 @@
+import { viaDaemonOr } from './via-daemon.js';
 import type { Config } from '../config/schema.js';
-import { callDaemon } from '../control/client.js';
 import { createLogger } from '../log.js';
-import { Relay, type FlushFilter, type FlushReport } from '../relay/relay.js';
-import { runningDaemonPid } from '../spool/locks.js';
+import { Relay, type FlushFilter } from '../relay/relay.js';
 import { Spool } from '../spool/spool.js';
 import { withProgress } from './progress.js';
 import { EX_TEMPFAIL } from '../exit-codes.js';
@@ -20,16 +19,20 @@ export async function flushCommand(config: Config, filter: FlushFilter, json: bo
     const left = (await spool.summary()).messages;
     return `flushing: ${left} messages left, ${((before - left) / elapsed).toFixed(0)} messages/s, ${elapsed.toFixed(0)} s`;
   };
-  let report = await withProgress(callDaemon<FlushReport>(config.spool, 'POST', `/flush?${query}`), progress);
-  const via = report ? 'daemon' : 'standalone';
-  if (!report) {
-    const pid = runningDaemonPid(config.spool);
-    if (pid) throw new Error(`the daemon (pid ${pid}) holds ${config.spool} but its control socket does not answer`);
-    const relay = new Relay(config, await Spool.forDelivery(config.spool), createLogger('warn', process.stderr), false);
-    await relay.load();
-    report = await withProgress(relay.flush(filter), progress);
-    await relay.stop();
-  }
+  const { result: report, via } = await viaDaemonOr(
+    config.spool,
+    `/flush?${query}`,
+    async () => {
+      const relay = new Relay(config, await Spool.forDelivery(config.spool), createLogger('warn', process.stderr), false);
+      await relay.load();
+      try {
+        return await withProgress(relay.flush(filter), progress);
+      } finally {
+        await relay.stop();
+      }
+    },
+    (work) => withProgress(work, progress),
+  );
   process.stdout.write(
     json
       ? `${JSON.stringify({ via, ...report }, null, 2)}\n`

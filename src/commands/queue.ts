@@ -1,11 +1,10 @@
+import { viaDaemonOr } from './via-daemon.js';
 import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import type { Config } from '../config/schema.js';
-import { callDaemon } from '../control/client.js';
 import { editQueued, type QueueEdit } from '../spool/edit.js';
 import { messageState, type Envelope } from '../spool/envelope.js';
-import { runningDaemonPid } from '../spool/locks.js';
 import { QUEUE_ID } from '../spool/queue-id.js';
 import { Spool } from '../spool/spool.js';
 
@@ -52,12 +51,7 @@ export function formatQueue(envelopes: readonly Envelope[]): string {
 
 /** `queue hold|release|delete ID`: through the daemon (so it re-indexes), or on the spool directly. */
 export async function editCommand(config: Config, edit: QueueEdit, id: string): Promise<number> {
-  const done = await callDaemon(config.spool, 'POST', `/queue/${edit}?id=${encodeURIComponent(id)}`);
-  if (!done) {
-    const pid = runningDaemonPid(config.spool);
-    if (pid) throw new Error(`the daemon (pid ${pid}) holds ${config.spool} but its control socket does not answer`);
-    await editQueued(await Spool.forDelivery(config.spool), id, edit);
-  }
+  await viaDaemonOr(config.spool, `/queue/${edit}?id=${encodeURIComponent(id)}`, async () => editQueued(await Spool.forDelivery(config.spool), id, edit));
   process.stdout.write(`${id}: ${edit === 'delete' ? 'deleted' : edit === 'hold' ? 'held' : 'released'}\n`);
   return 0;
 }

@@ -1,24 +1,24 @@
+import { viaDaemonOr } from './via-daemon.js';
 import type { Config } from '../config/schema.js';
-import { callDaemon } from '../control/client.js';
 import { Syncer, type SyncReport } from '../directory/sync.js';
 import { createLogger } from '../log.js';
 import { directoryStore } from '../directory/store.js';
 import { EX_TEMPFAIL } from '../exit-codes.js';
-import { runningDaemonPid } from '../spool/locks.js';
 import { withProgress } from './progress.js';
 import { formatTable } from './table.js';
 
 /** `secondarymx sync [--force]`: through the running daemon, or on its own when none runs. */
 export async function syncCommand(config: Config, options: { force: boolean; json: boolean }): Promise<number> {
   const progress = (elapsed: number) => `syncing ${config.sources.length} source(s)… ${elapsed.toFixed(0)} s`;
-  let report = await withProgress(callDaemon<SyncReport>(config.spool, 'POST', `/sync${options.force ? '?force=1' : ''}`), progress);
-  const via = report ? 'daemon' : 'standalone';
-  if (!report) {
-    const pid = runningDaemonPid(config.spool);
-    if (pid) throw new Error(`the daemon (pid ${pid}) holds ${config.spool} but its control socket does not answer`);
-    const syncer = await Syncer.open(config, directoryStore(config.spool), createLogger('error', process.stderr), () => undefined);
-    report = await withProgress(syncer.run({ force: options.force }), progress);
-  }
+  const { result: report, via } = await viaDaemonOr(
+    config.spool,
+    `/sync${options.force ? '?force=1' : ''}`,
+    async () => {
+      const syncer = await Syncer.open(config, directoryStore(config.spool), createLogger('error', process.stderr), () => undefined);
+      return withProgress(syncer.run({ force: options.force }), progress);
+    },
+    (work) => withProgress(work, progress),
+  );
   process.stdout.write(options.json ? `${JSON.stringify({ via, ...report }, null, 2)}\n` : formatSync(report, via));
   return report.sources.every((source) => source.result === 'updated') ? 0 : EX_TEMPFAIL;
 }

@@ -1,7 +1,7 @@
 import { mkdir, open, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { DirectorySync, writeFileSynced } from '../spool/durable.js';
-import { newQueueId } from '../spool/queue-id.js';
+import { DirectorySync, writeFileSynced } from '../fs/durable.js';
+import { randomBytes } from 'node:crypto';
 import type { DomainEntry, SourceList } from './snapshot.js';
 
 /** What `status` shows about a source, persisted so that it survives restarts. */
@@ -115,7 +115,7 @@ export class DirectoryStore {
   }
 
   private async write(target: string, data: string | Iterable<string>): Promise<void> {
-    await writeFileSynced(`${target}.${newQueueId()}.tmp`, target, data);
+    await writeFileSynced(`${target}.${randomBytes(6).toString('hex')}.tmp`, target, data);
     await this.folderSync.sync();
   }
 }

@@ -2,7 +2,7 @@ import { once } from 'node:events';
 import type { Readable } from 'node:stream';
 import { MailParser } from 'mailparser';
 import MimeNode from 'nodemailer/lib/mime-node';
-import { rfc5322Date } from '../receive/received.js';
+import { rfc5322Date } from '../mail/date.js';
 import type { Envelope, Recipient } from '../spool/envelope.js';
 
 export type NoticeAction = 'failed' | 'delayed';

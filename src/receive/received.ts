@@ -1,14 +1,10 @@
 import type { SMTPServerSession } from 'smtp-server';
+import { rfc5322Date } from '../mail/date.js';
 
 /** A token safe inside a Received header: the client's EHLO name is untrusted input. */
 function headerToken(value: string | false | undefined): string {
   const cleaned = (value || 'unknown').replace(/[^A-Za-z0-9.\-_:[\]]/g, '?');
   return cleaned.slice(0, 255);
-}
-
-/** RFC 5322 date-time in UTC, e.g. "Wed, 25 Nov 2026 12:45:22 +0000". */
-export function rfc5322Date(date: Date): string {
-  return date.toUTCString().replace(/GMT$/, '+0000');
 }
 
 /**

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeFileSynced } from '../spool/durable.js';
+import { writeFileSynced } from '../fs/durable.js';
 
 /** What a primary announced in its last EHLO that the SMTP side must not promise beyond. */
 export interface Capabilities {

@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { writeFileSynced } from './durable.js';
+import { writeFileSynced } from '../fs/durable.js';
 import { unlinkIfAny } from './locks.js';
 import { PROBE_PREFIX } from './recovery.js';
 import type { Spool } from './spool.js';

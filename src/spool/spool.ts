@@ -2,7 +2,7 @@ import { createReadStream, statSync, type ReadStream, type Stats } from 'node:fs
 import { mkdir, open, readdir, readFile, rename, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { DirectorySync, writeFileSynced } from './durable.js';
+import { DirectorySync, writeFileSynced } from '../fs/durable.js';
 import { parseEnvelope, type Envelope } from './envelope.js';
 import { MessageLocks, releaseDaemonLock, takeDaemonLock, unlinkIfAny } from './locks.js';
 import { newQueueId } from './queue-id.js';

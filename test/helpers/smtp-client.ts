@@ -186,8 +186,20 @@ export async function sendRaw(port: number, commands: string[], body: string): P
     }
     const reply = await client.data(body);
     assert.equal(reply.code, 250, reply.lines.join(' | '));
-    return /queued as (\w+)/.exec(reply.text)![1];
+    return queuedId(reply.text);
   } finally {
     await client.quit();
   }
+}
+
+/** The queue id in a 250 reply to DATA ("250 2.0.0 Ok: queued as <ID>"); throws when there is none. */
+export function queuedId(text: string): string {
+  const id = /queued as (\w+)/.exec(text)?.[1];
+  if (!id) throw new Error(`no queue id in ${JSON.stringify(text)}`);
+  return id;
+}
+
+/** A reply's code and enhanced status code, to compare with [550, '5.7.1']. */
+export function pick(reply: { code: number; enhanced: string }): [number, string] {
+  return [reply.code, reply.enhanced];
 }
