@@ -7,6 +7,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, s
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { makeCertificate } from './helpers/certificate.js';
 import { CLI, runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, startTestDaemon, writeTestConfig, type TestDaemon } from './helpers/daemon.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
@@ -279,12 +280,7 @@ describe('hardening: secrets', () => {
 
 describe('hardening: TLS', () => {
   let dir: string;
-  const makeCert = (name: string) =>
-    execFileSync(
-      'openssl',
-      ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', `/CN=${name}`, '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')],
-      { stdio: 'ignore' },
-    );
+  const makeCert = (name: string) => makeCertificate(dir, name);
   /** SHA-256 of the certificate now in cert.pem, as TLS peers see it. */
   const fingerprint = () => new X509Certificate(readFileSync(join(dir, 'cert.pem'))).fingerprint256;
   before(() => {

@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
+import { makeCertificate } from './helpers/certificate.js';
 import { runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, startTestDaemon, writeTestConfig, type TestDaemon } from './helpers/daemon.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
@@ -39,25 +40,7 @@ describe('receive: STARTTLS and a real client', () => {
 
   before(async () => {
     certDir = mkdtempSync(join(tmpdir(), 'secondarymx-tls-'));
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'rsa:2048',
-        '-nodes',
-        '-days',
-        '1',
-        '-subj',
-        '/CN=mx2.test.example',
-        '-keyout',
-        join(certDir, 'key.pem'),
-        '-out',
-        join(certDir, 'cert.pem'),
-      ],
-      { stdio: 'ignore' },
-    );
+    makeCertificate(certDir, 'mx2.test.example');
     mx = await startTestDaemon({ extra: `tls: { key: ${join(certDir, 'key.pem')}, cert: ${join(certDir, 'cert.pem')} }` });
   });
   after(async () => {
@@ -109,27 +92,7 @@ describe('relay: a verified TLS session to the primary (primary.tls)', () => {
   let fingerprint: string;
   before(() => {
     certDir = mkdtempSync(join(tmpdir(), 'secondarymx-primary-tls-'));
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'rsa:2048',
-        '-nodes',
-        '-days',
-        '1',
-        '-subj',
-        '/CN=primary.test.example',
-        '-addext',
-        'subjectAltName=IP:127.0.0.1',
-        '-keyout',
-        join(certDir, 'key.pem'),
-        '-out',
-        join(certDir, 'cert.pem'),
-      ],
-      { stdio: 'ignore' },
-    );
+    makeCertificate(certDir, 'primary.test.example', ['subjectAltName=IP:127.0.0.1']);
     tls = { key: readFileSync(join(certDir, 'key.pem')), cert: readFileSync(join(certDir, 'cert.pem')) };
     fingerprint = execFileSync('openssl', ['x509', '-in', join(certDir, 'cert.pem'), '-noout', '-fingerprint', '-sha256'], { encoding: 'utf8' })
       .trim()
