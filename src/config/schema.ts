@@ -23,6 +23,8 @@ export function parseListenAddress(value: string): ListenAddress | undefined {
 
 const port = z.int().min(1).max(65535);
 const positiveInt = z.int().positive();
+/** Seconds; fractions allowed (0.5), as greetingPause. */
+const seconds = z.number().positive();
 
 const listenAddress = z.string().refine((value) => parseListenAddress(value) !== undefined, {
   message: 'expected "host:port" or "[ipv6]:port" with a port up to 65535',
@@ -135,9 +137,9 @@ const limits = z.strictObject({
   /** Concurrent SMTP sessions. */
   connections: positiveInt.default(500),
   /** Seconds a session may stay silent; Postfix's smtpd_timeout. */
-  idleTimeout: positiveInt.default(300),
+  idleTimeout: seconds.default(300),
   /** Seconds SIGTERM waits for sessions in DATA before closing them with 421. */
-  shutdownTimeout: positiveInt.default(30),
+  shutdownTimeout: seconds.default(30),
   /** Concurrent sessions from one client: an IPv4 address, or an IPv6 network of clientIpv6Prefix bits. */
   connectionsPerClient: positiveInt.default(20),
   /** IPv6 prefix length that counts as one client (Postfix's smtpd_client_ipv6_prefix_length). */
@@ -151,9 +153,9 @@ const limits = z.strictObject({
   /** Error replies in one session before 421 and disconnect (Postfix's smtpd_hard_error_limit). */
   errorsPerSession: positiveInt.default(20),
   /** Seconds one DATA phase may take in total (slow-drip senders are cut off). */
-  dataTimeout: positiveInt.default(600),
+  dataTimeout: seconds.default(600),
   /** Seconds one session may last in total. */
-  sessionTimeout: positiveInt.default(1800),
+  sessionTimeout: seconds.default(1800),
   /**
    * Seconds before the 220 greeting; a client that talks meanwhile gets 554 and is cut
    * (an early-talker test, like postscreen's greet wait). 0 greets at once, as Postfix's smtpd.
@@ -177,13 +179,13 @@ const relay = z.strictObject({
   /** Parallel connections (and messages in flight) per primary. */
   concurrency: positiveInt.default(10),
   /** Seconds between connection probes of a primary that is down. */
-  probeInterval: positiveInt.default(10),
+  probeInterval: seconds.default(10),
   /** Seconds before the first retry after a 4xx; doubles up to maxBackoff (Postfix's defaults). */
   minBackoff: positiveInt.default(300),
   maxBackoff: positiveInt.default(4000),
   /** Seconds to wait for the primary's greeting, and for each of its replies. */
-  connectTimeout: positiveInt.default(30),
-  commandTimeout: positiveInt.default(300),
+  connectTimeout: seconds.default(30),
+  commandTimeout: seconds.default(300),
   /** How long a message may stay undelivered before its recipients fail (4.4.7); seconds. */
   queueLifetime: duration.default(5 * 86400),
   /** Send one "delayed" notice after this long undelivered; 0: never (Postfix's default). */
