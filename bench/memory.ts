@@ -77,7 +77,7 @@ export async function memoryBenchmarks(report: Report): Promise<void> {
     }
     const started = Date.now();
     daemon = await spawnDaemon(file);
-    const listening = daemon.logs.find((l) => l.msg === 'listening');
+    const listening = daemon.logs.find((l) => l.event === 'listening');
     const starting = daemon.logs.find((l) => l.msg === 'starting');
     report({
       name: 'start with a full spool',

@@ -46,7 +46,7 @@ export async function syncBenchmarks(report: Report): Promise<void> {
 
     const start = Date.now();
     daemon = await spawnDaemon(file); // resolves after the start-up sync; "listening" comes first
-    const listening = daemon.logs.find((line) => line.msg === 'listening');
+    const listening = daemon.logs.find((line) => line.event === 'listening');
     const starting = daemon.logs.find((line) => line.msg === 'starting');
     report({
       name: 'start from persisted directory',

@@ -172,7 +172,8 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     relay.kick();
     const reload = async (next: Config) => {
       const needRestart = RESTART_KEYS.filter((key) => JSON.stringify(next[key]) !== JSON.stringify(running[key]));
-      if (needRestart.length > 0) log.warn({ keys: needRestart }, 'config reloaded, but these keys only take effect after a restart');
+      if (needRestart.length > 0)
+        log.warn({ event: 'config_restart_keys', keys: needRestart }, 'config reloaded, but these keys only take effect after a restart');
       const applied = { ...next, ...Object.fromEntries(RESTART_KEYS.map((key) => [key, running[key]])) } as Config;
       server.updateConfig(applied);
       relay.updateConfig(applied);
@@ -184,7 +185,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
       }
       running = applied;
       promise();
-      log.info('config reloaded');
+      log.info({ event: 'config_reloaded' }, 'config reloaded');
       syncer.run().catch((error: unknown) => log.error({ err: error }, 'sync after reload failed'));
     };
     return { server, directory, spool, syncer, relay, metrics, monitoringPort: monitoringAddress.port, firstSync, reload, stop };

@@ -43,7 +43,7 @@ describe('cli: the daemon as a process', () => {
 
     const second = await spawnDaemon(file); // recovery runs, the stale lock is taken over
     try {
-      const recovered = second.logs.find((line) => line.msg === 'spool recovered');
+      const recovered = second.logs.find((line) => line.event === 'spool_recovered');
       assert.equal(recovered?.corrupt, 0);
       const online = await queueJson(file);
       assert.deepEqual(

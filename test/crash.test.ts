@@ -44,7 +44,7 @@ describe('crash: locks die with their holder', () => {
     writeFileSync(join(spoolDir, 'serve.pid'), '1\n'); // what a container's daemon wrote before its kill -9
     const daemon = await spawnDaemon(file, { prefix: ['unshare', '-pfm', '--mount-proc', '--kill-child'] });
     try {
-      assert.equal(daemon.logs.find((line) => line.msg === 'listening')?.pid, 1);
+      assert.equal(daemon.logs.find((line) => line.event === 'listening')?.pid, 1);
       const status = await runCli(['status', '--config', file]);
       assert.match(status.stdout, /^daemon: running \(pid 1\)/m);
     } finally {
@@ -66,7 +66,7 @@ describe('crash: locks die with their holder', () => {
     try {
       await waitFor(() => queuedIds(spoolDir).length === 0, 5000);
       assert.equal(primary.received.length, 5);
-      assert.ok(daemon.logs.some((line) => line.msg === 'stale message locks removed (their holders are gone)' && line.locks === 6));
+      assert.ok(daemon.logs.some((line) => line.event === 'stale_locks_removed' && line.locks === 6));
       await waitFor(() => readdirSync(locks).filter((name) => !name.startsWith('.holder.')).length === 0); // the last unlock follows the removal
       assert.equal(daemon.logs.filter((line) => line.event === 'delivery' && line.status === 'expired').length, 0);
     } finally {
@@ -113,9 +113,9 @@ describe('crash: start-up after a crash during a mass expiry', () => {
       }
       const daemon = await spawnDaemon(file);
       try {
-        const listening = daemon.logs.findIndex((line) => line.msg === 'listening');
-        const notices = () => daemon.logs.filter((line) => line.msg === 'DSN queued (failed)').length;
-        const beforeListening = daemon.logs.slice(0, listening).filter((line) => line.msg === 'DSN queued (failed)').length;
+        const listening = daemon.logs.findIndex((line) => line.event === 'listening');
+        const notices = () => daemon.logs.filter((line) => line.event === 'dsn_queued' && line.action === 'failed').length;
+        const beforeListening = daemon.logs.slice(0, listening).filter((line) => line.event === 'dsn_queued' && line.action === 'failed').length;
         assert.ok(beforeListening < total, `${beforeListening} of ${total} notices finished before listening`);
         await waitFor(() => notices() === total, 30_000);
         await waitFor(() => queuedIds(spoolDir).length === total, 10_000); // the originals left, their DSNs wait for the sender's MX

@@ -102,8 +102,8 @@ describe('deploy: SIGHUP re-reads the config', () => {
         baseConfig('limits: { messageSize: 600 }', '  - { name: other, type: file, path: domains2.txt }').replace('127.0.0.1:0', '127.0.0.1:2599'),
       );
       daemon.child.kill('SIGHUP');
-      await waitFor(() => daemon.logs.some((line) => line.msg === 'sync finished' && line.domains === 1));
-      assert.deepEqual(daemon.logs.find((line) => line.msg === 'config reloaded, but these keys only take effect after a restart')?.keys, ['listen']);
+      await waitFor(() => daemon.logs.some((line) => line.event === 'sync_finished' && line.domains === 1));
+      assert.deepEqual(daemon.logs.find((line) => line.event === 'config_restart_keys')?.keys, ['listen']);
       assert.equal(await rcpt('anyone@new.example'), 250);
       assert.equal(await rcpt('alice@d1.example'), 550);
       const { client } = await SmtpClient.session(daemon.port);

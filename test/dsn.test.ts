@@ -132,7 +132,7 @@ describe('dsn: bounces through a smarthost', () => {
     );
     assert.match(dsn.returned, /^Subject: refused$/m);
     assert.ok(!dsn.returned.includes('Hello Alice.'), 'RET=HDRS returns the headers only');
-    assert.ok(mx.logs.some((line) => line.queueId === id && line.msg === 'DSN queued (failed)'));
+    assert.ok(mx.logs.some((line) => line.queueId === id && line.event === 'dsn_queued' && line.action === 'failed'));
   });
 
   it('returns the whole original with RET=FULL', async () => {
@@ -153,7 +153,7 @@ describe('dsn: bounces through a smarthost', () => {
     const dsn = await parseDsn(smarthost.received[0]);
     assert.deepEqual([dsn.status[1].Action, dsn.status[1].Status], ['failed', '5.4.7']);
     assert.match(dsn.parsed.text ?? '', /delivery time expired/);
-    assert.ok(mx.logs.some((line) => line.queueId === id && line.msg === 'status=expired'));
+    assert.ok(mx.logs.some((line) => line.queueId === id && line.event === 'expired'));
   });
 
   it('sends one delay warning after relay.delayWarning, once', async () => {
@@ -182,8 +182,8 @@ describe('dsn: bounces through a smarthost', () => {
     await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
     await new Promise((resolve) => setTimeout(resolve, 500));
     assert.equal(smarthost.received.length, 0);
-    assert.ok(mx.logs.some((line) => line.msg === 'no DSN for a message from the null sender: failed recipients dropped'));
-    assert.equal(mx.logs.filter((line) => line.msg === 'no DSN: NOTIFY does not ask for it').length, 2);
+    assert.ok(mx.logs.some((line) => line.event === 'dsn_not_owed' && line.action === 'failed'));
+    assert.equal(mx.logs.filter((line) => line.event === 'dsn_not_owed' && line.notify !== undefined).length, 2);
     assert.deepEqual(primary.received.length, 0);
   });
 });
@@ -236,10 +236,12 @@ describe('dsn: straight to the sender domain MX', () => {
   it('drops a DSN that fails permanently, and bounces nothing', async () => {
     senderMx.rcptReplies.set('sender@remote.example', [550, '5.1.1 sender unknown']);
     await sendRaw(mx!.port, mail('sender@remote.example', ['alice@d1.example']), message('dead end'));
-    await waitFor(() => mx!.logs.some((line) => line.msg === 'status=bounced' && (line.to as string[])[0] === 'sender@remote.example'));
+    await waitFor(() =>
+      mx!.logs.some((line) => line.event === 'delivery' && line.status === 'bounced' && (line.to as string[])[0] === 'sender@remote.example'),
+    );
     await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
-    assert.equal(mx!.logs.filter((line) => line.msg === 'DSN queued (failed)').length, 1);
-    assert.ok(mx!.logs.some((line) => line.msg === 'no DSN for a message from the null sender: failed recipients dropped' && line.kind === 'dsn'));
+    assert.equal(mx!.logs.filter((line) => line.event === 'dsn_queued' && line.action === 'failed').length, 1);
+    assert.ok(mx!.logs.some((line) => line.event === 'dsn_not_owed' && line.action === 'failed' && line.kind === 'dsn'));
   });
 
   it('sends no DSN to a sender domain whose MX hosts are internal addresses, unless dsn.allowInternal', async () => {
@@ -250,7 +252,10 @@ describe('dsn: straight to the sender domain MX', () => {
     });
     await sendRaw(mx.port, mail('sender@remote.example', ['alice@d1.example']), message('probe the inside'));
     await waitFor(() =>
-      mx!.logs.some((line) => line.msg === 'status=bounced' && /internal networks \(mx\.remote\.example\[127\.0\.0\.1\]\)/.test(String(line.reply))),
+      mx!.logs.some(
+        (line) =>
+          line.event === 'delivery' && line.status === 'bounced' && /internal networks \(mx\.remote\.example\[127\.0\.0\.1\]\)/.test(String(line.reply)),
+      ),
     );
     await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
     assert.equal(senderMx.connections, 0, 'never connected');
@@ -258,7 +263,9 @@ describe('dsn: straight to the sender domain MX', () => {
 
   it('drops a DSN for a domain that does not exist', async () => {
     await sendRaw(mx!.port, mail('sender@nowhere.example', ['alice@d1.example']), message('nowhere'));
-    await waitFor(() => mx!.logs.some((line) => line.msg === 'status=bounced' && /5\.1\.2 nowhere\.example: no such domain/.test(String(line.reply))));
+    await waitFor(() =>
+      mx!.logs.some((line) => line.event === 'delivery' && line.status === 'bounced' && /5\.1\.2 nowhere\.example: no such domain/.test(String(line.reply))),
+    );
     await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
   });
 });

@@ -233,8 +233,8 @@ describe('hardening: a misbehaving primary', () => {
       const slow = new TestPrimary(port);
       slow.dataDelayMs = 2500; // longer than relay.commandTimeout: the attempt times out after the data
       await slow.start();
-      await waitFor(() => mx.logs.some((line) => line.msg === 'status=deferred'), 10_000);
-      const deferred = mx.logs.find((line) => line.msg === 'status=deferred');
+      await waitFor(() => mx.logs.some((line) => line.event === 'delivery' && line.status === 'deferred'), 10_000);
+      const deferred = mx.logs.find((line) => line.event === 'delivery' && line.status === 'deferred');
       assert.match(String(deferred?.reply), /no answer from the primary for 1 s/);
       slow.dataDelayMs = 0;
       assert.equal((await runCli(['flush', '--config', mx.file])).status, 0);
@@ -315,7 +315,7 @@ describe('hardening: TLS', () => {
       makeCert('new.example');
       const newPrint = fingerprint();
       daemon.child.kill('SIGHUP');
-      await waitFor(() => daemon.logs.some((line) => line.msg === 'TLS certificate reloaded'));
+      await waitFor(() => daemon.logs.some((line) => line.event === 'tls_reloaded'));
       const { client: after } = await SmtpClient.session(daemon.port);
       const fresh = await after.startTls();
       assert.equal(String(fresh.getPeerCertificate().subject.CN), 'new.example');
@@ -369,8 +369,8 @@ describe('hardening: least privilege', () => {
       const child = spawn(process.execPath, ['--expose-gc', CLI, 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
       let port: number | undefined;
       createInterface({ input: child.stdout! }).on('line', (line) => {
-        const entry = JSON.parse(line) as { msg?: string; listen?: string[] };
-        if (entry.msg === 'listening') port = Number(entry.listen![0].split(':').pop());
+        const entry = JSON.parse(line) as { event?: string; listen?: string[] };
+        if (entry.event === 'listening') port = Number(entry.listen![0].split(':').pop());
       });
       await waitFor(() => port !== undefined, 10_000);
       let served = 0;

@@ -78,7 +78,7 @@ describe('receive: SMTP policy against a running server', () => {
     assert.deepEqual([domain.code, domain.enhanced], [550, '5.7.1']);
     const address = await client.command('RCPT TO:<nobody@d1.example>');
     assert.deepEqual([address.code, address.enhanced], [550, '5.1.1']);
-    const refusals = mx.logs.filter((line) => line.msg === 'recipient refused').map((line) => line.to);
+    const refusals = mx.logs.filter((line) => line.event === 'recipient_refused').map((line) => line.to);
     assert.ok(refusals.includes('user@unknown.example') && refusals.includes('nobody@d1.example'));
   });
 
@@ -245,7 +245,7 @@ describe('receive: SMTP policy against a running server', () => {
     client.write(message('cut', 'partial body that never ends\r\n'.repeat(100)));
     await new Promise((resolve) => setTimeout(resolve, 100));
     client.destroy();
-    await waitFor(() => mx.logs.some((line) => line.msg === 'connection lost during DATA, nothing queued'));
+    await waitFor(() => mx.logs.some((line) => line.event === 'data_lost'));
     assert.deepEqual(leftovers(mx.spoolDir), before);
   });
 });

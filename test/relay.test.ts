@@ -37,7 +37,7 @@ describe('relay: replay to a real primary', () => {
     mx = await startTestDaemon({ primaryPort: primary.port, extra: FAST });
     const id = await send(mx.port, 'sender@remote.example', ['alice@d1.example', 'x@d2.example'], message('while down', 'Caf\u00e9\r\n..dot\r\n'));
     const spooled = queuedMessage(mx.spoolDir, id);
-    await waitFor(() => mx!.logs.some((line) => line.msg === 'primary is DOWN: delivery stopped, probing'));
+    await waitFor(() => mx!.logs.some((line) => line.event === 'primary_down'));
     await new Promise((resolve) => setTimeout(resolve, 1500));
     assert.deepEqual(queuedIds(mx.spoolDir), [id]);
     assert.equal(primary.received.length, 0);
@@ -55,12 +55,12 @@ describe('relay: replay to a real primary', () => {
     assert.deepEqual(got.to, ['alice@d1.example', 'x@d2.example']);
     assert.deepEqual(got.data, spooled);
     assert.equal(got.mailArgs.SIZE, String(spooled.length));
-    const states = mx.logs.filter((line) => line.msg === 'primary is DOWN: delivery stopped, probing' || line.msg === 'primary is UP: replaying the spool');
+    const states = mx.logs.filter((line) => line.event === 'primary_down' || line.event === 'primary_up');
     assert.deepEqual(
       states.map((line) => line.msg),
       ['primary is DOWN: delivery stopped, probing', 'primary is UP: replaying the spool'],
     );
-    const sent = mx.logs.find((line) => line.queueId === id && line.msg === 'status=sent');
+    const sent = mx.logs.find((line) => line.queueId === id && line.event === 'delivery' && line.status === 'sent');
     assert.deepEqual(sent?.to, ['alice@d1.example', 'x@d2.example']);
     assert.equal(sent?.primary, `127.0.0.1:${primary.port}`);
   });
@@ -71,7 +71,7 @@ describe('relay: replay to a real primary', () => {
     primary.rcptReplies.set('gone@d2.example', [550, '5.1.1 no such user']);
     mx = await startTestDaemon({ primaryPort: primary.port, extra: FAST });
     const id = await send(mx.port, '', ['ok@d2.example', 'busy@d2.example', 'gone@d2.example'], message('mixed'));
-    await waitFor(() => mx!.logs.some((line) => line.queueId === id && line.msg === 'status=deferred'));
+    await waitFor(() => mx!.logs.some((line) => line.queueId === id && line.event === 'delivery' && line.status === 'deferred'));
     assert.equal(primary.received.length, 1);
     assert.equal(primary.received[0].from, '');
     assert.deepEqual(primary.received[0].to, ['ok@d2.example']);
@@ -104,7 +104,7 @@ describe('relay: replay to a real primary', () => {
     assert.deepEqual(primary.received[1].to, ['busy@d2.example']);
     // From the null sender: no DSN is owed for the failed one, so the message is settled and gone.
     assert.deepEqual(queuedIds(mx.spoolDir), []);
-    assert.ok(mx.logs.some((line) => line.queueId === id && line.msg === 'no DSN for a message from the null sender: failed recipients dropped'));
+    assert.ok(mx.logs.some((line) => line.queueId === id && line.event === 'dsn_not_owed' && line.action === 'failed'));
   });
 
   it('defers a message whose connection was cut in the middle of DATA (the primary answered: not down), and delivers it once', async () => {
@@ -112,8 +112,8 @@ describe('relay: replay to a real primary', () => {
     primary.dropInData = 1;
     mx = await startTestDaemon({ primaryPort: primary.port, extra: FAST });
     const id = await send(mx.port, 's@remote.example', ['alice@d1.example'], message('cut', 'x'.repeat(200_000)));
-    await waitFor(() => mx!.logs.some((line) => line.queueId === id && line.msg === 'status=deferred'));
-    const deferred = mx.logs.find((line) => line.queueId === id && line.msg === 'status=deferred');
+    await waitFor(() => mx!.logs.some((line) => line.queueId === id && line.event === 'delivery' && line.status === 'deferred'));
+    const deferred = mx.logs.find((line) => line.queueId === id && line.event === 'delivery' && line.status === 'deferred');
     assert.match(String(deferred?.reply), /^lost connection with the primary while sending the message: /);
     assert.equal(queuedEnvelope(mx.spoolDir, id).deferrals, 1, 'backs off like a 4xx (Postfix: "lost connection ... while sending message body")');
     assert.ok(!mx.logs.some((line) => line.event === 'primary_down'), 'a primary that answered is not down');
@@ -130,7 +130,7 @@ describe('relay: replay to a real primary', () => {
     mx = await startTestDaemon({ primaryPort: primary.port, extra: FAST });
     await send(mx.port, 's@remote.example', ['alice@d1.example'], message('greeting'));
     await waitFor(() => primary.received.length === 1, 6000);
-    const down = mx.logs.find((line) => line.msg === 'primary is DOWN: delivery stopped, probing');
+    const down = mx.logs.find((line) => line.event === 'primary_down');
     assert.match(String(down?.reason), /421/);
   });
 
@@ -150,7 +150,7 @@ describe('relay: replay to a real primary', () => {
     await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
     assert.equal(primary.received[0].from, 'victim@victim.test');
     assert.equal(primary.received[0].mailArgs.SMTPUTF8, undefined, 'relayed without the keyword');
-    assert.ok(!mx.logs.some((line) => line.msg === 'DSN queued (failed)'), 'no DSN to the forged sender');
+    assert.ok(!mx.logs.some((line) => line.event === 'dsn_queued' && line.action === 'failed'), 'no DSN to the forged sender');
     const again = await SmtpClient.session(mx.port);
     assert.ok(!again.ehlo.lines.some((line) => line.endsWith('SMTPUTF8')), 'not offered once the primary is known not to take it');
     assert.equal((await again.client.command('MAIL FROM:<s@remote.example> SMTPUTF8')).code, 250);
@@ -197,7 +197,7 @@ describe('relay: ETRN (RFC 1985)', () => {
     try {
       await send(mx.port, 's@remote.example', ['alice@d1.example'], message('for d1'));
       await send(mx.port, 's@remote.example', ['x@d2.example'], message('for d2'));
-      await waitFor(() => mx.logs.some((line) => line.msg === 'primary is DOWN: delivery stopped, probing'));
+      await waitFor(() => mx.logs.some((line) => line.event === 'primary_down'));
       await primary.start(); // next probe in 300 s: only ETRN gets mail through now
       const { client } = await SmtpClient.session(mx.port);
       assert.deepEqual(pick(await client.command('ETRN d1.example')), [250, '2.0.0']);

@@ -93,7 +93,7 @@ describe('spool: storage failures', () => {
       const broken = await client.sendMail('s@remote.example', ['alice@d1.example'], message('no spool'));
       assert.deepEqual([broken.code, broken.enhanced], [452, '4.3.1']);
       assert.deepEqual(readdirSync(join(mx.spoolDir, 'queue')), []);
-      assert.ok(mx.logs.some((line) => line.msg === 'spool: cannot write the message'));
+      assert.ok(mx.logs.some((line) => line.event === 'spool_write_failed'));
       rmSync(tmp);
       renameSync(`${tmp}.away`, tmp);
       assert.equal((await client.sendMail('s@remote.example', ['alice@d1.example'], message('spool back'))).code, 250);
@@ -176,10 +176,10 @@ describe('spool: start-up recovery', () => {
       for (const envelope of envelopes) {
         assert.equal(await text(spool.openMessage(envelope)), 'hello', 'the message without its envelope');
       }
-      const setAside = lines.filter((line) => line.msg === 'corrupt spool file set aside').map((line) => line.file);
+      const setAside = lines.filter((line) => line.event === 'corrupt_set_aside').map((line) => line.file);
       assert.deepEqual(setAside.sort(), corrupt);
       assert.equal(readFileSync(join(root, 'corrupt', `${badJson}.env`), 'utf8'), '{"version": 1, "id": "trunc');
-      assert.equal(lines.find((line) => line.msg === 'spool recovered')?.removedEnvelopes, 1);
+      assert.equal(lines.find((line) => line.event === 'spool_recovered')?.removedEnvelopes, 1);
     } finally {
       await spool.unlock();
     }

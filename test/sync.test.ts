@@ -164,7 +164,7 @@ describe('sync: the daemon follows AlternC', () => {
       await mx.stop();
 
       mx = await startTestDaemon({ sources: sourceYaml(url), spoolDir });
-      assert.equal(mx.logs.find((line) => line.msg === 'sync finished')?.complete, true);
+      assert.equal(mx.logs.find((line) => line.event === 'sync_finished')?.complete, true);
       assert.equal(await rcpt(mx.port, 'alice@d1.example'), '250 2.1.5');
       assert.equal(await rcpt(mx.port, 'nobody@d1.example'), '550 5.1.1');
       const status = await cliJson<StatusReport>(['status'], mx.file);

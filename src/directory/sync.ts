@@ -145,7 +145,12 @@ export class Syncer {
       );
     }
     this.log.info(
-      { ...report.directory, conflicts: snapshot.conflicts.length, kept: sources.filter((s) => s.result === 'kept').map((s) => s.name) },
+      {
+        event: 'sync_finished',
+        ...report.directory,
+        conflicts: snapshot.conflicts.length,
+        kept: sources.filter((s) => s.result === 'kept').map((s) => s.name),
+      },
       'sync finished',
     );
     return report;

@@ -54,7 +54,7 @@ export class Notifier {
   private owed(envelope: Envelope, recipients: Recipient[], action: NoticeAction): Recipient[] {
     if (envelope.sender === '' || envelope.kind === 'dsn') {
       this.log.info(
-        { queueId: envelope.id, to: recipients.map((r) => r.address), action, kind: envelope.kind ?? 'bounce' },
+        { event: 'dsn_not_owed', queueId: envelope.id, to: recipients.map((r) => r.address), action, kind: envelope.kind ?? 'bounce' },
         action === 'failed' ? 'no DSN for a message from the null sender: failed recipients dropped' : 'no delay notice for a message from the null sender',
       );
       return [];
@@ -63,7 +63,10 @@ export class Notifier {
     const owed = recipients.filter((r) => !r.notify || r.notify.includes(wanted));
     const skipped = recipients.filter((r) => !owed.includes(r));
     if (skipped.length > 0)
-      this.log.info({ queueId: envelope.id, to: skipped.map((r) => r.address), action, notify: skipped[0].notify }, 'no DSN: NOTIFY does not ask for it');
+      this.log.info(
+        { event: 'dsn_not_owed', queueId: envelope.id, to: skipped.map((r) => r.address), action, notify: skipped[0].notify },
+        'no DSN: NOTIFY does not ask for it',
+      );
     return owed;
   }
 
@@ -105,7 +108,7 @@ export class Notifier {
       kind: 'dsn',
     });
     this.log.info(
-      { queueId: envelope.id, dsnId: dsn.id, action: notice.action, to: envelope.sender, recipients: notice.recipients },
+      { event: 'dsn_queued', queueId: envelope.id, dsnId: dsn.id, action: notice.action, to: envelope.sender, recipients: notice.recipients },
       `DSN queued (${notice.action})`,
     );
     this.queued(dsn);

@@ -81,7 +81,7 @@ export class ReceiveServer {
       });
       bound.push(server.server.address() as AddressInfo);
     }
-    this.options.log.info({ listen: bound.map((a) => `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`) }, 'listening');
+    this.options.log.info({ event: 'listening', listen: bound.map((a) => `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`) }, 'listening');
     return bound;
   }
 
@@ -277,7 +277,7 @@ export class ReceiveServer {
     if (!this.options.config.tls) return;
     const files = this.tlsFiles();
     for (const server of this.servers) server.updateSecureContext(files);
-    this.options.log.info({ cert: this.options.config.tls.cert }, 'TLS certificate reloaded');
+    this.options.log.info({ event: 'tls_reloaded', cert: this.options.config.tls.cert }, 'TLS certificate reloaded');
   }
 
   private tlsFiles(): { key: Buffer; cert: Buffer } {
@@ -294,7 +294,7 @@ export class ReceiveServer {
     } catch (error) {
       if (!(error instanceof SmtpReply)) throw error;
       this.options.log.info(
-        { client: session.remoteAddress, from: senderOf(session), to: address, reply: `${error.responseCode} ${error.message}` },
+        { event: 'recipient_refused', client: session.remoteAddress, from: senderOf(session), to: address, reply: `${error.responseCode} ${error.message}` },
         'recipient refused',
       );
       this.options.metrics?.refused.inc({ reason: refusalReason(error.enhancedCode) });
@@ -344,18 +344,25 @@ export class ReceiveServer {
     } catch (error) {
       await dropMessage();
       log.info(
-        { client: session.remoteAddress, from: senderOf(session), size: inspector.size, reason: (error as Error).message },
+        { event: 'data_lost', client: session.remoteAddress, from: senderOf(session), size: inspector.size, reason: (error as Error).message },
         'connection lost during DATA, nothing queued',
       );
       throw new SmtpReply(451, '4.4.2', 'Connection lost during DATA'); // nobody is left to read it
     }
     inspector.finish();
     if (inspector.problem) await dropMessage();
-    if (storageError) log.error({ err: storageError, client: session.remoteAddress }, 'spool: cannot write the message');
+    if (storageError) log.error({ event: 'spool_write_failed', err: storageError, client: session.remoteAddress }, 'spool: cannot write the message');
     const refusal = inspector.problem ?? (message ? undefined : STORAGE_FAILURE());
     if (refusal || !message) {
       log.info(
-        { client: session.remoteAddress, from: senderOf(session), to: recipients, size: inspector.size, reply: `${refusal!.responseCode} ${refusal!.message}` },
+        {
+          event: 'message_refused',
+          client: session.remoteAddress,
+          from: senderOf(session),
+          to: recipients,
+          size: inspector.size,
+          reply: `${refusal!.responseCode} ${refusal!.message}`,
+        },
         'message refused',
       );
       this.options.metrics?.refused.inc({ reason: refusalReason(refusal!.enhancedCode) });
@@ -380,6 +387,7 @@ export class ReceiveServer {
       });
     log.info(
       {
+        event: 'queued',
         queueId: envelope.id,
         client: envelope.client.address,
         helo: envelope.client.helo,

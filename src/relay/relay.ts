@@ -174,7 +174,10 @@ export class Relay extends EventEmitter {
           recipient.state = 'failed';
           recipient.status = '4.4.7';
         }
-        this.log.info({ queueId: envelope.id, to: pending.map((r) => r.address), lifetime: this.config.relay.queueLifetime }, 'status=expired');
+        this.log.info(
+          { event: 'expired', queueId: envelope.id, to: pending.map((r) => r.address), lifetime: this.config.relay.queueLifetime },
+          'status=expired',
+        );
       }
       return this.settle(envelope);
     });

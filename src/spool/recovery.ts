@@ -24,7 +24,7 @@ export async function recoverSpool(dirs: SpoolDirs, log: Logger): Promise<Envelo
   const { tmpDir, queueDir, corruptDir } = dirs;
   const quarantine = async (name: string, reason: string) => {
     await rename(join(queueDir, name), join(corruptDir, name));
-    log.error({ file: name, reason, movedTo: corruptDir }, 'corrupt spool file set aside');
+    log.error({ event: 'corrupt_set_aside', file: name, reason, movedTo: corruptDir }, 'corrupt spool file set aside');
   };
   const leftovers = await readdir(tmpDir);
   await Promise.all(leftovers.map((name) => rm(join(tmpDir, name), { force: true })));
@@ -60,6 +60,6 @@ export async function recoverSpool(dirs: SpoolDirs, log: Logger): Promise<Envelo
       corrupt++;
     }
   }
-  log.info({ removedTemp: leftovers.length, removedEnvelopes, corrupt, queued: recovered.length }, 'spool recovered');
+  log.info({ event: 'spool_recovered', removedTemp: leftovers.length, removedEnvelopes, corrupt, queued: recovered.length }, 'spool recovered');
   return recovered;
 }

@@ -62,7 +62,7 @@ export class Spool {
     await takeDaemonLock(root);
     spool.identity = new Map([spool.root, spool.tmpDir, spool.queueDir].map((path) => [path, identityOf(statSync(path))]));
     const stale = await spool.locks.clearStale();
-    if (stale > 0) log.info({ locks: stale }, 'stale message locks removed (their holders are gone)');
+    if (stale > 0) log.info({ event: 'stale_locks_removed', locks: stale }, 'stale message locks removed (their holders are gone)');
     spool.recovered = await recoverSpool(spool, log);
     return spool;
   }
@@ -100,7 +100,7 @@ export class Spool {
       });
     }
     await this.queueSync.sync();
-    log.error({ queueId: id, reason, movedTo: this.corruptDir }, 'corrupt spool file set aside');
+    log.error({ event: 'corrupt_set_aside', queueId: id, reason, movedTo: this.corruptDir }, 'corrupt spool file set aside');
   }
 
   /** A queued message's envelope: its latest state (.env), else the one it was queued with. */

@@ -58,13 +58,13 @@ export async function spawnDaemon(configFile: string, options: { prefix?: string
     createInterface({ input: child.stdout! }).on('line', (line) => {
       const entry = JSON.parse(line) as Record<string, unknown>;
       logs.push(entry);
-      if (entry.msg === 'listening')
+      if (entry.event === 'listening')
         listening = Number(
           String((entry.listen as string[])[0])
             .split(':')
             .pop(),
         );
-      if (entry.msg === 'sync finished' && listening !== undefined) resolve(listening);
+      if (entry.event === 'sync_finished' && listening !== undefined) resolve(listening);
     });
     exited.then(({ code }) => reject(new Error(`daemon exited with ${code} before listening: ${stderr}`)), reject);
   });
