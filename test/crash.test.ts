@@ -30,7 +30,7 @@ describe('crash: locks die with their holder', () => {
   let spoolDir: string;
   beforeEach(async () => {
     primary = new TestPrimary(await freePort());
-    ({ dir, file } = writeTestConfig(withPrimary(baseConfig('relay: { probeInterval: 1, queueLifetime: 20s }'), primary.port)));
+    ({ dir, file } = writeTestConfig(withPrimary(baseConfig('relay: { probeInterval: 0.2, queueLifetime: 20s }'), primary.port)));
     spoolDir = join(dir, 'spool');
   });
   afterEach(async () => {
@@ -94,7 +94,7 @@ describe('crash: locks die with their holder', () => {
 describe('crash: start-up after a crash during a mass expiry', () => {
   it('listens before it has finished the notices the crash interrupted, then finishes every one, once', async function () {
     this.timeout(60_000);
-    const { dir, file } = writeTestConfig(baseConfig('relay: { probeInterval: 1 }'));
+    const { dir, file } = writeTestConfig(baseConfig('relay: { probeInterval: 0.2 }'));
     const spoolDir = join(dir, 'spool');
     try {
       const spool = await Spool.forDelivery(spoolDir);

@@ -205,7 +205,7 @@ describe('dsn: straight to the sender domain MX', () => {
     primary.rcptReplies.set('alice@d1.example', [550, '5.1.1 no such user']);
     mx = await startTestDaemon({
       primaryPort: primary.port,
-      extra: `relay: { probeInterval: 1, minBackoff: 1 }\ndsn: { port: ${senderMx.port}, allowInternal: true }\ndns: { servers: ["${dns.server}"] }`, // the test MX hosts are on loopback
+      extra: `relay: { probeInterval: 0.2, minBackoff: 1 }\ndsn: { port: ${senderMx.port}, allowInternal: true }\ndns: { servers: ["${dns.server}"] }`, // the test MX hosts are on loopback
     });
   });
   afterEach(async () => {
@@ -248,7 +248,7 @@ describe('dsn: straight to the sender domain MX', () => {
     await mx!.stop();
     mx = await startTestDaemon({
       primaryPort: primary.port,
-      extra: `relay: { probeInterval: 1, minBackoff: 1 }\ndsn: { port: ${senderMx.port} }\ndns: { servers: ["${dns.server}"] }`,
+      extra: `relay: { probeInterval: 0.2, minBackoff: 1 }\ndsn: { port: ${senderMx.port} }\ndns: { servers: ["${dns.server}"] }`,
     });
     await sendRaw(mx.port, mail('sender@remote.example', ['alice@d1.example']), message('probe the inside'));
     await waitFor(() =>

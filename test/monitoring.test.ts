@@ -20,7 +20,7 @@ describe('monitoring: /metrics and /healthz on control.listen', () => {
   it('exposes every documented metric with the values of what happened', async () => {
     const primary = new TestPrimary(await freePort());
     await primary.start();
-    const mx = await startTestDaemon({ primaryPort: primary.port, extra: 'relay: { probeInterval: 1 }' });
+    const mx = await startTestDaemon({ primaryPort: primary.port, extra: 'relay: { probeInterval: 0.2 }' });
     try {
       const { client } = await SmtpClient.session(mx.port);
       assert.equal((await client.sendMail('s@remote.example', ['alice@d1.example'], message('counted'))).code, 250);

@@ -39,7 +39,7 @@ describe("relay: one transaction per message, whatever the recipients' DSN param
   it('sends 100 recipients with 100 ORCPTs in one DATA, each RCPT with its own parameters; the refused one in the middle gets its DSN', async () => {
     await primary.start();
     primary.rcptReplies.set('u50@d2.example', [550, '5.1.1 no such user']);
-    mx = await startTestDaemon({ primaryPort: primary.port, extra: `relay: { probeInterval: 1 }\n${dsnRelay(primary.port)}` });
+    mx = await startTestDaemon({ primaryPort: primary.port, extra: `relay: { probeInterval: 0.2 }\n${dsnRelay(primary.port)}` });
     const body = message('hundred', `${'y'.repeat(76)}\r\n`.repeat(2500)); // 195 KB
     const rcpts = Array.from({ length: 100 }, (_, i) => `RCPT TO:<u${i}@d2.example> NOTIFY=FAILURE ORCPT=rfc822;U${i}+x@D2.example`);
     const id = await sendWith(mx.port, 'sender@remote.example', rcpts, body);
@@ -62,7 +62,7 @@ describe("relay: one transaction per message, whatever the recipients' DSN param
 
   it('keeps one clean session across a message with a refused recipient and another all refused, with no false "primary down"', async () => {
     primary.rcptReplies.set('gone@d2.example', [550, '5.1.1 no such user']);
-    mx = await startTestDaemon({ primaryPort: primary.port, extra: `relay: { probeInterval: 1, concurrency: 1 }\n${dsnRelay(primary.port)}` });
+    mx = await startTestDaemon({ primaryPort: primary.port, extra: `relay: { probeInterval: 0.2, concurrency: 1 }\n${dsnRelay(primary.port)}` });
     const orcpt = (address: string) => `RCPT TO:<${address}> ORCPT=rfc822;${address}`;
     await sendWith(mx.port, 'sender@remote.example', [orcpt('ok1@d2.example')], message('first'));
     await sendWith(mx.port, 'sender@remote.example', [orcpt('ok2@d2.example'), orcpt('gone@d2.example'), orcpt('ok2b@d2.example')], message('mixed'));
@@ -93,7 +93,7 @@ describe('relay: a message that cannot be processed never stalls anything', () =
   it('bounces a 17,000-header-line message with a notice without its headers, and delivers the other mail meanwhile', async () => {
     await primary.start();
     primary.rcptReplies.set('gone@d2.example', [550, '5.1.1 no such user']);
-    const mx = await startTestDaemon({ primaryPort: primary.port, extra: `relay: { probeInterval: 1 }\n${dsnRelay(primary.port)}` });
+    const mx = await startTestDaemon({ primaryPort: primary.port, extra: `relay: { probeInterval: 0.2 }\n${dsnRelay(primary.port)}` });
     try {
       const poison = await sendWith(mx.port, 'sender@remote.example', ['RCPT TO:<gone@d2.example>'], POISON);
       for (let i = 0; i < 20; i++) await sendWith(mx.port, 'sender@remote.example', ['RCPT TO:<ok@d2.example>'], message(`m${i}`));
@@ -112,7 +112,7 @@ describe('relay: a message that cannot be processed never stalls anything', () =
   });
 
   it('starts with that message in the spool halfway through its notice, and finishes the notice', async () => {
-    const { dir, file } = writeTestConfig(withPrimary(baseConfig(`relay: { probeInterval: 1 }\n${dsnRelay(primary.port)}`), primary.port));
+    const { dir, file } = writeTestConfig(withPrimary(baseConfig(`relay: { probeInterval: 0.2 }\n${dsnRelay(primary.port)}`), primary.port));
     try {
       const first = await spawnDaemon(file);
       const id = await sendWith(first.port, 'sender@remote.example', ['RCPT TO:<gone@d2.example>'], POISON);
@@ -142,7 +142,7 @@ describe('relay: a message that cannot be processed never stalls anything', () =
 
   it('holds a message it cannot process, with the reason (queue list, queue show, metric), and sets aside one it cannot even read', async () => {
     primary = new TestPrimary(primary.port, { dsn: true }); // NOTIFY goes out: the broken envelope is read for it
-    const mx = await startTestDaemon({ primaryPort: primary.port, extra: 'relay: { probeInterval: 1 }' });
+    const mx = await startTestDaemon({ primaryPort: primary.port, extra: 'relay: { probeInterval: 0.2 }' });
     try {
       const broken = await sendWith(mx.port, 'sender@remote.example', ['RCPT TO:<ok@d2.example>'], message('broken'));
       const unreadable = await sendWith(mx.port, 'sender@remote.example', ['RCPT TO:<ok@d2.example>'], message('unreadable'));
@@ -199,7 +199,7 @@ describe('relay: the spool cannot record outcomes', () => {
     const mx = await startTestDaemon({
       spoolDir: mountPoint,
       primaryPort: primary.port,
-      extra: 'relay: { probeInterval: 1 }\nlimits: { messageSize: 100000 }',
+      extra: 'relay: { probeInterval: 0.2 }\nlimits: { messageSize: 100000 }',
     });
     try {
       await queueWhileDown(mx, 10);
@@ -208,7 +208,7 @@ describe('relay: the spool cannot record outcomes', () => {
       execFileSync('mount', ['-o', 'remount,bind,ro', queue]);
       await primary.start();
       await waitFor(() => mx.logs.some((line) => line.event === 'spool_fault'));
-      await sleep(2500); // two spool probes fail meanwhile
+      await sleep(1000); // spool probes fail meanwhile (0.2 s, doubling)
       const whileFaulted = primary.received.length;
       assert.ok(whileFaulted <= 10, `${whileFaulted} deliveries while nothing could be recorded`);
       const health = await fetch(`http://127.0.0.1:${mx.daemon.monitoringPort}/healthz`);
@@ -240,7 +240,7 @@ describe('relay: the spool cannot record outcomes', () => {
     const mx = await startTestDaemon({
       spoolDir: mountPoint,
       primaryPort: primary.port,
-      extra: 'relay: { probeInterval: 1 }\nlimits: { messageSize: 100000 }',
+      extra: 'relay: { probeInterval: 0.2 }\nlimits: { messageSize: 100000 }',
     });
     try {
       await queueWhileDown(mx, 10, 'busy@d2.example');
@@ -253,7 +253,7 @@ describe('relay: the spool cannot record outcomes', () => {
       }
       await primary.start();
       await waitFor(() => mx.logs.some((line) => line.event === 'spool_fault'));
-      await sleep(3000);
+      await sleep(800);
       assert.deepEqual(
         readdirSync(join(mountPoint, 'tmp')).filter((name) => name.endsWith('.env')),
         [],
@@ -264,7 +264,7 @@ describe('relay: the spool cannot record outcomes', () => {
       rmSync(filler);
       await waitFor(() => mx.logs.some((line) => line.event === 'spool_fault_cleared'), 8000);
       await waitFor(() => queuedIds(mountPoint).every((id) => queuedEnvelope(mountPoint, id).deferrals === 1), 5000);
-      await sleep(1500);
+      await sleep(800);
       assert.ok(primary.connections <= 11, `${primary.connections} connections in all: each message tried once in this backoff period`);
       assert.equal(queuedIds(mountPoint).length, 10, 'nothing lost');
     } finally {
@@ -294,7 +294,7 @@ describe('relay: reload and size', () => {
   it("learns the primary's SIZE from its EHLO, never accepts more than it takes, and remembers it across a restart", async () => {
     const primary = new TestPrimary(await freePort(), { size: 20000 });
     await primary.start();
-    const { dir, file } = writeTestConfig(withPrimary(baseConfig('relay: { probeInterval: 1 }'), primary.port));
+    const { dir, file } = writeTestConfig(withPrimary(baseConfig('relay: { probeInterval: 0.2 }'), primary.port));
     try {
       const first = await spawnDaemon(file);
       const ehlo = async (port: number) => {

@@ -8,7 +8,7 @@ import { message, pick, queuedId, SmtpClient } from './helpers/smtp-client.js';
 import { queuedEnvelope, queuedIds, queuedMessage } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
-const FAST = 'relay: { probeInterval: 1, minBackoff: 300 }';
+const FAST = 'relay: { probeInterval: 0.2, minBackoff: 300 }';
 
 async function send(port: number, from: string, to: string[], body: string): Promise<string> {
   const { client } = await SmtpClient.session(port);
@@ -38,7 +38,7 @@ describe('relay: replay to a real primary', () => {
     const id = await send(mx.port, 'sender@remote.example', ['alice@d1.example', 'x@d2.example'], message('while down', 'Caf\u00e9\r\n..dot\r\n'));
     const spooled = queuedMessage(mx.spoolDir, id);
     await waitFor(() => mx!.logs.some((line) => line.event === 'primary_down'));
-    await new Promise((resolve) => setTimeout(resolve, 1500));
+    await new Promise((resolve) => setTimeout(resolve, 600));
     assert.deepEqual(queuedIds(mx.spoolDir), [id]);
     assert.equal(primary.received.length, 0);
     const down = await runCli(['status', '--config', mx.file]);
@@ -177,7 +177,7 @@ describe('relay: replay to a real primary', () => {
     await primary.start();
     const flush = JSON.parse((await runCli(['flush', '--json', '--config', mx.file])).stdout) as { messages: number };
     assert.equal(flush.messages, 0);
-    await new Promise((resolve) => setTimeout(resolve, 1500));
+    await new Promise((resolve) => setTimeout(resolve, 600));
     assert.equal(primary.received.length, 0);
     assert.equal((await runCli(['queue', 'release', held, '--config', mx.file])).status, 0);
     await waitFor(() => primary.received.length === 1);
@@ -277,7 +277,7 @@ describe('relay: crash during replay', () => {
   it('after SIGKILL in the middle of a large replay, delivers everything; duplicates only among the messages in flight', async function () {
     this.timeout(60_000);
     const primary = new TestPrimary(await freePort());
-    const { dir, file } = writeTestConfig(withPrimary(baseConfig('relay: { probeInterval: 1, concurrency: 10 }'), primary.port));
+    const { dir, file } = writeTestConfig(withPrimary(baseConfig('relay: { probeInterval: 0.2, concurrency: 10 }'), primary.port));
     const total = 300;
     try {
       const first = await spawnDaemon(file);
