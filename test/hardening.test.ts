@@ -23,7 +23,7 @@ describe('hardening: limits on hostile sessions', () => {
   before(async () => {
     mx = await startTestDaemon({
       extra:
-        'limits: { connectionsPerClient: 2, messagesPerConnection: 2, commandsBeforeMail: 5, errorsPerSession: 3, dataTimeout: 1, sessionTimeout: 4, commandLength: 600 }',
+        'limits: { connectionsPerClient: 2, messagesPerConnection: 2, commandsBeforeMail: 5, errorsPerSession: 3, dataTimeout: 0.5, sessionTimeout: 2, commandLength: 600 }',
     });
   });
   after(async () => mx.stop());
@@ -121,7 +121,7 @@ describe('hardening: limits on hostile sessions', () => {
     const { client } = await SmtpClient.session(mx.port);
     for (const step of ['MAIL FROM:<s@remote.example>', 'RCPT TO:<alice@d1.example>', 'DATA']) await client.command(step);
     const started = Date.now();
-    const drip = setInterval(() => client.write('x'), 200);
+    const drip = setInterval(() => client.write('x'), 100);
     try {
       assert.deepEqual(pick(await client.reply(5000)), [421, '4.4.2']);
       await client.closedByServer();
@@ -143,7 +143,7 @@ describe('hardening: limits on hostile sessions', () => {
       if (reply.code === 250) reply = await client.command('RSET');
     } while (reply.code === 250 && Date.now() - started < 8000);
     assert.deepEqual(pick(reply), [421, '4.4.2']);
-    assert.ok(Date.now() - started >= 3500);
+    assert.ok(Date.now() - started >= 1500);
   });
 
   it('refuses a command line over limits.commandLength and closes the session', async () => {
@@ -176,12 +176,12 @@ describe('hardening: limits on hostile sessions', () => {
 
 describe('hardening: idle clients', () => {
   it('closes a silent session after limits.idleTimeout', async () => {
-    const mx = await startTestDaemon({ extra: 'limits: { idleTimeout: 1 }' });
+    const mx = await startTestDaemon({ extra: 'limits: { idleTimeout: 0.5 }' });
     try {
       const { client } = await SmtpClient.session(mx.port);
       const started = Date.now();
       await client.closedByServer(5000);
-      assert.ok(Date.now() - started >= 900);
+      assert.ok(Date.now() - started >= 400);
     } finally {
       await mx.stop();
     }
@@ -219,23 +219,23 @@ describe('hardening: a misbehaving primary', () => {
     });
     const port = await freePort();
     await new Promise<void>((resolve) => garbage.listen(port, '127.0.0.1', resolve));
-    const mx = await startTestDaemon({ primaryPort: port, extra: 'relay: { probeInterval: 1, commandTimeout: 1 }' });
+    const mx = await startTestDaemon({ primaryPort: port, extra: 'relay: { probeInterval: 0.5, commandTimeout: 0.5 }' });
     try {
       await (async () => {
         const { client } = await SmtpClient.session(mx.port);
         assert.equal((await client.sendMail('s@remote.example', ['alice@d1.example'], message('garbage'))).code, 250);
         await client.quit();
       })();
-      await sleep(3000);
-      assert.ok(connections >= 2 && connections <= 6, `${connections} connections in 3 s with probeInterval 1 s`);
+      await sleep(1500);
+      assert.ok(connections >= 2 && connections <= 6, `${connections} connections in 1.5 s with probeInterval 0.5 s`);
       assert.equal(queuedIds(mx.spoolDir).length, 1);
       await new Promise<void>((resolve) => garbage.close(() => resolve()));
       const slow = new TestPrimary(port);
-      slow.dataDelayMs = 2500; // longer than relay.commandTimeout: the attempt times out after the data
+      slow.dataDelayMs = 1500; // longer than relay.commandTimeout: the attempt times out after the data
       await slow.start();
       await waitFor(() => mx.logs.some((line) => line.event === 'delivery' && line.status === 'deferred'), 10_000);
       const deferred = mx.logs.find((line) => line.event === 'delivery' && line.status === 'deferred');
-      assert.match(String(deferred?.reply), /no answer from the primary for 1 s/);
+      assert.match(String(deferred?.reply), /no answer from the primary for 0.5 s/);
       slow.dataDelayMs = 0;
       assert.equal((await runCli(['flush', '--config', mx.file])).status, 0);
       assert.deepEqual(queuedIds(mx.spoolDir), []);
