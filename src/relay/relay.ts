@@ -415,10 +415,8 @@ export class Relay extends EventEmitter {
           this.kick();
         }
       }
-    } catch (error) {
-      this.log.error({ err: error, primary: route.key }, 'relay worker failed');
     } finally {
-      session?.quit();
+      session?.quit(); // what else is thrown is logged by kick(), which started this worker
     }
   }
 
