@@ -473,16 +473,19 @@ export class Relay extends EventEmitter {
   ): Promise<AttemptOutcome | undefined> {
     const counts: AttemptOutcome = { id: entry.id, primary: route.key, delivered: 0, deferred: 0, failed: 0, unreachable: false, busy: false };
     let retryAt: number | undefined;
+    let attempted: { envelope: Envelope; results: RecipientResult[]; attemptMs: number } | undefined;
     const outcome = await this.onMessage(entry, async (envelope) => {
       const recipients = envelope.recipients.filter((r) => r.state === 'pending' && this.routes.keyFor(envelope.kind, r) === route.key);
       if (envelope.held || recipients.length === 0) return this.settle(envelope);
       const started = Date.now();
       const results = await deliver(recipients, envelope);
+      attempted = { envelope, results, attemptMs: Date.now() - started };
       this.record(envelope, recipients, results, counts);
-      this.logAttempt(envelope, route, results, started);
       retryAt = envelope.nextAttempt === undefined ? undefined : Date.parse(envelope.nextAttempt);
       return this.settle(envelope);
     });
+    // Logged once the outcome is saved (or failed to be), so a status= line never runs ahead of the spool.
+    if (attempted) this.logAttempt(attempted.envelope, route, attempted.results, attempted.attemptMs, outcome !== undefined);
     if (!outcome && retryAt !== undefined) entry.due = Math.max(entry.due, retryAt); // not recorded (storage fault): keep the backoff in memory
     if (!outcome) return undefined;
     return outcome.kind === 'busy' ? { ...counts, busy: true } : counts;
@@ -520,7 +523,7 @@ export class Relay extends EventEmitter {
   }
 
   /** One line per outcome, like Postfix's status=sent / deferred / bounced. */
-  private logAttempt(envelope: Envelope, route: Route, results: RecipientResult[], started: number): void {
+  private logAttempt(envelope: Envelope, route: Route, results: RecipientResult[], attemptMs: number, recorded: boolean): void {
     const statusOf = { delivered: 'sent', deferred: 'deferred', failed: 'bounced' } as const;
     for (const outcome of ['delivered', 'deferred', 'failed'] as const) {
       const group = results.filter((r) => r.outcome === outcome);
@@ -536,8 +539,9 @@ export class Relay extends EventEmitter {
           status,
           reply: group[0].reply,
           delay: (Date.now() - Date.parse(envelope.arrival)) / 1000,
-          attemptMs: Date.now() - started,
+          attemptMs,
           ...(status === 'deferred' ? { nextAttempt: envelope.nextAttempt } : {}),
+          ...(recorded ? {} : { recorded: false }),
         },
         `status=${status}`,
       );
