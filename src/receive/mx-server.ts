@@ -63,13 +63,24 @@ export class MxServer extends SMTPServer {
     super(options);
   }
 
+  /** Open connections by session id (smtp-server's callbacks get the session, not the connection). */
+  private readonly bySession = new Map<string, MxConnection>();
+
   /** smtp-server's connect(), with our connection class. */
   override connect(socket: Socket, socketOptions?: ConstructorParameters<typeof SMTPConnection>[2]): void {
     const connection = new MxConnection(this, socket, socketOptions);
+    this.bySession.set(connection.id, connection);
+    socket.once('close', () => this.bySession.delete(connection.id));
     this.connections.add(connection);
     connection.on('error', (error: Error) => this._onError(error));
     connection.on('connect', (data) => this._onClientConnect(data));
     connection.init();
+  }
+
+  /** The open connection of a session, unless it is already closing. */
+  connectionOf(session: SMTPServerSession): MxConnection | undefined {
+    const connection = this.bySession.get(session.id);
+    return connection && !connection._closing && !connection._closed ? connection : undefined;
   }
 }
 

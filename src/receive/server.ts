@@ -35,6 +35,16 @@ export interface ReceiveOptions {
 /** Bytes left for what a primary adds to a message before its own size check. */
 const PRIMARY_SIZE_MARGIN = 4096;
 
+/** What the policy keeps about a session it admitted. */
+interface AdmittedSession {
+  /** The client it counts for (client-key.ts). */
+  client: string;
+  /** limits.sessionTimeout */
+  timer: NodeJS.Timeout;
+  /** In DATA: a graceful stop lets it finish. */
+  inData: boolean;
+}
+
 const STORAGE_FAILURE = () => new SmtpReply(452, '4.3.1', 'Insufficient system storage, try again later');
 
 /**
@@ -43,11 +53,10 @@ const STORAGE_FAILURE = () => new SmtpReply(452, '4.3.1', 'Insufficient system s
  */
 export class ReceiveServer {
   private readonly servers: MxServer[] = [];
-  /** Session id → the client it counts for (client-key.ts). */
-  private readonly sessions = new Map<string, string>();
+  /** Sessions admitted, by session id. */
+  private readonly sessions = new Map<string, AdmittedSession>();
+  /** Open sessions per client (client-key.ts). */
   private readonly perClient = new Map<string, number>();
-  private readonly sessionTimers = new Map<string, NodeJS.Timeout>();
-  private readonly inData = new Set<string>();
   /** Messages being written to tmp/: a shutdown removes those whose session it cut. */
   private readonly writing = new Set<IncomingMessage>();
   private closing = false;
@@ -111,7 +120,7 @@ export class ReceiveServer {
     const closed = this.servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve())));
     for (const server of this.servers) {
       for (const connection of server.connections) {
-        if (!this.inData.has(connection.session.id)) connection.send(421, '4.3.2 Service shutting down, try again later');
+        if (!this.sessions.get(connection.session.id)?.inData) connection.send(421, '4.3.2 Service shutting down, try again later');
       }
     }
     await Promise.all(closed);
@@ -155,7 +164,8 @@ export class ReceiveServer {
       onMailFrom: (address, session, callback) => callback(this.sender(address.address, session)),
       onRcptTo: (address, session, callback) => callback(this.recipient(address.address, session)),
       onData: (stream, session, callback) => {
-        this.inData.add(session.id);
+        const admitted = this.sessions.get(session.id);
+        if (admitted) admitted.inData = true;
         const slow = setTimeout(() => this.cut(session, '4.4.2 DATA took too long, closing connection'), config.limits.dataTimeout * 1000);
         this.receive(stream, session)
           .finally(() => clearTimeout(slow))
@@ -163,7 +173,9 @@ export class ReceiveServer {
             (reply) => callback(null, reply),
             (error: unknown) => callback(error instanceof SmtpReply ? error : this.internalError(error, session)),
           )
-          .finally(() => this.inData.delete(session.id));
+          .finally(() => {
+            if (admitted) admitted.inData = false;
+          });
       },
     };
   }
@@ -180,21 +192,18 @@ export class ReceiveServer {
     };
     if (this.sessions.size >= limits.connections) return refuse('connection limit reached', limits.connections);
     if (fromClient >= limits.connectionsPerClient) return refuse('per-client connection limit reached', limits.connectionsPerClient);
-    this.sessions.set(session.id, client);
+    const timer = setTimeout(() => this.cut(session, '4.4.2 Session took too long, closing connection'), limits.sessionTimeout * 1000);
+    this.sessions.set(session.id, { client, timer, inData: false });
     this.perClient.set(client, fromClient + 1);
-    this.sessionTimers.set(
-      session.id,
-      setTimeout(() => this.cut(session, '4.4.2 Session took too long, closing connection'), limits.sessionTimeout * 1000),
-    );
     return null;
   }
 
   private release(session: SMTPServerSession): void {
-    const client = this.sessions.get(session.id);
-    if (client === undefined) return; // refused at connect
+    const admitted = this.sessions.get(session.id);
+    if (admitted === undefined) return; // refused at connect
+    const { client, timer } = admitted;
     this.sessions.delete(session.id);
-    clearTimeout(this.sessionTimers.get(session.id));
-    this.sessionTimers.delete(session.id);
+    clearTimeout(timer);
     const left = (this.perClient.get(client) ?? 1) - 1;
     if (left > 0) this.perClient.set(client, left);
     else this.perClient.delete(client);
@@ -202,13 +211,10 @@ export class ReceiveServer {
 
   /** Ends a session that overstayed (slow drip): 421, then the connection is closed. */
   private cut(session: SMTPServerSession, text: string): void {
-    for (const server of this.servers) {
-      for (const connection of server.connections) {
-        if (connection.session.id !== session.id) continue;
-        this.options.log.info({ client: session.remoteAddress, reason: text }, 'session cut off');
-        connection.send(421, text);
-      }
-    }
+    const connection = this.servers.map((server) => server.connectionOf(session)).find((open) => open !== undefined);
+    if (!connection) return;
+    this.options.log.info({ client: session.remoteAddress, reason: text }, 'session cut off');
+    connection.send(421, text);
   }
 
   private etrn(node: string, session: SMTPServerSession, reply: (code: number, text: string) => void): void {
