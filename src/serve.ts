@@ -13,6 +13,7 @@ import { Directory } from './directory/directory.js';
 import { directoryStore } from './directory/store.js';
 import { Syncer, type SyncReport } from './directory/sync.js';
 import { ReceiveServer } from './receive/server.js';
+import { EdgeScreens } from './screen/screens.js';
 import { PrimaryCapabilities, type Capabilities } from './relay/primary-capabilities.js';
 import { Relay } from './relay/relay.js';
 import { editQueued, type QueueEdit } from './spool/edit.js';
@@ -77,12 +78,16 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     watch.on('change', (condition) => {
       if (condition === 'gone') relay.suspend(watch.problem!);
     });
+    const screens = new EdgeScreens(config, config.spool, log);
+    cleanups.push(() => screens.save());
     const server = new ReceiveServer({
       config,
       directory,
       spool,
       log,
       metrics,
+      screens,
+      primaryOf: (source) => relay.primaryState(source),
       onQueued: (envelope) => relay.add(envelope),
       spoolCondition: () => watch.state,
       onEtrn: (domain) => relay.flushInBackground({ domain }),
@@ -176,6 +181,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
         log.warn({ event: 'config_restart_keys', keys: needRestart }, 'config reloaded, but these keys only take effect after a restart');
       const applied = { ...next, ...Object.fromEntries(RESTART_KEYS.map((key) => [key, running[key]])) } as Config;
       server.updateConfig(applied);
+      screens.updateConfig(applied);
       relay.updateConfig(applied);
       watch.updateMinFree(minFree(applied));
       await syncer.updateConfig(applied);

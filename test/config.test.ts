@@ -38,7 +38,21 @@ describe('config', () => {
       delayWarning: 0,
       etrnClients: ['127.0.0.0/8', '::1/128'],
     });
-    assert.deepEqual(config.dsn, { port: 25, allowInternal: false });
+    assert.deepEqual(config.dsn, { port: 25, allowInternal: false, maxPerDomainPerHour: 20 });
+    assert.deepEqual(config.screen, {
+      dnsblSites: [],
+      dnsblThreshold: 1,
+      dnsblAllowThreshold: 0,
+      dnsblAction: 'reject',
+      dnsTimeout: 2,
+      passTtl: 86400,
+      deferWhilePrimaryUp: 0,
+    });
+    assert.equal(config.auth.enabled, true);
+    assert.deepEqual(config.auth.spf, { fail: 'reject', softfail: 'tag', neutral: 'tag', none: 'tag', temperror: 'tag', permerror: 'tag' });
+    assert.deepEqual(config.auth.dmarc, { reject: 'reject', quarantine: 'tag', none: 'tag' });
+    assert.deepEqual(config.verify, { enabled: true, positiveTtl: 31 * 86400, negativeTtl: 3 * 3600, timeout: 10 });
+    assert.equal(config.rspamd, undefined);
     assert.deepEqual(parseConfig('primary: { host: x }\nsources: [{ name: a, type: file, path: x }]\n', '/x.yaml').dns, {});
     assert.deepEqual(config.sync, { schedule: '*/10 * * * *', maxShrink: 25, shrinkFloor: 10, staleAfter: 21600 });
     assert.equal(config.tls, undefined);

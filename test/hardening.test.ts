@@ -23,7 +23,8 @@ describe('hardening: limits on hostile sessions', () => {
   before(async () => {
     mx = await startTestDaemon({
       extra:
-        'limits: { connectionsPerClient: 2, messagesPerConnection: 2, commandsBeforeMail: 5, errorsPerSession: 3, dataTimeout: 0.5, sessionTimeout: 2, commandLength: 600 }',
+        'limits: { connectionsPerClient: 2, messagesPerConnection: 2, commandsBeforeMail: 5, errorsPerSession: 3, dataTimeout: 0.5, sessionTimeout: 2, commandLength: 600 }\n' +
+        'screen: { passTtl: 0 }', // every connection waits for its greeting: the early-talker case needs a pause
     });
   });
   after(async () => mx.stop());

@@ -3,7 +3,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { message, pick, queuedId, SmtpClient } from './helpers/smtp-client.js';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
-import { queuedEnvelope, queuedMessage } from './helpers/spool-files.js';
+import { queuedEnvelope, storedMessage } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
 function queued(spoolDir: string): string[] {
@@ -202,7 +202,7 @@ describe('receive: SMTP policy against a running server', () => {
     const sent = Buffer.from(message('bytes', body, ['Received: from earlier.example by relay.example; Wed, 25 Nov 2026 10:00:00 +0000']), 'utf8');
     const reply = await client.sendMail('s@remote.example', ['alice@d1.example'], sent);
     const id = queuedId(reply.text);
-    const stored = queuedMessage(mx.spoolDir, id); // the bytes before the envelope the file ends with
+    const stored = storedMessage(mx.spoolDir, id); // the bytes before the envelope the file ends with
     const expected = Buffer.from(sent.toString('latin1').replace('\r\n..leading', '\r\n.leading'), 'latin1');
     const headerEnd = stored.length - expected.length;
     assert.ok(headerEnd > 0);

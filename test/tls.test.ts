@@ -10,7 +10,7 @@ import { baseConfig, startTestDaemon, writeTestConfig, type TestDaemon } from '.
 import { freePort, TestPrimary } from './helpers/primary.js';
 import { waitFor } from './helpers/wait.js';
 import { message, SmtpClient, queuedId } from './helpers/smtp-client.js';
-import { queuedMessage } from './helpers/spool-files.js';
+import { storedMessage } from './helpers/spool-files.js';
 
 /** Sends one message with nodemailer's SMTP client, as a real sending MTA would. */
 function sendWithNodemailer(port: number, options: { requireTLS: boolean }, from: string, to: string[], body: string): Promise<string> {
@@ -60,7 +60,7 @@ describe('receive: STARTTLS and a real client', () => {
   it('accepts mail from nodemailer over STARTTLS and records ESMTPS in the Received header', async () => {
     const response = await sendWithNodemailer(mx.port, { requireTLS: true }, 'sender@remote.example', ['alice@d1.example'], message('over tls'));
     const id = queuedId(response);
-    const stored = queuedMessage(mx.spoolDir, id).toString('utf8');
+    const stored = storedMessage(mx.spoolDir, id).toString('utf8');
     assert.match(stored, /^Received: from sender\.example \(\[127\.0\.0\.1\]\)\r\n\tby mx2\.test\.example \(alternc-secondarymx\) with ESMTPS id /);
   });
 

@@ -4,7 +4,7 @@ import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import type { Config } from '../config/schema.js';
 import { editQueued, type QueueEdit } from '../spool/edit.js';
-import { messageState, type Envelope } from '../spool/envelope.js';
+import { deliveredSize, messageState, type Envelope } from '../spool/envelope.js';
 import { QUEUE_ID } from '../spool/queue-id.js';
 import { Spool } from '../spool/spool.js';
 
@@ -18,7 +18,7 @@ export async function printQueue(spoolRoot: string, json: boolean): Promise<numb
     const rows = envelopes.map((e) => ({
       id: e.id,
       arrival: e.arrival,
-      size: e.size,
+      size: deliveredSize(e),
       sender: e.sender,
       state: messageState(e),
       ...(e.heldReason ? { heldReason: e.heldReason } : {}),
@@ -37,9 +37,11 @@ export function formatQueue(envelopes: readonly Envelope[]): string {
   const lines = ['-Queue ID-          --Size-- ----Arrival Time---- -State-- -Sender/Recipient-------'];
   let bytes = 0;
   for (const envelope of envelopes) {
-    bytes += envelope.size;
+    bytes += deliveredSize(envelope);
     const arrival = envelope.arrival.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
-    lines.push(`${envelope.id} ${String(envelope.size).padStart(8)} ${arrival.padEnd(20)} ${messageState(envelope).padEnd(8)} ${envelope.sender || '<>'}`);
+    lines.push(
+      `${envelope.id} ${String(deliveredSize(envelope)).padStart(8)} ${arrival.padEnd(20)} ${messageState(envelope).padEnd(8)} ${envelope.sender || '<>'}`,
+    );
     if (envelope.heldReason) lines.push(`${' '.repeat(20)}held by the relay: ${envelope.heldReason}`);
     for (const recipient of envelope.recipients) lines.push(`${' '.repeat(60)}${recipient.address} (${recipient.state})`);
     lines.push('');
@@ -71,7 +73,7 @@ export async function showCommand(config: Config, id: string, json: boolean): Pr
   const lines = [
     `id:          ${envelope.id} (${messageState(envelope)})`,
     `arrival:     ${envelope.arrival}`,
-    `size:        ${envelope.size}`,
+    `size:        ${deliveredSize(envelope)}`,
     `sender:      ${envelope.sender || '<>'}`,
     `client:      ${envelope.client.address} (${envelope.client.helo})`,
     `attempts:    ${envelope.deferrals ?? 0} deferred; last ${envelope.lastAttempt ?? 'never'}; next ${envelope.held ? 'held' : (envelope.nextAttempt ?? 'now')}`,

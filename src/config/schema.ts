@@ -2,6 +2,7 @@ import { isIP } from 'node:net';
 import { hostname as osHostname } from 'node:os';
 import { validate } from 'node-cron';
 import { z } from 'zod';
+import { parseDnsblSite } from '../screen/dnsbl.js';
 
 /** "host:port" or "[v6]:port"; a host name is allowed too (resolved by listen()). */
 const LISTEN_ADDRESS = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/;
@@ -201,10 +202,96 @@ const dsn = z.strictObject({
   port: port.default(25),
   /** Send DSNs to sender MX hosts on loopback, private or link-local networks (off: a forged sender could make us probe the inside). */
   allowInternal: z.boolean().default(false),
+  /** DSNs per hour to one sender domain at most; the rest are dropped and counted (no backscatter floods). */
+  maxPerDomainPerHour: positiveInt.default(20),
+});
+
+const authAction = z.enum(['reject', 'defer', 'tag']);
+
+const screen = z.strictObject({
+  /**
+   * DNS block and allow lists in Postfix's postscreen_dnsbl_sites syntax:
+   * "zen.spamhaus.org*3", "list.dnswl.org=127.0.[0..255].[1..3]*-2". Empty: no lookups.
+   */
+  dnsblSites: z
+    .array(
+      z.string().refine((value) => parseDnsblSite(value) !== undefined, {
+        message: 'expected domain[=filter][*weight], as Postfix\'s postscreen_dnsbl_sites ("zen.spamhaus.org*3")',
+      }),
+    )
+    .default([]),
+  /** A client whose weights add up to this is refused (postscreen_dnsbl_threshold). */
+  dnsblThreshold: z.int().default(1),
+  /** A client whose weights add up to this or less skips the other screens (postscreen_dnsbl_allowlist_threshold); 0: off. */
+  dnsblAllowThreshold: z.int().max(0).default(0),
+  /** reject: 554 5.7.1; defer: 450 4.7.1 (a listed legitimate sender retries, and reaches the primary once it is back). */
+  dnsblAction: z.enum(['reject', 'defer']).default('reject'),
+  /** Seconds for the list lookups (they run during the greeting pause); a list that does not answer lists nobody. */
+  dnsTimeout: seconds.default(2),
+  /** How long a client that waited for the greeting keeps its pass and skips limits.greetingPause (postscreen_greet_ttl); 0: no pass. */
+  passTtl: duration.default(86400),
+  /**
+   * Opt-in: once our probes have seen a primary up this long, answer 451 4.7.1 at RCPT for its
+   * domains, so senders deliver to the primary and its full filtering; 0: off.
+   */
+  deferWhilePrimaryUp: duration.default(0),
+});
+
+const auth = z.strictObject({
+  /** SPF at MAIL FROM, SPF, DKIM and DMARC after DATA (mailauth), and an Authentication-Results header. */
+  enabled: z.boolean().default(true),
+  /** Per SPF result: reject (550 5.7.23), defer (451 4.7.23/24) or tag (Authentication-Results only). */
+  spf: z
+    .strictObject({
+      fail: authAction.default('reject'),
+      softfail: authAction.default('tag'),
+      neutral: authAction.default('tag'),
+      none: authAction.default('tag'),
+      temperror: authAction.default('tag'),
+      permerror: authAction.default('tag'),
+    })
+    .default(() => ({
+      fail: 'reject' as const,
+      softfail: 'tag' as const,
+      neutral: 'tag' as const,
+      none: 'tag' as const,
+      temperror: 'tag' as const,
+      permerror: 'tag' as const,
+    })),
+  /** Per DMARC policy of a message failing DMARC: reject (550 5.7.26), defer (451 4.7.26) or tag. */
+  dmarc: z
+    .strictObject({ reject: authAction.default('reject'), quarantine: authAction.default('tag'), none: authAction.default('tag') })
+    .default(() => ({ reject: 'reject' as const, quarantine: 'tag' as const, none: 'tag' as const })),
+  /** Seconds for each DNS query of the checks. */
+  dnsTimeout: seconds.default(5),
+});
+
+const rspamd = z.strictObject({
+  /** rspamd's normal worker (its /checkv2), e.g. http://127.0.0.1:11333. */
+  url: z.url({ protocol: /^https?$/ }),
+  /** Seconds for one check. */
+  timeout: seconds.default(10),
+  /**
+   * rspamd down or too slow: accept (logged and counted; the primary filters it again when
+   * we replay) or defer (451 4.7.1). accept by default: a 451 would turn an rspamd outage
+   * into a mail outage exactly while the primary is down.
+   */
+  onFailure: z.enum(['accept', 'defer']).default('accept'),
+});
+
+const verify = z.strictObject({
+  /** Verify addresses of domains without an address list with an RCPT probe to their primary. */
+  enabled: z.boolean().default(true),
+  /** Seconds an accepted address is remembered (31 d, Postfix's address_verify_positive_expire_time). */
+  positiveTtl: duration.default(31 * 86400),
+  /** Seconds a refused address is remembered (3 h, address_verify_negative_expire_time). */
+  negativeTtl: duration.default(3 * 3600),
+  /** Seconds for the probe (connection and each reply): RCPT waits that long at most. */
+  timeout: seconds.default(10),
 });
 
 const dns = z.strictObject({
-  /** Resolvers for MX lookups ("ip" or "ip:port"); unset: the system's. */
+  /** Resolvers for MX lookups, DNS lists, SPF, DKIM and DMARC ("ip" or "ip:port"); unset: the system's. */
   servers: z.array(z.string().min(1)).min(1).optional(),
 });
 
@@ -266,6 +353,10 @@ export const configSchema = z.strictObject({
   relay: relay.default(() => relay.parse({})),
   dsn: dsn.default(() => dsn.parse({})),
   dns: dns.default(() => dns.parse({})),
+  screen: screen.default(() => screen.parse({})),
+  auth: auth.default(() => auth.parse({})),
+  rspamd: rspamd.optional(),
+  verify: verify.default(() => verify.parse({})),
   control: control.default(() => control.parse({})),
   tls: tls.optional(),
   log: log.default(() => log.parse({})),

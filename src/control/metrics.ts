@@ -12,6 +12,13 @@ const REASONS: Record<string, string> = {
   '5.4.6': 'mail_loop',
   '4.3.1': 'storage',
   '5.6.7': 'smtputf8',
+  '5.7.23': 'spf',
+  '4.7.23': 'spf',
+  '4.7.24': 'spf',
+  '5.7.24': 'spf',
+  '5.7.26': 'dmarc',
+  '4.7.26': 'dmarc',
+  '4.7.1': 'deferred_by_policy',
 };
 
 export function refusalReason(enhancedCode: string): string {
@@ -45,6 +52,18 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly screened = new Counter({
+    name: 'secondarymx_screen_decisions_total',
+    help: 'Edge screen decisions: screen (dnsbl, spf, dmarc, rspamd, verify, primary_up) and decision (reject, defer, tag, pass, allow, unavailable)',
+    labelNames: ['screen', 'decision'],
+    registers: [this.registry],
+  });
+  readonly dsnSuppressed = new Counter({
+    name: 'secondarymx_dsn_suppressed_total',
+    help: 'DSNs not sent, by reason: spf-fail, spam (likely forged sender), rate (over dsn.maxPerDomainPerHour)',
+    labelNames: ['reason'],
+    registers: [this.registry],
+  });
   readonly relayHeld = new Counter({
     name: 'secondarymx_relay_held_total',
     help: 'Messages the relay held because it could not process them (see "queue list"; release once fixed)',

@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import { MailParser } from 'mailparser';
 import MimeNode from 'nodemailer/lib/mime-node';
 import { rfc5322Date } from '../mail/date.js';
-import type { Envelope, Recipient } from '../spool/envelope.js';
+import { deliveredSize, type Envelope, type Recipient } from '../spool/envelope.js';
 
 export type NoticeAction = 'failed' | 'delayed';
 
@@ -55,7 +55,7 @@ export async function composeNotice(input: NoticeInput): Promise<Buffer> {
   });
   root.createChild('text/plain; charset=utf-8').setContent(humanText(input, original?.subject));
   root.createChild('message/delivery-status').setContent(deliveryStatus(input));
-  const full = envelope.dsn?.ret === 'FULL' && envelope.size <= input.maxReturnSize;
+  const full = envelope.dsn?.ret === 'FULL' && deliveredSize(envelope) <= input.maxReturnSize;
   if (!original) return root.build(); // RFC 6522: the third part is optional
   if (full) root.createChild('message/rfc822').setContent(input.openOriginal());
   else root.createChild('text/rfc822-headers').setContent(original.headerBlock);

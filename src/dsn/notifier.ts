@@ -3,7 +3,26 @@ import type { Config } from '../config/schema.js';
 import type { Envelope, Recipient } from '../spool/envelope.js';
 import { newQueueId } from '../spool/queue-id.js';
 import type { Spool } from '../spool/spool.js';
+import type { Metrics } from '../control/metrics.js';
+import { domainOf } from '../mail/address.js';
 import { composeNotice, type NoticeAction, type NoticeInput } from './compose.js';
+
+/** Counts per key over the last hour (one timestamp per event; keys whose events are all older are dropped). */
+class HourlyRate {
+  private readonly events = new Map<string, number[]>();
+
+  allow(key: string, limit: number, now = Date.now()): boolean {
+    const recent = (this.events.get(key) ?? []).filter((at) => at > now - 3600_000);
+    if (this.events.size > 10_000) for (const [other, times] of this.events) if (times.every((at) => at <= now - 3600_000)) this.events.delete(other);
+    if (recent.length >= limit) {
+      this.events.set(key, recent);
+      return false;
+    }
+    recent.push(now);
+    this.events.set(key, recent);
+    return true;
+  }
+}
 
 /**
  * Turns failed (or long-delayed) recipients into a DSN queued in the spool, only
@@ -12,12 +31,15 @@ import { composeNotice, type NoticeAction, type NoticeInput } from './compose.js
  * the envelope afterwards.
  */
 export class Notifier {
+  private readonly rate = new HourlyRate();
+
   constructor(
     private config: Config,
     private readonly spool: Spool,
     private readonly log: Logger,
     private readonly queued: (envelope: Envelope) => void,
     private readonly remoteMta: (envelope: Envelope, recipient: Recipient) => string | undefined,
+    private readonly metrics?: Metrics,
   ) {}
 
   updateConfig(config: Config): void {
@@ -52,6 +74,21 @@ export class Notifier {
   }
 
   private owed(envelope: Envelope, recipients: Recipient[], action: NoticeAction): Recipient[] {
+    const owed = this.asked(envelope, recipients, action);
+    if (owed.length === 0) return owed;
+    const suppressed = envelope.noBounce ?? (this.rate.allow(domainOf(envelope.sender), this.config.dsn.maxPerDomainPerHour) ? undefined : 'rate');
+    if (!suppressed) return owed;
+    // Backscatter: a DSN to a sender that is likely forged lands on an innocent third party.
+    this.metrics?.dsnSuppressed.inc({ reason: suppressed });
+    this.log.info(
+      { event: 'dsn_suppressed', queueId: envelope.id, to: envelope.sender, recipients: owed.map((r) => r.address), action, reason: suppressed },
+      suppressed === 'rate' ? 'no DSN: dsn.maxPerDomainPerHour reached for this sender domain' : `no DSN: the sender is likely forged (${suppressed})`,
+    );
+    return [];
+  }
+
+  /** The recipients a DSN is asked for: none for the null sender or a DSN, else as NOTIFY says. */
+  private asked(envelope: Envelope, recipients: Recipient[], action: NoticeAction): Recipient[] {
     if (envelope.sender === '' || envelope.kind === 'dsn') {
       this.log.info(
         { event: 'dsn_not_owed', queueId: envelope.id, to: recipients.map((r) => r.address), action, kind: envelope.kind ?? 'bounce' },

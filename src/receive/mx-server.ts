@@ -40,6 +40,8 @@ export interface MxOptions {
   sessionLimits?: SessionLimits;
   /** Milliseconds before the greeting (smtp-server's own: 100). */
   greetingPause?: number;
+  /** Milliseconds before this client's greeting, asked as it connects (instead of greetingPause). */
+  greetingPauseFor?: (remoteAddress: string) => number;
 }
 
 /** Refuses to run on an smtp-server these overrides were not written for. */
@@ -93,6 +95,7 @@ export class MxConnection extends SMTPConnection {
   private commandsBeforeMail = 0;
   private junkCommands = 0;
   private startedAt = 0;
+  private greetingPause = LIBRARY_PAUSE;
   private greeted = false;
   /** Socket chunk of the EHLO/HELO, of the previous command, and the chunk the parser is in (pipelining checks). */
   private helloChunk: number | undefined;
@@ -187,14 +190,15 @@ export class MxConnection extends SMTPConnection {
    */
   override init(): void {
     this.startedAt = Date.now();
+    const { greetingPause, greetingPauseFor } = this._server.options;
+    this.greetingPause = greetingPauseFor?.(this.remoteAddress) ?? greetingPause ?? LIBRARY_PAUSE;
     super.init();
-    const pause = this._server.options.greetingPause ?? LIBRARY_PAUSE;
-    if (pause < LIBRARY_PAUSE && !this.needsUpgrade) setTimeout(() => this.connectionReady(), pause).unref();
+    if (this.greetingPause < LIBRARY_PAUSE && !this.needsUpgrade) setTimeout(() => this.connectionReady(), this.greetingPause).unref();
   }
 
   override connectionReady(next?: () => void): void {
     if (this.greeted || this._closing || this._closed) return;
-    const wait = (this._server.options.greetingPause ?? LIBRARY_PAUSE) - (Date.now() - this.startedAt);
+    const wait = this.greetingPause - (Date.now() - this.startedAt);
     if (wait > 0) {
       setTimeout(() => this.connectionReady(next), wait).unref();
       return;

@@ -7,6 +7,8 @@ export interface AcceptedRecipient {
   address: string;
   /** The directory source that owns the domain. */
   source: string;
+  /** false: the source lists no addresses for the domain (mxlist, a domain-only entry): any local part was accepted. */
+  recipientCheck: boolean;
 }
 
 /**
@@ -29,7 +31,7 @@ export function checkRecipient(address: string, directory: DirectorySnapshot, de
     case 'unknown-address':
       throw new SmtpReply(550, '5.1.1', `<${address}>: recipient address rejected: user unknown`);
     case 'accept':
-      return { address: `${local}@${asciiDomain}`, source: lookup.source };
+      return { address: `${local}@${asciiDomain}`, source: lookup.source, recipientCheck: lookup.recipientCheck };
   }
 }
 

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import type { SMTPServerDataStream, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import { parseListenAddress, type Config } from '../config/schema.js';
 import type { Directory } from '../directory/directory.js';
-import type { Envelope } from '../spool/envelope.js';
+import { deliveredSize, type Envelope } from '../spool/envelope.js';
 import type { IncomingMessage, Spool } from '../spool/spool.js';
 import type { SpoolCondition } from '../spool/watch.js';
 import { clientKey } from './client-key.js';
@@ -16,6 +16,9 @@ import { SmtpReply } from './replies.js';
 import { MxServer, type MxOptions } from './mx-server.js';
 import { countDataBytes } from './young-gc.js';
 import { refusalReason, type Metrics } from '../control/metrics.js';
+import type { HostPort } from '../config/schema.js';
+import type { EdgeScreens } from '../screen/screens.js';
+import { rspamdCheck, RspamdUnavailable } from '../screen/rspamd.js';
 
 export interface ReceiveOptions {
   config: Config;
@@ -30,10 +33,31 @@ export interface ReceiveOptions {
   onEtrn?: (domain: string) => number;
   /** Whether the spool can take mail now (spool/watch.ts); absent: always. */
   spoolCondition?: () => SpoolCondition;
+  /** DNS lists, greeting pass, sender authentication, recipient verification (screen/); absent: none. */
+  screens?: EdgeScreens;
+  /** The primary that gets a source's mail: whether the relay knows it down, and how long probes have seen it up (ms; 0: not seen). */
+  primaryOf?: (source: string) => PrimaryState;
+}
+
+export interface PrimaryState {
+  address: HostPort;
+  down: boolean;
+  upForMs: number;
 }
 
 /** Bytes left for what a primary adds to a message before its own size check. */
 const PRIMARY_SIZE_MARGIN = 4096;
+
+/** What the checks on a whole message decided. */
+interface ContentVerdict {
+  refusal?: SmtpReply;
+  /** The refused_total reason of the refusal. */
+  reason?: string;
+  addedHeaders?: string;
+  noBounce?: Envelope['noBounce'];
+  /** Results for the message's summary line. */
+  report?: Record<string, unknown>;
+}
 
 /** What the policy keeps about a session it admitted. */
 interface AdmittedSession {
@@ -43,6 +67,10 @@ interface AdmittedSession {
   timer: NodeJS.Timeout;
   /** In DATA: a graceful stop lets it finish. */
   inData: boolean;
+  /** On a DNS allow list (screen.dnsblAllowThreshold): the other screens are skipped. */
+  allowListed?: boolean;
+  /** SPF of the current transaction's MAIL FROM. */
+  spf?: string;
 }
 
 const STORAGE_FAILURE = () => new SmtpReply(452, '4.3.1', 'Insufficient system storage, try again later');
@@ -143,6 +171,7 @@ export class ReceiveServer {
         junkCommands: config.limits.junkCommands,
       },
       greetingPause: config.limits.greetingPause * 1000,
+      greetingPauseFor: (remoteAddress) => this.greetingPause(remoteAddress),
       socketTimeout: config.limits.idleTimeout * 1000,
       closeTimeout: config.limits.shutdownTimeout * 1000,
       authOptional: true,
@@ -158,11 +187,17 @@ export class ReceiveServer {
       lenientAddressParsing: true,
       logger: false,
       ...tls,
-      onConnect: (session, callback) => callback(this.admit(session)),
+      onConnect: (session, callback) => {
+        this.admit(session).then(callback, (error: unknown) => callback(this.internalError(error, session)));
+      },
       onEtrn: (node, session, reply) => this.etrn(node, session, reply),
       onClose: (session) => this.release(session),
-      onMailFrom: (address, session, callback) => callback(this.sender(address.address, session)),
-      onRcptTo: (address, session, callback) => callback(this.recipient(address.address, session)),
+      onMailFrom: (address, session, callback) => {
+        this.sender(address.address, session).then(callback, (error: unknown) => callback(this.internalError(error, session)));
+      },
+      onRcptTo: (address, session, callback) => {
+        this.recipient(address.address, session).then(callback, (error: unknown) => callback(this.internalError(error, session)));
+      },
       onData: (stream, session, callback) => {
         const admitted = this.sessions.get(session.id);
         if (admitted) admitted.inData = true;
@@ -180,7 +215,57 @@ export class ReceiveServer {
     };
   }
 
-  private admit(session: SMTPServerSession): SmtpReply | null {
+  /**
+   * The pause before this client's greeting (ms): none for a client holding a pass (it
+   * waited once, within screen.passTtl), limits.greetingPause otherwise. The DNS-list
+   * lookups start now, so that they run during the pause.
+   */
+  private greetingPause(remoteAddress: string): number {
+    const screens = this.options.screens;
+    if (!screens) return this.options.config.limits.greetingPause * 1000;
+    screens.dnsbl.prefetch(remoteAddress);
+    const key = clientKey(remoteAddress, this.options.config.limits.clientIpv6Prefix);
+    return this.options.config.screen.passTtl > 0 && screens.passes.get(key) ? 0 : this.options.config.limits.greetingPause * 1000;
+  }
+
+  /** Connection limits, then the DNS lists (postscreen's dnsbl test): over the threshold, refused; at or under the allow threshold, allow-listed. */
+  private async admit(session: SMTPServerSession): Promise<SmtpReply | null> {
+    const refusal = this.admitOpen(session);
+    const screens = this.options.screens;
+    if (refusal || !screens?.dnsbl.enabled) return refusal;
+    const { screen, hostname } = this.options.config;
+    const verdict = await screens.dnsbl.score(session.remoteAddress);
+    const admitted = this.sessions.get(session.id);
+    const decision =
+      verdict.score >= screen.dnsblThreshold
+        ? screen.dnsblAction
+        : verdict.score <= screen.dnsblAllowThreshold && screen.dnsblAllowThreshold < 0
+          ? 'allow'
+          : 'pass';
+    this.screened('dnsbl', decision, { client: session.remoteAddress, score: verdict.score, listedBy: verdict.listedBy });
+    if (decision === 'allow' && admitted) admitted.allowListed = true;
+    if (decision === 'reject')
+      return this.refuse(new SmtpReply(554, '5.7.1', `${hostname} Service unavailable; client [${session.remoteAddress}] blocked using DNS lists`), 'dnsbl');
+    if (decision === 'defer')
+      return this.refuse(
+        new SmtpReply(450, '4.7.1', `${hostname} Service unavailable; client [${session.remoteAddress}] listed on DNS lists, try again later`),
+        'dnsbl',
+      );
+    return null;
+  }
+
+  /** One log line and one metric per screen decision. */
+  private screened(screen: string, decision: string, fields: Record<string, unknown>): void {
+    this.options.metrics?.screened.inc({ screen, decision });
+    this.options.log.info({ event: 'screen', screen, decision, ...fields }, `${screen}: ${decision}`);
+  }
+
+  private refuse(reply: SmtpReply, reason: string): SmtpReply {
+    this.options.metrics?.refused.inc({ reason });
+    return reply;
+  }
+
+  private admitOpen(session: SMTPServerSession): SmtpReply | null {
     const { limits, hostname } = this.options.config;
     if (this.closing) return shuttingDown();
     if (!this.serving) return new SmtpReply(421, '4.3.2', `${hostname} Service starting, try again in a moment`);
@@ -231,7 +316,24 @@ export class ReceiveServer {
     reply(250, `2.0.0 Queuing for node ${domain} started (${waiting} messages)`);
   }
 
-  private sender(address: string, session: SMTPServerSession): SmtpReply | null {
+  /** MAIL FROM: the spool and session limits, then SPF (auth.spf); a client that got here earned its greeting pass. */
+  private async sender(address: string, session: SMTPServerSession): Promise<SmtpReply | null> {
+    const refusal = this.senderAllowed(address, session);
+    const screens = this.options.screens;
+    const admitted = this.sessions.get(session.id);
+    if (refusal || !screens || !admitted) return refusal;
+    const { passTtl } = this.options.config.screen;
+    if (passTtl > 0) screens.passes.set(admitted.client, true, passTtl);
+    admitted.spf = undefined;
+    if (!screens.auth || admitted.allowListed) return null;
+    const checked = await screens.auth.checkSpf(address, session.remoteAddress, session.hostNameAppearsAs || '');
+    admitted.spf = checked.result;
+    const decision = checked.reply ? (checked.reply.responseCode >= 500 ? 'reject' : 'defer') : checked.result === 'pass' ? 'pass' : 'tag';
+    this.screened('spf', decision, { client: session.remoteAddress, from: address, result: checked.result });
+    return checked.reply ? this.refuse(checked.reply, 'spf') : null;
+  }
+
+  private senderAllowed(address: string, session: SMTPServerSession): SmtpReply | null {
     if (this.closing) return shuttingDown();
     const spool = this.options.spoolCondition?.() ?? 'ok';
     if (spool === 'low') return STORAGE_FAILURE();
@@ -291,11 +393,12 @@ export class ReceiveServer {
     return { key: readFileSync(key), cert: readFileSync(cert) };
   }
 
-  private recipient(address: string, session: SMTPServerSession): SmtpReply | null {
+  private async recipient(address: string, session: SMTPServerSession): Promise<SmtpReply | null> {
     try {
       const refusal = needsSmtpUtf8(address, session, this.primaryUtf8);
       if (refusal) throw refusal;
-      checkRecipient(address, this.options.directory.current, this.options.config.recipientDelimiter);
+      const accepted = checkRecipient(address, this.options.directory.current, this.options.config.recipientDelimiter);
+      await this.screenRecipient(accepted.address, accepted.source, accepted.recipientCheck, session);
       return null;
     } catch (error) {
       if (!(error instanceof SmtpReply)) throw error;
@@ -306,6 +409,81 @@ export class ReceiveServer {
       this.options.metrics?.refused.inc({ reason: refusalReason(error.enhancedCode) });
       return error;
     }
+  }
+
+  /**
+   * After the directory said yes: 451 4.7.1 while the primary has been seen up for
+   * screen.deferWhilePrimaryUp (opt-in), and for a domain without an address list, the
+   * primary's own answer to an RCPT probe (cached; the cache alone while it is down).
+   */
+  private async screenRecipient(address: string, source: string, listed: boolean, session: SMTPServerSession): Promise<void> {
+    const { screens, primaryOf } = this.options;
+    if (!screens || !primaryOf) return;
+    const { screen, verify, hostname } = this.options.config;
+    const primary = primaryOf(source);
+    if (screen.deferWhilePrimaryUp > 0 && primary.upForMs >= screen.deferWhilePrimaryUp * 1000) {
+      this.screened('primary_up', 'defer', { client: session.remoteAddress, to: address, upForSeconds: Math.round(primary.upForMs / 1000) });
+      throw new SmtpReply(451, '4.7.1', `<${address}>: the primary MX is up, please deliver there`);
+    }
+    if (listed || !verify.enabled) return;
+    const options = {
+      name: hostname,
+      connectTimeout: verify.timeout,
+      commandTimeout: verify.timeout,
+      ...(primary.address.tls ? { verify: primary.address.tls } : {}),
+    };
+    const verdict = await screens.verifier.verify(address, primary.address, primary.down, options);
+    this.screened('verify', verdict === undefined ? 'unavailable' : verdict.ok ? 'pass' : 'reject', { client: session.remoteAddress, to: address });
+    if (verdict && !verdict.ok)
+      throw new SmtpReply(550, '5.1.1', `<${address}>: recipient address rejected: the primary says: ${verdict.reply ?? 'user unknown'}`);
+  }
+
+  /**
+   * The checks that need the whole message, before the 250: DKIM and DMARC (with SPF
+   * again, for the Authentication-Results header), then rspamd. Returns a refusal, or the
+   * headers to add and whether a DSN to the sender would be backscatter.
+   */
+  private async checkContent(message: IncomingMessage, session: SMTPServerSession, recipients: string[]): Promise<ContentVerdict> {
+    const { screens, config, log, metrics } = this.options;
+    const admitted = this.sessions.get(session.id);
+    if (!screens || admitted?.allowListed) return {};
+    // Decisions on a message go in its one summary line (queued or message_refused), not a line each.
+    const report: Record<string, unknown> = {};
+    const helo = session.hostNameAppearsAs || '';
+    const sender = senderOf(session);
+    let headers = '';
+    let noBounce: Envelope['noBounce'];
+    if (screens.auth) {
+      const checked = await screens.auth.checkMessage(await message.readBack(), sender, session.remoteAddress, helo);
+      const decision = checked.reply ? (checked.reply.responseCode >= 500 ? 'reject' : 'defer') : checked.dmarc === 'pass' ? 'pass' : 'tag';
+      metrics?.screened.inc({ screen: 'dmarc', decision });
+      Object.assign(report, { spf: checked.spf, dkim: checked.dkim, dmarc: checked.dmarc });
+      if (checked.reply) return { refusal: checked.reply, reason: refusalReason(checked.reply.enhancedCode), report };
+      headers += checked.headers;
+      if (checked.spf === 'fail') noBounce = 'spf-fail';
+    }
+    const rspamd = config.rspamd;
+    if (rspamd) {
+      const envelope = { ip: session.remoteAddress, helo, sender, recipients, queueId: message.id, hostname: config.hostname };
+      try {
+        const verdict = await rspamdCheck(rspamd, envelope, await message.readBack());
+        const decision = verdict.reply ? (verdict.reply.responseCode >= 500 ? 'reject' : 'defer') : verdict.spam ? 'tag' : 'pass';
+        metrics?.screened.inc({ screen: 'rspamd', decision });
+        Object.assign(report, { rspamd: verdict.action, score: verdict.score });
+        if (verdict.reply) return { refusal: verdict.reply, reason: 'spam', report };
+        headers += verdict.headers;
+        if (verdict.spam) noBounce ??= 'spam';
+      } catch (error) {
+        if (!(error instanceof RspamdUnavailable)) throw error;
+        metrics?.screened.inc({ screen: 'rspamd', decision: 'unavailable' });
+        report.rspamd = 'unavailable';
+        log.warn({ event: 'rspamd_unavailable', queueId: message.id, reason: error.message, onFailure: rspamd.onFailure }, 'rspamd gave no verdict');
+        if (rspamd.onFailure === 'defer') {
+          return { refusal: new SmtpReply(451, '4.7.1', 'Content filter unavailable, try again later'), reason: 'filter_unavailable', report };
+        }
+      }
+    }
+    return { ...(headers ? { addedHeaders: headers } : {}), ...(noBounce ? { noBounce } : {}), report };
   }
 
   /** Streams DATA into the spool; resolves with the 250 text once the message is durable. */
@@ -357,8 +535,15 @@ export class ReceiveServer {
     }
     inspector.finish();
     if (inspector.problem) await dropMessage();
+    let screened: ContentVerdict = {};
+    if (message)
+      screened = await this.checkContent(message, session, recipients).catch(async (error: unknown) => {
+        await dropMessage(error);
+        return {};
+      });
+    if (screened.refusal) await dropMessage();
     if (storageError) log.error({ event: 'spool_write_failed', err: storageError, client: session.remoteAddress }, 'spool: cannot write the message');
-    const refusal = inspector.problem ?? (message ? undefined : STORAGE_FAILURE());
+    const refusal = inspector.problem ?? screened.refusal ?? (message ? undefined : STORAGE_FAILURE());
     if (refusal || !message) {
       log.info(
         {
@@ -368,10 +553,11 @@ export class ReceiveServer {
           to: recipients,
           size: inspector.size,
           reply: `${refusal!.responseCode} ${refusal!.message}`,
+          ...screened.report,
         },
         'message refused',
       );
-      this.options.metrics?.refused.inc({ reason: refusalReason(refusal!.enhancedCode) });
+      this.options.metrics?.refused.inc({ reason: screened.reason ?? refusalReason(refusal!.enhancedCode) });
       throw refusal;
     }
     const queued = message;
@@ -386,6 +572,8 @@ export class ReceiveServer {
         smtpUtf8: Boolean(session.envelope.smtpUtf8),
         client: { address: session.remoteAddress, helo: session.hostNameAppearsAs || '' },
         ...(inspector.messageId === undefined ? {} : { messageId: inspector.messageId }),
+        ...(screened.addedHeaders ? { addedHeaders: screened.addedHeaders } : {}),
+        ...(screened.noBounce ? { noBounce: screened.noBounce } : {}),
       })
       .catch((error: unknown) => {
         log.error({ err: error, queueId: queued.id }, 'spool: commit failed, message not queued');
@@ -400,8 +588,9 @@ export class ReceiveServer {
         from: envelope.sender,
         to: recipients,
         nrcpt: recipients.length,
-        size: envelope.size,
+        size: deliveredSize(envelope),
         messageId: envelope.messageId,
+        ...screened.report,
       },
       'queued',
     );

@@ -1,9 +1,9 @@
 import { EventEmitter, once } from 'node:events';
 import type { Logger } from 'pino';
-import type { Config } from '../config/schema.js';
+import type { Config, HostPort } from '../config/schema.js';
 import type { Metrics } from '../control/metrics.js';
 import { Notifier } from '../dsn/notifier.js';
-import { CorruptEnvelopeError, type Envelope, type Recipient } from '../spool/envelope.js';
+import { CorruptEnvelopeError, deliveredSize, type Envelope, type Recipient } from '../spool/envelope.js';
 import { probeStorage } from '../spool/probe.js';
 import type { Spool } from '../spool/spool.js';
 import { onQueuedMessage, type Change, type QueuedOutcome } from '../spool/transaction.js';
@@ -66,6 +66,7 @@ export class Relay extends EventEmitter {
   private choresRunning = 0;
   private wake: NodeJS.Timeout | undefined;
   private wakeAt = Infinity;
+  private primaryWatch: NodeJS.Timeout | undefined;
   private stopped = false;
   private fault: { reason: string; probe: NodeJS.Timeout | undefined } | undefined;
   /** Storage faults since the last attempt that could be recorded: the spool probe backs off with it. */
@@ -88,6 +89,7 @@ export class Relay extends EventEmitter {
       log,
       (dsn) => this.add(dsn),
       (envelope, recipient) => this.routes.resolve(envelope.kind, recipient).address.host,
+      metrics,
     );
   }
 
@@ -99,6 +101,7 @@ export class Relay extends EventEmitter {
     const now = Date.now();
     for (const envelope of envelopes) this.schedule.index(envelope, now);
     this.log.info({ messages: this.schedule.size }, 'relay: queue indexed');
+    this.watchPrimaries();
   }
 
   /** A message the receiver just queued: due now. */
@@ -352,6 +355,7 @@ export class Relay extends EventEmitter {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.wake);
+    clearTimeout(this.primaryWatch);
     clearTimeout(this.fault?.probe);
     for (const route of this.routes.all()) clearTimeout(route.probe);
     while ([...this.routes.all()].some((r) => r.workers > 0) || this.choresRunning > 0) await once(this, 'progress');
@@ -376,6 +380,7 @@ export class Relay extends EventEmitter {
     this.notifier.updateConfig(config);
     this.routes.updateConfig(config);
     this.schedule.reconfigure(config.relay, (kind, recipient) => this.routes.keyFor(kind, recipient), Date.now());
+    this.watchPrimaries();
     this.kick();
   }
 
@@ -495,7 +500,7 @@ export class Relay extends EventEmitter {
     return {
       sender: envelope.sender,
       recipients: recipients.map(({ address, notify, orcpt }) => ({ address, notify, orcpt })),
-      size: envelope.size,
+      size: deliveredSize(envelope),
       eightBit: envelope.bodyType === '8bitmime',
       smtpUtf8: envelope.smtpUtf8,
       ret: envelope.dsn?.ret,
@@ -548,12 +553,37 @@ export class Relay extends EventEmitter {
     }
   }
 
+  /** The primary of a source as the SMTP side sees it: known down, and for how long sessions have opened (ms). */
+  primaryState(source: string): { address: HostPort; down: boolean; upForMs: number } {
+    const route = this.routes.primaryOf(source);
+    return { address: route.address, down: !route.up, upForMs: route.up && route.seenUpSince !== undefined ? Date.now() - route.seenUpSince : 0 };
+  }
+
+  /**
+   * With screen.deferWhilePrimaryUp, primaries that are up are probed every probeInterval
+   * too: "seen up for so long" must come from recent sessions, not from an idle queue.
+   */
+  private watchPrimaries(): void {
+    if (!this.daemon || this.stopped || this.config.screen.deferWhilePrimaryUp <= 0) return;
+    clearTimeout(this.primaryWatch);
+    this.primaryWatch = setTimeout(() => {
+      const probes = [...new Set(this.config.sources.map((source) => this.routes.primaryOf(source.name)))]
+        .filter((route) => route.up && route.workers === 0)
+        .map((route) => this.probe(route));
+      Promise.all(probes)
+        .catch((error: unknown) => this.log.error({ err: error }, 'primary watch failed'))
+        .finally(() => this.watchPrimaries());
+    }, this.config.relay.probeInterval * 1000);
+  }
+
   /** What a primary announced in its EHLO (the SMTP side promises no more: SIZE, SMTPUTF8). */
   private seen(route: Route, session: SmtpSession): void {
+    route.seenUpSince ??= Date.now();
     this.emit('primary-capabilities', route.key, { size: session.sizeLimit ?? null, smtpUtf8: session.offers('SMTPUTF8') });
   }
 
   private markDown(route: Route, reason: string): void {
+    route.seenUpSince = undefined;
     if (!route.up) return;
     route.up = false;
     this.log.warn(
@@ -580,7 +610,8 @@ export class Relay extends EventEmitter {
       session.quit();
     } catch (error) {
       this.log.debug({ primary: route.key, reason: (error as Error).message }, 'probe failed');
-      route.up = false;
+      if (route.up) return this.markDown(route, (error as Error).message); // a watch probe (watchPrimaries)
+      route.seenUpSince = undefined;
       this.scheduleProbe(route);
       return;
     }

@@ -1,6 +1,6 @@
 import type { Config, HostPort } from '../config/schema.js';
 import type { Envelope, Recipient } from '../spool/envelope.js';
-import { domainOf } from './schedule.js';
+import { domainOf } from '../mail/address.js';
 
 /** A destination the relay talks to: a primary, or the MX hosts of a DSN's recipient domain. */
 export interface Route {
@@ -9,6 +9,8 @@ export interface Route {
   /** A sender domain reached through its MX hosts (DSNs without dsn.relay): never marked down, never probed. */
   readonly mxDomain?: string;
   up: boolean;
+  /** Since when sessions have opened without a failure in between (screen.deferWhilePrimaryUp). */
+  seenUpSince?: number;
   /** Workers delivering on it now. */
   workers: number;
   probe: NodeJS.Timeout | undefined;
@@ -42,8 +44,13 @@ export class Routes {
       const domain = domainOf(recipient.address);
       return this.make(`mx:${domain}`, { host: domain, port: this.config.dsn.port }, domain);
     }
-    const source = this.config.sources.find((s) => s.name === recipient.source);
-    const address = kind === 'dsn' ? this.config.dsn.relay! : (source?.primary ?? this.config.primary);
+    if (kind === 'dsn') return this.make(keyOf(this.config.dsn.relay!), this.config.dsn.relay!);
+    return this.primaryOf(recipient.source);
+  }
+
+  /** The route of the primary that gets a source's mail (the global primary for an unknown source). */
+  primaryOf(source: string | undefined): Route {
+    const address = this.config.sources.find((s) => s.name === source)?.primary ?? this.config.primary;
     return this.make(keyOf(address), address);
   }
 

@@ -1,3 +1,4 @@
+import { domainOf } from '../mail/address.js';
 import type { Envelope, Recipient } from '../spool/envelope.js';
 import { MinHeap } from './heap.js';
 
@@ -236,8 +237,4 @@ export class Schedule {
     entry.timerAt = Math.max(at, now);
     this.timers.push({ at: entry.timerAt, entry });
   }
-}
-
-export function domainOf(address: string): string {
-  return address.slice(address.lastIndexOf('@') + 1).toLowerCase();
 }

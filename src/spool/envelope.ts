@@ -31,8 +31,15 @@ export interface Envelope {
   /** MAIL FROM; '' is the null sender. */
   sender: string;
   recipients: Recipient[];
-  /** Bytes of the spooled message, our Received header included. */
+  /** Bytes of the spooled message, our Received header included (addedHeaders not). */
   size: number;
+  /**
+   * Header lines decided once the whole message was in (Authentication-Results, X-Spam-*),
+   * CRLF-terminated: every reader gets them before the stored bytes (Spool.openMessage).
+   */
+  addedHeaders?: string;
+  /** Why no DSN may go to the sender (it is likely forged): its SPF failed, or the message was scored as spam. */
+  noBounce?: 'spf-fail' | 'spam';
   bodyType: '7bit' | '8bitmime';
   smtpUtf8: boolean;
   client: { address: string; helo: string };
@@ -60,6 +67,11 @@ export interface Envelope {
 }
 
 export class CorruptEnvelopeError extends Error {}
+
+/** Bytes of the message as delivered: the added headers, then the stored bytes. */
+export function deliveredSize(envelope: Envelope): number {
+  return envelope.size + (envelope.addedHeaders ? Buffer.byteLength(envelope.addedHeaders) : 0);
+}
 
 const STATES: ReadonlySet<string> = new Set(['pending', 'delivered', 'failed']);
 

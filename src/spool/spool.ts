@@ -1,4 +1,5 @@
-import { createReadStream, statSync, type ReadStream, type Stats } from 'node:fs';
+import { createReadStream, statSync, type Stats } from 'node:fs';
+import { Readable } from 'node:stream';
 import { mkdir, open, readdir, readFile, rename, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -183,13 +184,26 @@ export class Spool {
     }
   }
 
+  tempPath(id: string): string {
+    return join(this.tmpDir, `${id}.msg`);
+  }
+
   messagePath(id: string): string {
     return join(this.queueDir, `${id}.msg`);
   }
 
-  /** The message's bytes as received (without the envelope stored after them). */
-  openMessage(envelope: Envelope): ReadStream {
-    return createReadStream(this.messagePath(envelope.id), { start: 0, end: envelope.size - 1 });
+  /** The message as delivered: the headers added after DATA, then the bytes as received (without the envelope stored after them). */
+  openMessage(envelope: Envelope): Readable {
+    const stored = createReadStream(this.messagePath(envelope.id), { start: 0, end: envelope.size - 1 });
+    if (!envelope.addedHeaders) return stored;
+    const added = Buffer.from(envelope.addedHeaders);
+    return Readable.from(
+      (async function* () {
+        yield added;
+        yield* stored;
+      })(),
+      { objectMode: false },
+    );
   }
 
   /** Replaces a queued message's envelope durably (temp, fsync, rename, folder fsync). */
@@ -253,6 +267,12 @@ export class IncomingMessage {
       const { bytesWritten } = await this.handle.write(data);
       data = data.subarray(bytesWritten);
     }
+  }
+
+  /** The bytes written so far, read back from the temp file (for the content checks before the 250). */
+  async readBack(): Promise<Readable> {
+    await this.flush();
+    return createReadStream(this.spool.tempPath(this.id), { start: 0, end: Math.max(0, this.bytes - 1) });
   }
 
   /** Appends the envelope, fsyncs, then queues the file: the caller may acknowledge once this resolves. */

@@ -24,6 +24,12 @@ export function queuedEnvelope(spoolDir: string, id: string): Envelope {
 }
 
 /** A queued message's bytes as received, without the envelope stored after them. */
-export function queuedMessage(spoolDir: string, id: string): Buffer {
+/** The message's bytes as stored (before the envelope the file ends with), without the headers added after DATA. */
+export function storedMessage(spoolDir: string, id: string): Buffer {
   return readFileSync(join(spoolDir, 'queue', `${id}.msg`)).subarray(0, queuedEnvelope(spoolDir, id).size);
+}
+
+/** The message as it will be delivered: the headers added after DATA, then the stored bytes. */
+export function queuedMessage(spoolDir: string, id: string): Buffer {
+  return Buffer.concat([Buffer.from(queuedEnvelope(spoolDir, id).addedHeaders ?? ''), storedMessage(spoolDir, id)]);
 }

@@ -1,0 +1,150 @@
+import type { Resolver } from 'node:dns/promises';
+import { isIPv4, isIPv6 } from 'node:net';
+
+/** One entry of postscreen_dnsbl_sites: `domain[=filter][*weight]`. */
+export interface DnsblSite {
+  domain: string;
+  /** Per octet of the reply address, the values that count (absent: any reply counts). */
+  filter?: Array<(octet: number) => boolean>;
+  weight: number;
+  /** As written, for logs and metric labels. */
+  spec: string;
+}
+
+const SITE = /^([A-Za-z0-9_.-]+?)(?:=([0-9.[\];]+))?(?:\*(-?\d+))?$/;
+
+/**
+ * Parses Postfix's syntax: `zen.spamhaus.org*3`, `list.dnswl.org=127.0.[0..255].[1..3]*-2`,
+ * `b.barracudacentral.org=127.0.0.2`; an octet is a number or `[a;b..c]` (numbers and ranges).
+ */
+export function parseDnsblSite(spec: string): DnsblSite | undefined {
+  const match = SITE.exec(spec.trim());
+  if (!match) return undefined;
+  const [, domain, filterText, weightText] = match;
+  let filter: DnsblSite['filter'];
+  if (filterText !== undefined) {
+    const octets = filterText.split(/\.(?![^[]*\])/);
+    if (octets.length !== 4) return undefined;
+    filter = [];
+    for (const octet of octets) {
+      const test = octetTest(octet);
+      if (!test) return undefined;
+      filter.push(test);
+    }
+  }
+  return { domain: domain.toLowerCase().replace(/\.$/, ''), filter, weight: weightText === undefined ? 1 : Number(weightText), spec: spec.trim() };
+}
+
+function octetTest(text: string): ((octet: number) => boolean) | undefined {
+  const plain = /^\d{1,3}$/.test(text);
+  const listed = /^\[([\d.;]+)\]$/.exec(text);
+  if (!plain && !listed) return undefined;
+  const parts = plain ? [text] : listed![1].split(';');
+  const ranges: Array<[number, number]> = [];
+  for (const part of parts) {
+    const range = /^(\d{1,3})(?:\.\.(\d{1,3}))?$/.exec(part);
+    if (!range) return undefined;
+    const low = Number(range[1]);
+    const high = Number(range[2] ?? range[1]);
+    if (low > 255 || high > 255 || low > high) return undefined;
+    ranges.push([low, high]);
+  }
+  return (octet) => ranges.some(([low, high]) => octet >= low && octet <= high);
+}
+
+/** The name to look up for `address` under a list: reversed octets (IPv4) or nibbles (IPv6, RFC 5782). */
+export function dnsblQueryName(address: string, domain: string): string | undefined {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  const ip = mapped ? mapped[1] : address;
+  if (isIPv4(ip)) return `${ip.split('.').reverse().join('.')}.${domain}`;
+  if (!isIPv6(ip)) return undefined;
+  const [head, tail = ''] = ip.split('::');
+  const groups = (part: string) => (part ? part.split(':') : []);
+  const missing = 8 - groups(head).length - groups(tail).length;
+  const full = [...groups(head), ...Array<string>(ip.includes('::') ? missing : 0).fill('0'), ...groups(tail)];
+  const nibbles = full.map((group) => group.padStart(4, '0')).join('');
+  return `${[...nibbles].reverse().join('.')}.${domain}`;
+}
+
+export interface DnsblVerdict {
+  score: number;
+  /** The sites that listed the client (their spec), for the log line. */
+  listedBy: string[];
+}
+
+/** Answers kept at least this long and at most this long, whatever the TTL says. */
+const MIN_TTL_S = 10;
+const MAX_TTL_S = 3600;
+/** "Not listed" (NXDOMAIN) is kept this long: node's resolver does not give the negative TTL. */
+const NOT_LISTED_TTL_S = 300;
+const MAX_CACHED = 50_000;
+
+/**
+ * Scores clients against DNS lists (postscreen's dnsbl test): every site is queried in
+ * parallel, each site that lists the client (with a reply its filter accepts) adds its
+ * weight once. Answers are cached by their TTL; a site that does not answer in time
+ * counts as not listing (a list outage must not block mail).
+ */
+export class DnsblScreen {
+  private readonly cache = new Map<string, { until: number; replies: Promise<string[]> }>();
+
+  constructor(
+    private readonly sites: readonly DnsblSite[],
+    private readonly resolver: Resolver,
+  ) {}
+
+  get enabled(): boolean {
+    return this.sites.length > 0;
+  }
+
+  /** Starts the lookups for a client now (during its greeting pause); score() then finds them under way or done. */
+  prefetch(address: string): void {
+    for (const site of this.sites) {
+      const name = dnsblQueryName(address, site.domain);
+      if (name) this.cache.set(name, this.entry(name)); // replies() of a fresh entry never rejects
+    }
+  }
+
+  async score(address: string): Promise<DnsblVerdict> {
+    const results = await Promise.all(this.sites.map(async (site) => ({ site, listed: await this.lists(site, address) })));
+    const listed = results.filter((result) => result.listed).map((result) => result.site);
+    return { score: listed.reduce((sum, site) => sum + site.weight, 0), listedBy: listed.map((site) => site.spec) };
+  }
+
+  private async lists(site: DnsblSite, address: string): Promise<boolean> {
+    const name = dnsblQueryName(address, site.domain);
+    if (!name) return false;
+    const replies = await this.replies(name);
+    return replies.some((reply) => {
+      const octets = reply.split('.').map(Number);
+      return !site.filter || site.filter.every((test, i) => test(octets[i]));
+    });
+  }
+
+  private replies(name: string): Promise<string[]> {
+    const entry = this.entry(name);
+    this.cache.set(name, entry);
+    return entry.replies;
+  }
+
+  /** The cached lookup, else a new one: kept for its TTL, "not listed" for NOT_LISTED_TTL_S, no answer at all not kept. */
+  private entry(name: string): { until: number; replies: Promise<string[]> } {
+    const cached = this.cache.get(name);
+    if (cached && cached.until > Date.now()) return cached;
+    if (this.cache.size >= MAX_CACHED) this.cache.clear();
+    const entry = { until: Date.now() + MIN_TTL_S * 1000, replies: Promise.resolve<string[]>([]) };
+    entry.replies = this.resolver.resolve4(name, { ttl: true }).then(
+      (records) => {
+        const ttl = Math.min(MAX_TTL_S, Math.max(MIN_TTL_S, ...records.map((record) => record.ttl)));
+        entry.until = Date.now() + ttl * 1000;
+        return records.map((record) => record.address);
+      },
+      (error: NodeJS.ErrnoException) => {
+        const notListed = error.code === 'ENOTFOUND' || error.code === 'ENODATA';
+        entry.until = notListed ? Date.now() + NOT_LISTED_TTL_S * 1000 : 0; // no answer at all: ask again next time
+        return [];
+      },
+    );
+    return entry;
+  }
+}

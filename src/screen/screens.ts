@@ -1,0 +1,46 @@
+import type { Logger } from 'pino';
+import type { Config } from '../config/schema.js';
+import { SenderAuth } from './auth.js';
+import { DnsblScreen, parseDnsblSite } from './dnsbl.js';
+import { ExpiringStore } from './expiring-store.js';
+import { cachingResolve, screenResolver } from './resolver.js';
+import { RecipientVerifier, type Verdict } from './verify.js';
+
+/**
+ * The edge defences the SMTP side consults (postscreen's DNS lists and greeting pass,
+ * sender authentication, recipient verification); rspamd is called per message
+ * (rspamd.ts). Built from the config; the caches live in the spool folder.
+ */
+export class EdgeScreens {
+  dnsbl!: DnsblScreen;
+  auth: SenderAuth | undefined;
+  verifier!: RecipientVerifier;
+  readonly passes: ExpiringStore<true>;
+  private readonly verdicts: ExpiringStore<Verdict>;
+
+  constructor(
+    config: Config,
+    spoolDir: string,
+    private readonly log: Logger,
+  ) {
+    this.passes = new ExpiringStore(spoolDir, 'greeting-passes', log);
+    this.verdicts = new ExpiringStore(spoolDir, 'verified-recipients', log);
+    this.updateConfig(config);
+  }
+
+  /** A reloaded config (SIGHUP): lists, policies and timeouts change; the caches stay. */
+  updateConfig(config: Config): void {
+    const { screen, auth, verify, dns } = config;
+    this.dnsbl = new DnsblScreen(
+      screen.dnsblSites.map((site) => parseDnsblSite(site)!),
+      screenResolver(dns.servers, screen.dnsTimeout),
+    );
+    this.auth = auth.enabled ? new SenderAuth(auth, config.hostname, cachingResolve(screenResolver(dns.servers, auth.dnsTimeout))) : undefined;
+    this.verifier = new RecipientVerifier(this.verdicts, verify, this.log);
+  }
+
+  /** Writes the caches (at shutdown). */
+  async save(): Promise<void> {
+    await Promise.all([this.passes.save(), this.verdicts.save()]);
+  }
+}
