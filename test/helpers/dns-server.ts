@@ -4,16 +4,20 @@ import { isIPv4 } from 'node:net';
 export interface Zone {
   mx?: Array<{ preference: number; exchange: string }>;
   a?: string[];
+  /** TXT records (SPF, DKIM keys, DMARC policies); a long one is split into 255-byte strings. */
+  txt?: string[];
 }
 
-const TYPE = { A: 1, MX: 15, AAAA: 28 } as const;
+const TYPE = { A: 1, MX: 15, TXT: 16, AAAA: 28 } as const;
 
 /**
- * A small authoritative DNS server on loopback UDP for the MX tests: answers A and MX
+ * A small authoritative DNS server on loopback UDP for the tests: answers A, MX and TXT
  * from `zones`, NOERROR with no answer for other types of a known name, NXDOMAIN otherwise.
+ * Every query is counted in `queries` ("TYPE name"), so a test can tell what was asked.
  */
 export class TestDnsServer {
   readonly zones = new Map<string, Zone>();
+  readonly queries: string[] = [];
   private readonly socket: Socket = createSocket('udp4');
   port = 0;
 
@@ -46,6 +50,7 @@ export class TestDnsServer {
     const questionEnd = offset + 5;
     const type = query.readUInt16BE(offset + 1);
     const zone = this.zones.get(labels.join('.').toLowerCase());
+    this.queries.push(`${Object.entries(TYPE).find(([, value]) => value === type)?.[0] ?? type} ${labels.join('.').toLowerCase()}`);
     const answers: Buffer[] = [];
     if (zone && type === TYPE.MX) {
       for (const mx of zone.mx ?? []) {
@@ -54,6 +59,7 @@ export class TestDnsServer {
         answers.push(record(TYPE.MX, Buffer.concat([preference, encodeName(mx.exchange)])));
       }
     }
+    if (zone && type === TYPE.TXT) for (const text of zone.txt ?? []) answers.push(record(TYPE.TXT, characterStrings(text)));
     if (zone && type === TYPE.A)
       for (const address of (zone.a ?? []).filter((a) => isIPv4(a))) answers.push(record(TYPE.A, Buffer.from(address.split('.').map(Number))));
     const header = Buffer.alloc(12);
@@ -63,6 +69,17 @@ export class TestDnsServer {
     header.writeUInt16BE(answers.length, 6);
     return Buffer.concat([header, query.subarray(12, questionEnd), ...answers]);
   }
+}
+
+/** RFC 1035 <character-string>s of at most 255 bytes each. */
+function characterStrings(text: string): Buffer {
+  const bytes = Buffer.from(text);
+  const parts: Buffer[] = [];
+  for (let at = 0; at < bytes.length || at === 0; at += 255) {
+    const part = bytes.subarray(at, at + 255);
+    parts.push(Buffer.from([part.length]), part);
+  }
+  return Buffer.concat(parts);
 }
 
 function encodeName(name: string): Buffer {

@@ -1,0 +1,83 @@
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir, userInfo } from 'node:os';
+import { join } from 'node:path';
+import { freePort } from './primary.js';
+import { waitFor } from './wait.js';
+
+const RSPAMD = '/usr/bin/rspamd';
+/** Compiled rules are kept between runs here: the first start compiles for tens of seconds, later ones take a few. */
+const DB_DIR = '/var/tmp/secondarymx-test-rspamd-db';
+
+/**
+ * Debian's rspamd in the foreground (`rspamd -f -u _rspamd -g _rspamd`), with a config
+ * folder of its own that overrides the package's: the normal worker on a free loopback
+ * port (no proxy, controller or fuzzy worker), its resolver on the tests' loopback DNS
+ * server, and a test rule: a Subject with SPAMWORD scores 100 (add header at 50;
+ * GTUBE still gives reject).
+ */
+export class TestRspamd {
+  private child: ChildProcess | undefined;
+  private readonly dir = mkdtempSync(join(tmpdir(), 'secondarymx-rspamd-'));
+  port = 0;
+  readonly output: string[] = [];
+
+  constructor(private readonly dnsServer: string) {}
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  async start(): Promise<void> {
+    if (!existsSync(RSPAMD)) throw new Error(`${RSPAMD} is missing: apt-get install rspamd (.ci/run does)`);
+    if (userInfo().uid !== 0) throw new Error('rspamd is started as root, which drops to _rspamd');
+    this.port = await freePort();
+    const { dir } = this;
+    for (const sub of ['local.d', 'override.d', 'run']) mkdirSync(join(dir, sub), { recursive: true });
+    mkdirSync(DB_DIR, { recursive: true });
+    const files: Record<string, string> = {
+      'local.d/options.inc': `dns { nameserver = ["${this.dnsServer}"]; timeout = 1s; retransmits = 1; }\n`,
+      'override.d/worker-normal.inc': `bind_socket = "127.0.0.1:${this.port}";\ncount = 1;\n`,
+      'override.d/worker-proxy.inc': 'enabled = false;\n',
+      'override.d/worker-controller.inc': 'enabled = false;\n',
+      'override.d/worker-fuzzy.inc': 'enabled = false;\n',
+      'override.d/logging.inc': 'type = "console";\nlevel = "error";\n',
+      'override.d/actions.conf': 'reject = 150;\nadd_header = 50;\ngreylist = null;\nrewrite_subject = null;\n',
+      'local.d/multimap.conf': `TEST_SPAMWORD { type = "header"; header = "Subject"; regexp = true; map = "${join(dir, 'spamwords.map')}"; score = 100.0; }\n`,
+      'spamwords.map': '/SPAMWORD/\n',
+    };
+    for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
+    const rspamdUser = execFileSync('id', ['-u', '_rspamd']).toString().trim();
+    const rspamdGroup = execFileSync('id', ['-g', '_rspamd']).toString().trim();
+    chmodSync(dir, 0o755);
+    for (const path of [join(dir, 'run'), DB_DIR]) chownSync(path, Number(rspamdUser), Number(rspamdGroup));
+    const child = spawn(
+      RSPAMD,
+      ['-f', '-u', '_rspamd', '-g', '_rspamd', '--var', `LOCAL_CONFDIR=${dir}`, '--var', `RUNDIR=${join(dir, 'run')}`, '--var', `DBDIR=${DB_DIR}`],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    this.child = child;
+    for (const stream of [child.stdout!, child.stderr!]) stream.on('data', (chunk: Buffer) => this.output.push(chunk.toString()));
+    let exited = false;
+    child.once('exit', () => (exited = true));
+    await waitFor(async () => {
+      if (exited) throw new Error(`rspamd exited: ${this.output.join('').slice(-2000)}`);
+      return fetch(`${this.url}/ping`).then(
+        (response) => response.ok,
+        () => false,
+      );
+    }, 120_000);
+  }
+
+  async stop(): Promise<void> {
+    const child = this.child;
+    if (child && child.exitCode === null) {
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGTERM');
+      await exited;
+    }
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
