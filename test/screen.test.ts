@@ -259,6 +259,14 @@ describe('screen: rspamd before the 250', function () {
     assert.match(await metric(mx, 'secondarymx_refused_total'), /reason="spam"} 1/);
   });
 
+  it('answers soft reject with 451 4.7.1 and its message, and queues nothing', async () => {
+    mx = await start(`{ url: "${rspamd.url}" }`);
+    const reply = await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('SOFTWORD now'));
+    assert.deepEqual(pick(reply), [451, '4.7.1']);
+    assert.match(reply.text, /Busy, come back later/);
+    assert.deepEqual(queuedIds(mx.spoolDir), []);
+  });
+
   it('adds its verdict to a clean message and X-Spam to a spammy one; never bounces the spammy one', async () => {
     primary.rcptReplies.set('bob.smith@d1.example', [550, '5.1.1 no such user']);
     mx = await start(`{ url: "${rspamd.url}" }`);

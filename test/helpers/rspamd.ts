@@ -13,8 +13,8 @@ const DB_DIR = '/var/tmp/secondarymx-test-rspamd-db';
  * Debian's rspamd in the foreground (`rspamd -f -u _rspamd -g _rspamd`), with a config
  * folder of its own that overrides the package's: the normal worker on a free loopback
  * port (no proxy, controller or fuzzy worker), its resolver on the tests' loopback DNS
- * server, and a test rule: a Subject with SPAMWORD scores 100 (add header at 50;
- * GTUBE still gives reject).
+ * server, and two test rules: a Subject with SPAMWORD scores 100 (add header at 50;
+ * GTUBE still gives reject), one with SOFTWORD gets "soft reject".
  */
 export class TestRspamd {
   private child: ChildProcess | undefined;
@@ -43,8 +43,11 @@ export class TestRspamd {
       'override.d/worker-fuzzy.inc': 'enabled = false;\n',
       'override.d/logging.inc': 'type = "console";\nlevel = "error";\n',
       'override.d/actions.conf': 'reject = 150;\nadd_header = 50;\ngreylist = null;\nrewrite_subject = null;\n',
-      'local.d/multimap.conf': `TEST_SPAMWORD { type = "header"; header = "Subject"; regexp = true; map = "${join(dir, 'spamwords.map')}"; score = 100.0; }\n`,
+      'local.d/multimap.conf':
+        `TEST_SPAMWORD { type = "header"; header = "Subject"; regexp = true; map = "${join(dir, 'spamwords.map')}"; score = 100.0; }\n` +
+        `TEST_SOFTWORD { type = "header"; header = "Subject"; regexp = true; map = "${join(dir, 'softwords.map')}"; prefilter = true; action = "soft reject"; message = "Busy, come back later"; }\n`,
       'spamwords.map': '/SPAMWORD/\n',
+      'softwords.map': '/SOFTWORD/\n',
     };
     for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
     const rspamdUser = execFileSync('id', ['-u', '_rspamd']).toString().trim();
