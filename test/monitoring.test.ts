@@ -1,5 +1,10 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseConfig } from '../src/config/load.js';
+import { newQueueId } from '../src/spool/queue-id.js';
+import { Spool } from '../src/spool/spool.js';
 import { baseConfig, startTestDaemon } from './helpers/daemon.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
@@ -71,6 +76,36 @@ describe('monitoring: /metrics and /healthz on control.listen', () => {
     } finally {
       await mx.stop();
       await primary.stop();
+    }
+  });
+
+  it('reports the spool gauges right on the first scrape: at start on a non-empty spool, and just after one more message', async () => {
+    const spoolDir = mkdtempSync(join(tmpdir(), 'secondarymx-spool-'));
+    const spool = await Spool.forDelivery(spoolDir);
+    for (let i = 0; i < 3; i++) {
+      await spool.enqueue(newQueueId(), Buffer.from(message(`waiting ${i}`)), {
+        arrival: new Date(Date.now() - 60_000).toISOString(),
+        sender: 's@remote.example',
+        recipients: [{ address: 'alice@d1.example', state: 'pending' }],
+        bodyType: '7bit',
+        smtpUtf8: false,
+        client: { address: '127.0.0.1', helo: 'x' },
+      });
+    }
+    await spool.unlock();
+    const mx = await startTestDaemon({ spoolDir }); // primary on a closed port: nothing leaves
+    try {
+      const first = (await get(mx.daemon.monitoringPort, '/metrics')).body;
+      assert.equal(sample(first, 'secondarymx_spool_messages'), 3);
+      assert.ok(sample(first, 'secondarymx_spool_bytes')! > 300);
+      assert.ok(sample(first, 'secondarymx_oldest_message_age_seconds')! >= 59);
+      const { client } = await SmtpClient.session(mx.port);
+      assert.equal((await client.sendMail('s@remote.example', ['alice@d1.example'], message('one more'))).code, 250);
+      await client.quit();
+      assert.equal(sample((await get(mx.daemon.monitoringPort, '/metrics')).body, 'secondarymx_spool_messages'), 4);
+    } finally {
+      await mx.stop();
+      rmSync(spoolDir, { recursive: true, force: true });
     }
   });
 

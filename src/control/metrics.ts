@@ -77,19 +77,28 @@ export class Metrics {
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
-    const spoolMessages = new Gauge({ name: 'secondarymx_spool_messages', help: 'Messages in the spool', registers });
-    const spoolBytes = new Gauge({ name: 'secondarymx_spool_bytes', help: 'Bytes of the messages in the spool', registers });
-    new Gauge({
-      name: 'secondarymx_oldest_message_age_seconds',
-      help: 'Age of the oldest undelivered message (0 when none)',
-      registers,
-      async collect() {
-        const spool = await sources.spool();
-        spoolMessages.set(spool.messages);
-        spoolBytes.set(spool.bytes);
-        this.set(spool.oldestArrival === undefined ? 0 : (Date.now() - spool.oldestArrival) / 1000);
-      },
-    });
+    // One look at the spool per scrape, shared by its three gauges: prom-client starts every
+    // collect() of a scrape before any resolves. Each gauge sets only itself, in its own
+    // collect(), so none is serialised before it is set (one scrape behind).
+    let looking: ReturnType<MetricsSources['spool']> | undefined;
+    const spoolNow = () =>
+      (looking ??= sources.spool().finally(() => {
+        looking = undefined;
+      }));
+    const spoolGauge = (name: string, help: string, value: (spool: Awaited<ReturnType<MetricsSources['spool']>>) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        async collect() {
+          this.set(value(await spoolNow()));
+        },
+      });
+    spoolGauge('secondarymx_spool_messages', 'Messages in the spool', (spool) => spool.messages);
+    spoolGauge('secondarymx_spool_bytes', 'Bytes of the messages in the spool', (spool) => spool.bytes);
+    spoolGauge('secondarymx_oldest_message_age_seconds', 'Age of the oldest undelivered message (0 when none)', (spool) =>
+      spool.oldestArrival === undefined ? 0 : (Date.now() - spool.oldestArrival) / 1000,
+    );
     new Gauge({
       name: 'secondarymx_primary_up',
       help: '1 when the primary answers, 0 while it is down and probed',
