@@ -76,6 +76,7 @@ async function main(argv: string[]): Promise<number> {
     case 'serve': {
       expectNoMore(rest);
       const loaded = await config(values.config);
+      (await import('./config/tls-files.js')).checkTlsFiles(loaded.config);
       const [{ serve }, { createLogger }] = await Promise.all([import('./serve.js'), import('./log.js')]);
       await serve(loaded, createLogger(loaded.config.log.level));
       // Stopped cleanly; exit now rather than wait for a pretty-printing log worker (pino flushes it on exit).
@@ -85,6 +86,7 @@ async function main(argv: string[]): Promise<number> {
       expectNoMore(rest);
       const loaded = await config(values.config);
       const { describeConfig, insecureSources } = await import('./config/load.js');
+      (await import('./config/tls-files.js')).checkTlsFiles(loaded.config);
       await checkFileSources(loaded.config);
       for (const reason of insecureSources(loaded.config)) process.stderr.write(`secondarymx: warning: ${reason}\n`);
       process.stdout.write(`# ${loaded.file}: ok\n${describeConfig(loaded.config)}`);

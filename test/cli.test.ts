@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runCli, spawnDaemon } from './helpers/cli.js';
+import { makeCertificate } from './helpers/certificate.js';
 import { baseConfig, writeTestConfig } from './helpers/daemon.js';
 import { message, SmtpClient, queuedId } from './helpers/smtp-client.js';
 
@@ -126,6 +127,33 @@ describe('cli: configuration errors and commands', () => {
     const result = await runCli(['check', '--config', file]);
     assert.equal(result.status, 78);
     assert.match(result.stderr, /sources: local: one entry per line expected: .*domains\.txt:3: "not a domain"/);
+  });
+
+  it('check and serve open the TLS files and say which one is wrong (missing, not PEM, key of another certificate)', async () => {
+    for (const name of ['one', 'other']) mkdirSync(join(dir, name));
+    const one = makeCertificate(join(dir, 'one'), 'one');
+    const other = makeCertificate(join(dir, 'other'), 'other');
+    writeFileSync(join(dir, 'garbage.pem'), 'not a certificate\n');
+    const cases: Array<[string, RegExp]> = [
+      [`tls: { key: ${join(dir, 'missing.pem')}, cert: ${one.cert} }`, /config error: tls\.key: cannot read .*missing\.pem: ENOENT/],
+      [`tls: { key: ${one.key}, cert: ${join(dir, 'garbage.pem')} }`, /config error: tls\.cert: .*garbage\.pem is not a PEM certificate/],
+      [`tls: { key: ${other.key}, cert: ${one.cert} }`, /config error: tls\.key: .*other.* is not the key of the certificate in .*one/],
+    ];
+    for (const [tls, expected] of cases) {
+      const { dir: configDir, file: tlsFile } = writeTestConfig(baseConfig(tls));
+      try {
+        for (const command of ['check', 'serve']) {
+          const result = await runCli([command, '--config', tlsFile]);
+          assert.equal(result.status, 78, `${command}: ${result.stderr}`);
+          assert.match(result.stderr, expected);
+        }
+      } finally {
+        rmSync(configDir, { recursive: true, force: true });
+      }
+    }
+    const { dir: goodDir, file: good } = writeTestConfig(baseConfig(`tls: { key: ${one.key}, cert: ${one.cert} }`));
+    assert.equal((await runCli(['check', '--config', good])).status, 0);
+    rmSync(goodDir, { recursive: true, force: true });
   });
 
   it('check prints the effective config with defaults and absolute paths', async () => {
