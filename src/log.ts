@@ -1,4 +1,5 @@
 import { createRequire } from 'node:module';
+import { Writable } from 'node:stream';
 import { pino, type DestinationStream, type Logger } from 'pino';
 
 /**
@@ -31,4 +32,32 @@ function prettyOnTerminal(): DestinationStream | undefined {
     return undefined;
   }
   return pino.transport({ target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:standard' } });
+}
+
+/** Fields every line has, left out of a CLI message. */
+const ROUTINE = new Set(['level', 'time', 'pid', 'msg', 'event']);
+
+/**
+ * The logger of a one-shot command (flush, sync) run standalone: on a terminal, each line
+ * as "secondarymx: warning: primary is DOWN … (primary=…, reason=…)", written at once,
+ * so nothing raw follows the command's summary; otherwise JSON lines on stderr, as the
+ * daemon's, for scripts and journald.
+ */
+export function createCliLogger(level: string): Logger {
+  if (!process.stderr.isTTY) return createLogger(level, pino.destination({ dest: 2, sync: true }));
+  const names: Record<number, string> = { 10: 'trace', 20: 'debug', 30: 'info', 40: 'warning', 50: 'error', 60: 'fatal' };
+  const human = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      for (const line of chunk.toString().split('\n').filter(Boolean)) {
+        const record = JSON.parse(line) as Record<string, unknown>;
+        const details = Object.entries(record)
+          .filter(([key]) => !ROUTINE.has(key))
+          .map(([key, value]) => `${key}=${typeof value === 'string' ? value : JSON.stringify(value)}`);
+        const name = names[Number(record.level)] ?? 'log';
+        process.stderr.write(`secondarymx: ${name}: ${String(record.msg)}${details.length ? ` (${details.join(', ')})` : ''}\n`);
+      }
+      callback();
+    },
+  });
+  return createLogger(level, human);
 }

@@ -8,6 +8,8 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { parseConfig } from '../src/config/load.js';
 import { Metrics } from '../src/control/metrics.js';
+import { newQueueId } from '../src/spool/queue-id.js';
+import { Spool } from '../src/spool/spool.js';
 import { CLI, runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, writeTestConfig } from './helpers/daemon.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
@@ -170,6 +172,29 @@ describe('deploy: terminal niceties', () => {
       const pretty = await onTerminal(`timeout --preserve-status -s TERM 2 node ${CLI} serve --config ${file}`);
       assert.match(pretty, /INFO.*listening/);
       assert.doesNotMatch(pretty, /^\{"level"/m);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('flush on a terminal writes its warnings as sentences before its summary, never raw JSON', async function () {
+    if (!hasScript) this.skip();
+    const { dir, file } = writeTestConfig(baseConfig()); // the primary is a closed port
+    try {
+      const spool = await Spool.forDelivery(join(dir, 'spool'));
+      await spool.enqueue(newQueueId(), Buffer.from(message('waiting')), {
+        arrival: new Date().toISOString(),
+        sender: 's@remote.example',
+        recipients: [{ address: 'alice@d1.example', state: 'pending' }],
+        bodyType: '7bit',
+        smtpUtf8: false,
+        client: { address: '127.0.0.1', helo: 'x' },
+      });
+      await spool.unlock();
+      const terminal = await onTerminal(`node ${CLI} flush --config ${file}`);
+      assert.match(terminal, /^secondarymx: warning: primary is DOWN: delivery stopped, probing \(primary=127\.0\.0\.1:1, reason=.*ECONNREFUSED/m);
+      assert.match(terminal, /flush \(standalone\): 1 messages: .*1 messages not attempted \(primary unreachable\), 0 busy elsewhere\r?\n$/);
+      assert.doesNotMatch(terminal, /\{"level"/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -1,6 +1,6 @@
 import { viaDaemonOr } from './via-daemon.js';
 import type { Config } from '../config/schema.js';
-import { createLogger } from '../log.js';
+import { createCliLogger } from '../log.js';
 import { Relay, type FlushFilter } from '../relay/relay.js';
 import { Spool } from '../spool/spool.js';
 import { withProgress } from './progress.js';
@@ -23,7 +23,7 @@ export async function flushCommand(config: Config, filter: FlushFilter, json: bo
     config.spool,
     `/flush?${query}`,
     async () => {
-      const relay = new Relay(config, await Spool.forDelivery(config.spool), createLogger('warn', process.stderr), false);
+      const relay = new Relay(config, await Spool.forDelivery(config.spool), createCliLogger('warn'), false);
       await relay.load();
       try {
         return await withProgress(relay.flush(filter), progress);

@@ -1,7 +1,7 @@
 import { viaDaemonOr } from './via-daemon.js';
 import type { Config } from '../config/schema.js';
 import { Syncer, type SyncReport } from '../directory/sync.js';
-import { createLogger } from '../log.js';
+import { createCliLogger } from '../log.js';
 import { directoryStore } from '../directory/store.js';
 import { EX_TEMPFAIL } from '../exit-codes.js';
 import { withProgress } from './progress.js';
@@ -14,7 +14,7 @@ export async function syncCommand(config: Config, options: { force: boolean; jso
     config.spool,
     `/sync${options.force ? '?force=1' : ''}`,
     async () => {
-      const syncer = await Syncer.open(config, directoryStore(config.spool), createLogger('error', process.stderr), () => undefined);
+      const syncer = await Syncer.open(config, directoryStore(config.spool), createCliLogger('error'), () => undefined);
       return withProgress(syncer.run({ force: options.force }), progress);
     },
     (work) => withProgress(work, progress),
