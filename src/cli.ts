@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import type { Config } from './config/schema.js';
 import { EX_CONFIG, EX_USAGE } from './exit-codes.js';
 import type { QueueEdit } from './spool/edit.js';
+import type { QueueSelection } from './spool/select.js';
 
 /*
  * Each command loads its modules when it runs (import()): `status` or `--help` need not
@@ -23,19 +24,31 @@ commands:
   status [--json]    daemon, directory, per-source sync state and spool summary
   flush [--domain D] [--id ID] [--json]
                      attempt delivery now, ignoring backoff (through the daemon, or on its own)
-  queue list [--json]
+  queue list [SELECTION] [--json]
                      list the spooled messages, whether or not the daemon runs
+  queue summary [SELECTION] [--json]
+                     messages by recipient domain and age, as Postfix's qshape
   queue show ID [--json]
                      envelope, recipient states and replies, headers
-  queue hold ID | queue release ID | queue delete ID
-                     held messages are never delivered until released
+  queue hold|release|delete ID
+  queue hold|release|delete SELECTION [--yes]
+                     held messages are never delivered until released; with a selection,
+                     the count is shown and confirmed (--yes when not on a terminal)
   import-legacy FILE print the sources: entry for an old alternc-secondarymx / slavedns config
 
 options:
   --config FILE      config file (default: $SECONDARYMX_CONFIG, ./config/secondarymx.yaml,
                      /etc/secondarymx/secondarymx.yaml, the first that exists)
   --force            with sync: apply a pull even if it shrank by more than sync.maxShrink
-  --json             machine-readable output (sync, status, queue list)
+  --json             machine-readable output (sync, status, queue list, queue summary)
+
+selection (queue list, summary, hold, release, delete; all conditions must hold):
+  --domain D         a recipient still pending in domain D
+  --sender S         sender address S, "@example.org" for any sender of that domain, "<>" for bounces
+  --recipient R      recipient address R
+  --older-than T     arrived at least T ago (5d, 4h, 30m, 45s)
+  --all              every message (needed to edit all: never by accident)
+  --yes              do not ask before a bulk hold, release or delete
   -h, --help         this help
   -v, --version      print the version
 
@@ -56,6 +69,11 @@ async function main(argv: string[]): Promise<number> {
       force: { type: 'boolean', default: false },
       domain: { type: 'string' },
       id: { type: 'string' },
+      sender: { type: 'string' },
+      recipient: { type: 'string' },
+      'older-than': { type: 'string' },
+      all: { type: 'boolean', default: false },
+      yes: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
       version: { type: 'boolean', short: 'v', default: false },
     },
@@ -111,17 +129,27 @@ async function main(argv: string[]): Promise<number> {
       const [subcommand, id, ...more] = rest;
       expectNoMore(more);
       const queue = await import('./commands/queue.js');
-      if (subcommand === 'list') {
+      const selection = await querySelection(values);
+      const selecting = !(await import('./spool/select.js')).isEmptySelection(selection);
+      if (subcommand === 'list' || subcommand === 'summary') {
         if (id) throw new UsageError(`unexpected argument: ${id}`);
-        return queue.printQueue((await config(values.config)).config.spool, values.json);
+        const spool = (await config(values.config)).config.spool;
+        return subcommand === 'list' ? queue.printQueue(spool, values.json, selection) : queue.summaryCommand(spool, values.json, selection);
       }
       if (!['show', 'hold', 'release', 'delete'].includes(subcommand ?? '')) {
-        throw new UsageError(subcommand ? `unknown queue command: ${subcommand}` : 'queue needs a command: list, show, hold, release, delete');
+        throw new UsageError(subcommand ? `unknown queue command: ${subcommand}` : 'queue needs a command: list, summary, show, hold, release, delete');
       }
-      if (!id) throw new UsageError(`queue ${subcommand} needs a queue id`);
+      if (id && selecting)
+        throw new UsageError(`queue ${subcommand}: a queue id or a selection (--domain, --sender, --recipient, --older-than, --all), not both`);
+      if (!id && (subcommand === 'show' || !selecting)) {
+        throw new UsageError(
+          `queue ${subcommand} needs a queue id${subcommand === 'show' ? '' : ' or a selection (--domain, --sender, --recipient, --older-than, --all)'}`,
+        );
+      }
       const loaded = (await config(values.config)).config;
-      if (subcommand === 'show') return queue.showCommand(loaded, id, values.json);
+      if (subcommand === 'show') return queue.showCommand(loaded, id!, values.json);
       (await import('./privileges.js')).actAsSpoolOwner(loaded.spool);
+      if (!id) return queue.bulkEditCommand(loaded, subcommand as QueueEdit, selection, values.yes);
       return queue.editCommand(loaded, subcommand as QueueEdit, id);
     }
     case 'import-legacy': {
@@ -138,6 +166,21 @@ async function main(argv: string[]): Promise<number> {
     default:
       throw new UsageError(`unknown command: ${command}`);
   }
+}
+
+/** The queue selection options; --older-than is a duration. */
+async function querySelection(values: { domain?: string; sender?: string; recipient?: string; 'older-than'?: string; all: boolean }): Promise<QueueSelection> {
+  const olderThan = values['older-than'];
+  const olderThanSeconds = olderThan === undefined ? undefined : (await import('./config/schema.js')).parseDuration(olderThan);
+  if (olderThan !== undefined && olderThanSeconds === undefined)
+    throw new UsageError(`--older-than: expected a duration such as 5d, 4h, 30m or 45s, not ${JSON.stringify(olderThan)}`);
+  return {
+    ...(values.domain === undefined ? {} : { domain: values.domain }),
+    ...(values.sender === undefined ? {} : { sender: values.sender }),
+    ...(values.recipient === undefined ? {} : { recipient: values.recipient }),
+    ...(olderThanSeconds === undefined ? {} : { olderThanSeconds }),
+    ...(values.all ? { all: true } : {}),
+  };
 }
 
 /** Domain files are local: a bad line (which a sync leaves out with a warning) is a configuration error `check` names. */

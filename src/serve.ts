@@ -16,7 +16,7 @@ import { ReceiveServer } from './receive/server.js';
 import { EdgeScreens } from './screen/screens.js';
 import { PrimaryCapabilities, type Capabilities } from './relay/primary-capabilities.js';
 import { Relay } from './relay/relay.js';
-import { editQueued, type QueueEdit } from './spool/edit.js';
+import { editMany, editQueued, type QueueEdit } from './spool/edit.js';
 import { assumeServiceIdentity, bindAsRoot, dropPrivileges, lookupIdentity } from './privileges.js';
 import { Spool } from './spool/spool.js';
 import { SpoolWatch } from './spool/watch.js';
@@ -132,7 +132,9 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
         ...(relay.storageProblem ? { delivery: `stopped: the spool cannot record outcomes (${relay.storageProblem})` } : {}),
       };
     };
+    // One id: that message, or an error saying why not. bulk=1 (a selection): counts.
     const edit = (action: QueueEdit) => async (query: URLSearchParams) => {
+      if (query.has('bulk')) return editMany(spool, query.getAll('id'), action, (id, envelope) => relay.refresh(id, envelope));
       const id = query.get('id') ?? '';
       const envelope = await editQueued(spool, id, action);
       relay.refresh(id, envelope);

@@ -3,17 +3,26 @@ import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import type { Config } from '../config/schema.js';
-import { editQueued, type QueueEdit } from '../spool/edit.js';
+import { editMany, editQueued, type BulkEditResult, type QueueEdit } from '../spool/edit.js';
+import { formatShape, queueShape, selects, type QueueSelection } from '../spool/select.js';
+import { EX_TEMPFAIL, EX_USAGE } from '../exit-codes.js';
 import { deliveredSize, messageState, type Envelope } from '../spool/envelope.js';
 import { QUEUE_ID } from '../spool/queue-id.js';
 import { Spool } from '../spool/spool.js';
 
-/** `secondarymx queue list`: reads the spool directly, so it works with or without the daemon. */
-export async function printQueue(spoolRoot: string, json: boolean): Promise<number> {
+/** The queued messages a selection picks (all of them without one), read from the spool directly: with or without the daemon. */
+async function selected(spoolRoot: string, selection: QueueSelection): Promise<Envelope[]> {
   if (!existsSync(spoolRoot)) throw new Error(`spool ${spoolRoot} does not exist (check "spool:" in the config)`);
   const spool = Spool.forReading(spoolRoot);
   const { envelopes, unreadable } = existsSync(spool.queueDir) ? await spool.list() : { envelopes: [], unreadable: [] };
   for (const { id, reason } of unreadable) process.stderr.write(`secondarymx: ${id}: unreadable envelope: ${reason}\n`);
+  const now = Date.now();
+  return envelopes.filter((envelope) => selects(selection, envelope, now)).sort((a, b) => a.arrival.localeCompare(b.arrival));
+}
+
+/** `secondarymx queue list [selection]`. */
+export async function printQueue(spoolRoot: string, json: boolean, selection: QueueSelection = {}): Promise<number> {
+  const envelopes = await selected(spoolRoot, selection);
   if (json) {
     const rows = envelopes.map((e) => ({
       id: e.id,
@@ -49,6 +58,66 @@ export function formatQueue(envelopes: readonly Envelope[]): string {
   const count = envelopes.length;
   lines.push(`-- ${Math.ceil(bytes / 1024)} Kbytes in ${count} ${count === 1 ? 'message' : 'messages'}.`);
   return `${lines.join('\n')}\n`;
+}
+
+/** `queue summary [selection]`: Postfix's qshape, recipient domains by age. */
+export async function summaryCommand(spoolRoot: string, json: boolean, selection: QueueSelection = {}): Promise<number> {
+  const shape = queueShape(await selected(spoolRoot, selection));
+  process.stdout.write(json ? `${JSON.stringify(shape, null, 2)}\n` : printable(formatShape(shape)));
+  return 0;
+}
+
+/** Thrown when a bulk edit needs a confirmation it cannot ask for. */
+export class ConfirmationNeeded extends Error {
+  readonly exitCode = EX_USAGE;
+}
+
+/**
+ * `queue hold|release|delete --domain D | --sender S | --recipient R | --older-than T | --all`:
+ * shows how many messages match, asks (on a terminal) or wants --yes (elsewhere), then
+ * edits each under its lock, through the daemon when it runs.
+ */
+export async function bulkEditCommand(config: Config, edit: QueueEdit, selection: QueueSelection, yes: boolean): Promise<number> {
+  const ids = (await selected(config.spool, selection)).map((envelope) => envelope.id);
+  process.stdout.write(`${ids.length} ${ids.length === 1 ? 'message matches' : 'messages match'}\n`);
+  if (ids.length === 0) return 0;
+  if (!yes) {
+    if (!process.stdin.isTTY || !process.stdout.isTTY) throw new ConfirmationNeeded(`not on a terminal: add --yes to ${edit} ${ids.length} messages`);
+    if (!(await confirm(`${edit} ${ids.length} messages? [y/N] `))) {
+      process.stdout.write('nothing done\n');
+      return 0;
+    }
+  }
+  const batches: string[][] = [];
+  for (let at = 0; at < ids.length; at += BULK_BATCH) batches.push(ids.slice(at, at + BULK_BATCH));
+  const total: BulkEditResult = { edited: 0, gone: 0, busy: [] };
+  let route: 'daemon' | 'standalone' | undefined;
+  for (const batch of batches) {
+    const query = new URLSearchParams([['bulk', '1'], ...batch.map((id): [string, string] => ['id', id])]);
+    const { result, via } = await viaDaemonOr(config.spool, `/queue/${edit}?${query}`, async () =>
+      editMany(await Spool.forDelivery(config.spool), batch, edit),
+    );
+    route ??= via;
+    total.edited += result.edited;
+    total.gone += result.gone;
+    total.busy.push(...result.busy);
+  }
+  const done = edit === 'delete' ? 'deleted' : edit === 'hold' ? 'held' : 'released';
+  process.stdout.write(
+    `queue ${edit} (${route}): ${total.edited} ${done}, ${total.gone} gone meanwhile, ${total.busy.length} being delivered` +
+      `${total.busy.length ? ` (try again: ${total.busy.join(' ')})` : ''}\n`,
+  );
+  return total.busy.length > 0 ? EX_TEMPFAIL : 0;
+}
+
+/** Messages per call to the daemon in a bulk edit. */
+const BULK_BATCH = 500;
+
+async function confirm(question: string): Promise<boolean> {
+  const input = createInterface({ input: process.stdin, output: process.stdout });
+  const answer = await new Promise<string>((resolve) => input.question(question, resolve));
+  input.close();
+  return /^y(es)?$/i.test(answer.trim());
 }
 
 /** `queue hold|release|delete ID`: through the daemon (so it re-indexes), or on the spool directly. */

@@ -103,15 +103,21 @@ const mxlistSource = z.strictObject({
 
 const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
 
+/** Seconds in "5d", "4h", "30m", "45s" or "120"; undefined when it is none of these. */
+export function parseDuration(text: string): number | undefined {
+  const match = /^(\d+)\s*([smhd]?)$/.exec(text.trim());
+  return match ? Number(match[1]) * DURATION_UNITS[match[2] || 's'] : undefined;
+}
+
 /** "5d", "4h", "30m", "45s" or a number of seconds; 0 (or "0") means off where allowed. */
 const duration = z.union([z.number().int().min(0), z.string()]).transform((value, context) => {
   if (typeof value === 'number') return value;
-  const match = /^(\d+)\s*([smhd]?)$/.exec(value.trim());
-  if (!match) {
+  const seconds = parseDuration(value);
+  if (seconds === undefined) {
     context.addIssue({ code: 'custom', message: 'expected a duration such as "5d", "4h", "30m", "45s" or seconds' });
     return z.NEVER;
   }
-  return Number(match[1]) * DURATION_UNITS[match[2] || 's'];
+  return seconds;
 });
 
 const sync = z.strictObject({
