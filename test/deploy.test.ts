@@ -124,19 +124,48 @@ describe('deploy: SIGHUP re-reads the config', () => {
   });
 });
 
+/** The names of every metric the daemon exports. */
+async function exportedMetrics(): Promise<Set<string>> {
+  const metrics = new Metrics({
+    spool: async () => ({ messages: 0, bytes: 0, oldestArrival: undefined }),
+    primaries: () => [],
+    sources: () => [],
+    sessions: () => 0,
+    spoolFree: () => Infinity,
+  });
+  return new Set((await metrics.registry.getMetricsAsJSON()).map((metric) => metric.name));
+}
+
+const deployFile = (name: string) => readFileSync(fileURLToPath(new URL(`../deploy/${name}`, import.meta.url)), 'utf8');
+
+describe('deploy: Grafana dashboard', () => {
+  it('has the panels an operator needs, and queries only metrics the daemon exports', async () => {
+    const dashboard = JSON.parse(deployFile('grafana-dashboard.json')) as { panels: Array<{ title: string; targets: Array<{ expr: string }> }> };
+    const exported = await exportedMetrics();
+    const queried = new Set(dashboard.panels.flatMap((panel) => panel.targets.flatMap((target) => target.expr.match(/secondarymx_[a-z_]+/g) ?? [])));
+    for (const name of queried) assert.ok(exported.has(name), `the dashboard queries ${name}, which is not exported`);
+    for (const needed of [
+      'secondarymx_messages_accepted_total',
+      'secondarymx_refused_total',
+      'secondarymx_deliveries_total',
+      'secondarymx_spool_messages',
+      'secondarymx_oldest_message_age_seconds',
+      'secondarymx_primary_up',
+      'secondarymx_sync_last_success_timestamp_seconds',
+      'secondarymx_sync_domains',
+      'secondarymx_smtp_sessions',
+      'secondarymx_screen_decisions_total',
+    ])
+      assert.ok(queried.has(needed), `no panel shows ${needed}`);
+  });
+});
+
 describe('deploy: alert rules', () => {
   it('only use metrics the daemon exports', async () => {
-    const rules = parseYaml(readFileSync(fileURLToPath(new URL('../deploy/alerts.yml', import.meta.url)), 'utf8')) as {
+    const rules = parseYaml(deployFile('alerts.yml')) as {
       groups: Array<{ rules: Array<{ alert: string; expr: string }> }>;
     };
-    const metrics = new Metrics({
-      spool: async () => ({ messages: 0, bytes: 0, oldestArrival: undefined }),
-      primaries: () => [],
-      sources: () => [],
-      sessions: () => 0,
-      spoolFree: () => Infinity,
-    });
-    const exported = new Set((await metrics.registry.getMetricsAsJSON()).map((metric) => metric.name));
+    const exported = await exportedMetrics();
     const alerts = rules.groups.flatMap((group) => group.rules);
     assert.deepEqual(
       alerts.map((rule) => rule.alert),
