@@ -185,13 +185,22 @@ async function querySelection(values: { domain?: string; sender?: string; recipi
 
 /** Domain files are local: a bad line (which a sync leaves out with a warning) is a configuration error `check` names. */
 async function checkFileSources(config: Config): Promise<void> {
-  const [{ pullFile }, { ConfigError }] = await Promise.all([import('./directory/sources/file.js'), import('./config/load.js')]);
+  const [{ pullFile }, { ConfigError }, { EmptySourceError }] = await Promise.all([
+    import('./directory/sources/file.js'),
+    import('./config/load.js'),
+    import('./directory/source-list.js'),
+  ]);
   for (const source of config.sources) {
     if (source.type !== 'file') continue;
     let skipped: readonly string[];
     try {
       ({ skipped } = await pullFile(source.path));
     } catch (error) {
+      if (error instanceof EmptySourceError) {
+        // A fresh install: valid, but nothing is accepted until domains are listed.
+        process.stderr.write(`secondarymx: warning: sources: ${source.name}: ${source.path} lists no domain yet: all mail is refused until it does\n`);
+        continue;
+      }
       throw new ConfigError(`sources: ${source.name}: ${(error as Error).message}`);
     }
     if (skipped.length > 0) throw new ConfigError(skipped.map((row) => `sources: ${source.name}: ${row}`).join('\n'));

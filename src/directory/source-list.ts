@@ -4,6 +4,9 @@ import type { DomainEntry, SourceList } from './snapshot.js';
 /** A pull that cannot be used: the source keeps its previous data. */
 export class SourceError extends Error {}
 
+/** A pull that found no domain at all (refused: it would empty the directory). */
+export class EmptySourceError extends SourceError {}
+
 /** What a pull gives: the list, and the rows it left out (each named, with the reason). */
 export interface Pulled {
   list: SourceList;
@@ -59,7 +62,7 @@ export class SourceListBuilder {
 
   build(): Pulled {
     if (this.list.size === 0)
-      throw new SourceError(`empty result: no domain at all${this.skipped.length ? ` (${this.skipped.length} rows not valid: ${this.skipped[0]})` : ''}`);
+      throw new EmptySourceError(`empty result: no domain at all${this.skipped.length ? ` (${this.skipped.length} rows not valid: ${this.skipped[0]})` : ''}`);
     return { list: this.list, skipped: this.skipped };
   }
 }

@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { SourceError, SourceListBuilder, type Pulled } from '../source-list.js';
+import { EmptySourceError, SourceError, SourceListBuilder, type Pulled } from '../source-list.js';
 
 /**
  * Reads a domain list: one entry a line, `#` starts a comment.
@@ -34,6 +34,7 @@ export function parseDomainList(text: string, path: string): Pulled {
   try {
     return builder.build();
   } catch (error) {
-    throw new SourceError(`${path}: ${(error as Error).message}`);
+    const Kind = error instanceof EmptySourceError ? EmptySourceError : SourceError;
+    throw new Kind(`${path}: ${(error as Error).message}`);
   }
 }
