@@ -99,6 +99,10 @@ describe('Debian package: npm run deb, install, check, purge', function () {
     assert.match(check.stdout, /^# \/etc\/secondarymx\/secondarymx\.yaml: ok$/m);
     assert.match(run('man', ['-w', 'secondarymx']).stdout + run('ls', ['/usr/share/man/man8/secondarymx.8.gz']).stdout, /secondarymx\.8\.gz/);
 
+    if (existsSync('/usr/bin/systemd-analyze')) {
+      const verify = run('systemd-analyze', ['verify', '/usr/lib/systemd/system/secondarymx.service']);
+      assert.deepEqual([verify.status, verify.stderr.trim()], [0, ''], 'the unit as systemd reads it');
+    }
     // What systemd would run (User=secondarymx, AmbientCapabilities=CAP_NET_BIND_SERVICE): no systemd as PID 1 here.
     const serve = spawn(
       'setpriv',
