@@ -12,6 +12,7 @@ export function screenResolver(servers: readonly string[] | undefined, timeoutSe
 /** Answers kept this long when the record type gives no TTL (TXT): the SPF of MAIL FROM is asked again after DATA. */
 const ANSWER_LIFETIME_MS = 60_000;
 const MAX_ANSWERS = 10_000;
+const FAILURE_LIFETIME_MS = 5_000;
 
 /**
  * mailauth's `resolver` option (dns.promises.resolve's signature) over `resolver`,
@@ -26,10 +27,12 @@ export function cachingResolve(resolver: Resolver): DNSResolver {
     if (kept && kept.until > now) return kept.result;
     if (answers.size >= MAX_ANSWERS) answers.clear();
     const result = resolver.resolve(name, type as 'TXT') as ReturnType<DNSResolver>; // MX and A answers too, whatever mailauth's type says
-    answers.set(key, { until: now + ANSWER_LIFETIME_MS, result });
-    // A timeout or SERVFAIL is not an answer: ask again next time.
+    const entry = { until: now + ANSWER_LIFETIME_MS, result };
+    answers.set(key, entry);
+    // A timeout or SERVFAIL is not an answer: kept only a few seconds (RFC 2308 §7 allows
+    // up to five minutes), so that a resolver outage costs one query per name, not per message.
     result.catch((error: NodeJS.ErrnoException) => {
-      if (error.code !== 'ENOTFOUND' && error.code !== 'ENODATA') answers.delete(key);
+      if (error.code !== 'ENOTFOUND' && error.code !== 'ENODATA') entry.until = Date.now() + FAILURE_LIFETIME_MS;
     });
     return result;
   };

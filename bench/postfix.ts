@@ -1,0 +1,312 @@
+/*
+ * `npm run bench:postfix`: Debian's Postfix as a textbook backup MX and this daemon at its
+ * defaults, side by side in one run, on loopback, under the same load (Postfix's
+ * smtp-source, 4 KB messages, spool fsync on, primary down):
+ *   A: 100 sessions, one message per connection;  B: 20 sessions, connections reused;
+ *   drain: the queue to Postfix's smtp-sink once it is up (postqueue -f / secondarymx flush).
+ * Every message must be queued and then delivered (a 421 must not look like speed); the
+ * Postfix instance is a private one (its own config and queue folders), stopped at the end.
+ * Next to the figures: the machine's limits, the disk's rate of create+write+fsync+rename
+ * of 4 KB files at 1, 20 and 100 writers, and the rate and CPU of the SMTP protocol alone
+ * (smtp-server discarding what it gets).
+ */
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { spawnDaemon, CLI, type RunningDaemon } from '../test/helpers/cli.js';
+import { baseConfig, writeTestConfig } from '../test/helpers/daemon.js';
+import { freePort } from '../test/helpers/primary.js';
+import { waitFor } from '../test/helpers/wait.js';
+import { cpuSeconds, fileCreateCost, removeAfterRun, removeLeftovers, type Figure } from './figures.js';
+
+const run = promisify(execFile);
+const SMTP_SOURCE = process.env.BENCH_SMTP_SOURCE ?? '/usr/sbin/smtp-source';
+const SMTP_SINK = process.env.BENCH_SMTP_SINK ?? '/usr/sbin/smtp-sink';
+const MESSAGES = Number(process.env.BENCH_POSTFIX_MESSAGES ?? 3000);
+const WORKLOADS = [
+  { name: 'A', sessions: 100, reuse: false },
+  { name: 'B', sessions: 20, reuse: true },
+] as const;
+
+interface Mta {
+  name: string;
+  port: number;
+  /** Messages waiting in its queue now. */
+  queued(): number;
+  /** No delivery attempt under way: every message waits for its next try. */
+  settled(): boolean;
+  /** CPU seconds of all its processes so far. */
+  cpu(): number;
+  /** Starts delivery of the whole queue (the primary is up by then). */
+  flush(): Promise<void>;
+  empty(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Runs smtp-source; resolves with messages/s. Any refused message makes it fail. */
+async function load(port: number, sessions: number, reuse: boolean, messages = MESSAGES): Promise<number> {
+  const args = ['-s', String(sessions), '-m', String(messages), '-l', '4096', '-f', 'sender@remote.example', '-t', 'alice@d1.example', '-M', 'bench.example'];
+  if (reuse) args.push('-d');
+  const started = process.hrtime.bigint();
+  await run(SMTP_SOURCE, [...args, `127.0.0.1:${port}`]);
+  return messages / (Number(process.hrtime.bigint() - started) / 1e9);
+}
+
+/** CPU seconds of every process running a program under `prefix` (Postfix's daemons). */
+function programsCpu(prefix: string): number {
+  let total = 0;
+  for (const pid of readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+    try {
+      if (readlinkSync(`/proc/${pid}/exe`).startsWith(prefix)) total += cpuSeconds(Number(pid));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total;
+}
+
+/** A private Postfix instance: textbook backup MX for d1.example (relay_domains + relay_recipient_maps), primary on `primaryPort`. */
+async function startPostfix(root: string, primaryPort: number): Promise<Mta> {
+  const etc = join(root, 'etc');
+  const queue = join(root, 'queue');
+  for (const sub of [etc, queue, join(root, 'data')]) mkdirSync(sub, { recursive: true });
+  execFileSync('chown', ['postfix', join(root, 'data')]);
+  const port = await freePort();
+  const master = readFileSync('/etc/postfix/master.cf', 'utf8')
+    .replace(/^smtp( +)inet(.*)$/m, `127.0.0.1:${port} inet  n       -       n       -       -       smtpd`)
+    .replace(/^(\w+ +unix +\S+ +\S+ +)y( )/gm, '$1n$2'); // no chroot: the instance's queue is not set up as one
+  writeFileSync(join(etc, 'master.cf'), master);
+  writeFileSync(
+    join(etc, 'main.cf'),
+    [
+      'compatibility_level = 3.6',
+      `queue_directory = ${queue}`,
+      `data_directory = ${join(root, 'data')}`,
+      'myhostname = mx2.bench.example',
+      'mydestination =',
+      'inet_interfaces = loopback-only',
+      'inet_protocols = ipv4',
+      'mynetworks = 127.0.0.2/32', // the load comes from 127.0.0.1: treat it as the internet
+      'relay_domains = d1.example',
+      `relay_recipient_maps = hash:${join(etc, 'relay_recipients')}`,
+      `transport_maps = hash:${join(etc, 'transport')}`,
+      'smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination',
+      'smtp_dns_support_level = disabled',
+      'smtpd_client_connection_count_limit = 0', // one IP sends everything here
+      'smtpd_client_connection_rate_limit = 0',
+      'smtpd_client_message_rate_limit = 0',
+      'default_process_limit = 200',
+      'smtp_destination_concurrency_limit = 10', // as relay.concurrency
+      `maillog_file_prefixes = ${root}`,
+      `maillog_file = ${join(root, 'maillog')}`,
+      'biff = no',
+    ].join('\n') + '\n',
+  );
+  writeFileSync(join(etc, 'relay_recipients'), 'alice@d1.example OK\n');
+  writeFileSync(join(etc, 'transport'), `d1.example smtp:[127.0.0.1]:${primaryPort}\n`);
+  copyFileSync('/etc/postfix/dynamicmaps.cf', join(etc, 'dynamicmaps.cf'));
+  if (existsSync('/etc/postfix/dynamicmaps.cf.d')) mkdirSync(join(etc, 'dynamicmaps.cf.d'), { recursive: true });
+  for (const map of ['relay_recipients', 'transport']) execFileSync('postmap', ['-c', etc, join(etc, map)]);
+  execFileSync('postfix', ['-c', etc, 'set-permissions'], { stdio: 'ignore' }); // makes the queue's folders, as post-install does
+  execFileSync('postfix', ['-c', etc, 'check']);
+  execFileSync('postfix', ['-c', etc, 'start'], { stdio: 'ignore' });
+  await waitFor(
+    async () =>
+      await run('postfix', ['-c', etc, 'status']).then(
+        () => true,
+        () => false,
+      ),
+    10_000,
+  );
+  const listQueue = () =>
+    execFileSync('postqueue', ['-c', etc, '-j'])
+      .toString()
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => JSON.parse(line) as { queue_id: string; queue_name: string });
+  return {
+    name: 'Postfix',
+    port,
+    // showq reads the queue folders one after the other: a message moving between them meanwhile is listed twice.
+    queued: () => new Set(listQueue().map((entry) => entry.queue_id)).size,
+    // Messages still in their first attempt (active) would be deferred again after a flush, for minimal_backoff_time.
+    settled: () => listQueue().every((entry) => entry.queue_name === 'deferred'),
+    cpu: () => programsCpu('/usr/lib/postfix/sbin/'), // only this instance runs here; exited processes are not counted
+    flush: async () => void (await run('postqueue', ['-c', etc, '-f'])),
+    empty: async () => {
+      await run('postsuper', ['-c', etc, '-d', 'ALL']);
+      await run('postsuper', ['-c', etc, '-d', 'ALL', 'deferred']); // what was in the active queue meanwhile
+    },
+    stop: async () => void (await run('postfix', ['-c', etc, 'stop']).catch(() => undefined)),
+  };
+}
+
+async function startOurs(primaryPort: number): Promise<Mta & { daemon: RunningDaemon }> {
+  const { dir, file } = writeTestConfig(
+    baseConfig(`limits: { connectionsPerClient: 1000 }`).replace(/^primary: .*$/m, `primary: { host: 127.0.0.1, port: ${primaryPort} }`),
+  );
+  removeAfterRun(dir);
+  const daemon = await spawnDaemon(file);
+  const queueDir = join(dir, 'spool', 'queue');
+  return {
+    name: 'secondarymx',
+    port: daemon.port,
+    daemon,
+    queued: () => readdirSync(queueDir).filter((name) => name.endsWith('.msg')).length,
+    settled: () => true, // the relay marked the primary down after one failed connection; nothing is in flight
+    cpu: () => cpuSeconds(daemon.child.pid!),
+    flush: async () => void (await run('node', [CLI, 'flush', '--config', file]).catch(() => undefined)), // 75 while messages remain: fine
+    empty: async () => {
+      await run('node', [CLI, 'queue', 'delete', '--all', '--yes', '--config', file]);
+    },
+    stop: async () => {
+      daemon.child.kill('SIGTERM');
+      await daemon.exited;
+    },
+  };
+}
+
+/** smtp-sink as the primary; `delivered()` reads its message counter. */
+function startSink(port: number): { delivered: () => number; stop: () => void } {
+  const sink = spawn(SMTP_SINK, ['-u', 'nobody', '-c', `127.0.0.1:${port}`, '200'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let delivered = 0;
+  sink.stdout.setEncoding('latin1').on('data', (text: string) => {
+    const counts = text.match(/mesg=(\d+)/g);
+    if (counts) delivered = Number(counts[counts.length - 1].slice('mesg='.length));
+  });
+  return { delivered: () => delivered, stop: () => sink.kill() };
+}
+
+/** create + write 4 KB + fsync + close + rename, `writers` at a time (a child with a threadpool that large). */
+function diskRate(writers: number, dir: string): number {
+  const script = `
+    const fs = require('node:fs/promises'); const path = require('node:path');
+    const dir = ${JSON.stringify(dir)}; const total = ${Math.max(400, writers * 10)}; const data = Buffer.alloc(4096, 97);
+    (async () => {
+      await fs.mkdir(path.join(dir, 'tmp'), { recursive: true }); await fs.mkdir(path.join(dir, 'q'), { recursive: true });
+      let next = 0; const started = process.hrtime.bigint();
+      await Promise.all(Array.from({ length: ${writers} }, async () => {
+        while (next < total) { const n = next++; const tmp = path.join(dir, 'tmp', String(n));
+          const handle = await fs.open(tmp, 'wx'); await handle.write(data); await handle.sync(); await handle.close();
+          await fs.rename(tmp, path.join(dir, 'q', String(n))); }
+      }));
+      console.log(total / (Number(process.hrtime.bigint() - started) / 1e9));
+    })();`;
+  return Number(execFileSync('node', ['-e', script], { env: { ...process.env, UV_THREADPOOL_SIZE: String(Math.min(128, Math.max(4, writers))) } }).toString());
+}
+
+/** smtp-server alone, discarding the data: its rate under workload B, and its CPU per message. */
+async function protocolOnly(): Promise<{ rate: number; cpuMs: number }> {
+  const port = await freePort();
+  const script = `
+    import('smtp-server').then(({ SMTPServer }) => {
+      const server = new SMTPServer({ authOptional: true, disabledCommands: ['AUTH', 'STARTTLS'], logger: false, disableReverseLookup: true,
+        onData(stream, session, callback) { stream.on('data', () => {}); stream.on('end', () => callback()); } });
+      server.listen(${port}, '127.0.0.1', () => console.log('ready'));
+    });`;
+  const child = spawn('node', ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+  try {
+    const before = cpuSeconds(child.pid!);
+    const rate = await load(port, 20, true);
+    return { rate, cpuMs: ((cpuSeconds(child.pid!) - before) * 1000) / MESSAGES };
+  } finally {
+    child.kill();
+  }
+}
+
+async function main(): Promise<void> {
+  if (!existsSync('/usr/sbin/postfix') || !existsSync(SMTP_SOURCE) || !existsSync(SMTP_SINK)) {
+    throw new Error("needs Debian's postfix (postfix, smtp-source, smtp-sink): apt-get install postfix");
+  }
+  if (process.getuid?.() !== 0) throw new Error('runs as root: it starts a private Postfix instance');
+  const tmp = new URL('./.tmp', import.meta.url).pathname;
+  mkdirSync(tmp, { recursive: true });
+  process.env.TMPDIR = tmp;
+  const figures: Figure[] = [];
+  const print = (figure: Figure) => {
+    figures.push(figure);
+    const params = Object.entries(figure.parameters)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ');
+    console.log(`${figure.name}: ${figure.value.toFixed(figure.value < 10 ? 2 : 0)} ${figure.unit}${params ? ` (${params})` : ''}`);
+  };
+  print({ name: 'disk: file creation', value: fileCreateCost(), unit: 'µs CPU/file', parameters: { tmpdir: tmp } });
+  const limits: Record<string, number> = {};
+  for (const writers of [1, 20, 100]) {
+    const dir = join(tmp, `disk-${writers}-${Date.now()}`);
+    removeAfterRun(dir);
+    limits[`disk${writers}`] = diskRate(writers, dir);
+    print({ name: `limit: disk create+write+fsync+rename 4 KB`, value: limits[`disk${writers}`], unit: 'files/s', parameters: { writers } });
+  }
+  const protocol = await protocolOnly();
+  print({ name: 'limit: SMTP protocol alone (smtp-server, data discarded), workload B', value: protocol.rate, unit: 'messages/s', parameters: {} });
+  print({ name: 'limit: SMTP protocol alone, CPU', value: protocol.cpuMs, unit: 'ms CPU/message', parameters: {} });
+
+  const primaryPort = await freePort(); // nothing listens until the drain
+  const root = join(tmp, `postfix-${Date.now()}`);
+  removeAfterRun(root);
+  const results: Record<string, Record<string, number>> = { Postfix: {}, secondarymx: {} };
+  const mtas = [await startPostfix(root, primaryPort), await startOurs(primaryPort)];
+  try {
+    for (const mta of mtas) {
+      await load(mta.port, 10, true, 300); // warm-up (the JIT, Postfix's process pool), not measured
+      for (const workload of WORKLOADS) {
+        await mta.empty();
+        await waitFor(() => mta.queued() === 0, 30_000);
+        const cpuBefore = mta.cpu();
+        const rate = await load(mta.port, workload.sessions, workload.reuse);
+        await waitFor(() => mta.queued() >= MESSAGES, 30_000).catch(() => undefined);
+        const queued = mta.queued();
+        if (queued !== MESSAGES) throw new Error(`${mta.name} ${workload.name}: ${queued} of ${MESSAGES} messages queued`);
+        results[mta.name][workload.name] = rate;
+        print({
+          name: `${mta.name} accept ${workload.name}`,
+          value: rate,
+          unit: 'messages/s',
+          parameters: { sessions: workload.sessions, reuse: String(workload.reuse) },
+        });
+        print({ name: `${mta.name} accept ${workload.name} CPU`, value: ((mta.cpu() - cpuBefore) * 1000) / MESSAGES, unit: 'ms CPU/message', parameters: {} });
+      }
+      // The queue holds workload B's messages: drain them to smtp-sink.
+      await waitFor(() => mta.settled(), 60_000);
+      const sink = startSink(primaryPort);
+      try {
+        const cpuBefore = mta.cpu();
+        const started = process.hrtime.bigint();
+        await mta.flush();
+        await waitFor(() => mta.queued() === 0 && sink.delivered() >= MESSAGES, 300_000);
+        const rate = MESSAGES / (Number(process.hrtime.bigint() - started) / 1e9);
+        if (sink.delivered() !== MESSAGES) throw new Error(`${mta.name}: smtp-sink got ${sink.delivered()} of ${MESSAGES}`);
+        results[mta.name].drain = rate;
+        print({ name: `${mta.name} drain to smtp-sink`, value: rate, unit: 'messages/s', parameters: {} });
+        print({ name: `${mta.name} drain CPU`, value: ((mta.cpu() - cpuBefore) * 1000) / MESSAGES, unit: 'ms CPU/message', parameters: {} });
+      } finally {
+        sink.stop();
+      }
+      await mta.stop();
+    }
+  } finally {
+    for (const mta of mtas) await mta.stop().catch(() => undefined);
+    if (!process.env.BENCH_KEEP) removeLeftovers();
+  }
+  const goals: Record<string, number> = { A: 3, B: 5, drain: 3 };
+  for (const key of ['A', 'B', 'drain']) {
+    const ratio = results.secondarymx[key] / results.Postfix[key];
+    print({
+      name: `ratio ${key === 'drain' ? 'drain' : `accept ${key}`} (secondarymx / Postfix)`,
+      value: ratio,
+      unit: `x (goal ≥ ${goals[key]})`,
+      parameters: {},
+    });
+  }
+  print({ name: 'accept B / disk limit at 20 writers', value: (100 * results.secondarymx.B) / limits.disk20, unit: '% (goal ≥ 70)', parameters: {} });
+  print({ name: 'accept B / protocol-alone rate', value: (100 * results.secondarymx.B) / protocol.rate, unit: '%', parameters: {} });
+  writeFileSync(new URL('./last-postfix-run.json', import.meta.url), `${JSON.stringify({ date: new Date().toISOString(), figures }, null, 2)}\n`);
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exitCode = 1;
+});
