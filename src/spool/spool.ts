@@ -269,8 +269,10 @@ export class IncomingMessage {
     }
   }
 
-  /** The bytes written so far, read back from the temp file (for the content checks before the 250). */
+  /** The bytes written so far (for the content checks before the 250), from memory or from the temp file. */
   async readBack(): Promise<Readable> {
+    // Most messages are still all in memory (under WRITE_BATCH): no write, open, read and close to read them back.
+    if (this.unwrittenBytes === this.bytes) return Readable.from([Buffer.concat(this.unwritten, this.unwrittenBytes)]);
     await this.flush();
     return createReadStream(this.spool.tempPath(this.id), { start: 0, end: Math.max(0, this.bytes - 1) });
   }
