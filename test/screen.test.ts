@@ -171,6 +171,16 @@ describe('screen: sender authentication (mailauth: SPF, DKIM, DMARC)', () => {
     assert.deepEqual([queued?.spf, queued?.dmarc], ['softfail', 'none']);
   });
 
+  it('checks a message too large to stay in memory (read back from its temp file) as it checks a small one', async () => {
+    mx = await start();
+    const body = `${'x'.repeat(998)}\r\n`.repeat(300); // 300 KB: written out before the checks run
+    const reply = await attempt(mx.port, 'someone@spf-pass.test', ['alice@d1.example'], message('large', body));
+    assert.equal(reply.code, 250, reply.text);
+    const envelope = queuedEnvelope(mx.spoolDir, queuedId(reply.text));
+    assert.match(envelope.addedHeaders!, / spf=pass /);
+    assert.ok(envelope.size > 300_000);
+  });
+
   it('accepts a DKIM-signed message whose DMARC passes, and refuses it altered with 550 5.7.26 (p=reject)', async () => {
     mx = await start();
     const body = message('signed', 'Signed body.').replace('sender@remote.example', 'news@signed.test');
