@@ -11,6 +11,17 @@ export interface Figure {
 
 export type Report = (figure: Figure) => void;
 
+/** A reporter that keeps each figure in `figures` and prints it as one line. */
+export function printingReport(figures: Figure[]): Report {
+  return (figure) => {
+    figures.push(figure);
+    const params = Object.entries(figure.parameters)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ');
+    console.log(`${figure.name}: ${figure.value.toFixed(figure.value < 10 ? 2 : 0)} ${figure.unit}${params ? ` (${params})` : ''}`);
+  };
+}
+
 const CLOCK_TICKS = 100; // USER_HZ on Linux
 
 /** User + system CPU seconds a process has used so far. */

@@ -18,7 +18,7 @@ import { spawnDaemon, CLI, type RunningDaemon } from '../test/helpers/cli.js';
 import { baseConfig, writeTestConfig } from '../test/helpers/daemon.js';
 import { freePort } from '../test/helpers/primary.js';
 import { waitFor } from '../test/helpers/wait.js';
-import { cpuSeconds, fileCreateCost, removeAfterRun, removeLeftovers, type Figure } from './figures.js';
+import { cpuSeconds, fileCreateCost, printingReport, removeAfterRun, removeLeftovers, type Figure } from './figures.js';
 
 const run = promisify(execFile);
 const SMTP_SOURCE = process.env.BENCH_SMTP_SOURCE ?? '/usr/sbin/smtp-source';
@@ -225,13 +225,7 @@ async function main(): Promise<void> {
   mkdirSync(tmp, { recursive: true });
   process.env.TMPDIR = tmp;
   const figures: Figure[] = [];
-  const print = (figure: Figure) => {
-    figures.push(figure);
-    const params = Object.entries(figure.parameters)
-      .map(([k, v]) => `${k}=${v}`)
-      .join(' ');
-    console.log(`${figure.name}: ${figure.value.toFixed(figure.value < 10 ? 2 : 0)} ${figure.unit}${params ? ` (${params})` : ''}`);
-  };
+  const print = printingReport(figures);
   print({ name: 'disk: file creation', value: fileCreateCost(), unit: 'µs CPU/file', parameters: { tmpdir: tmp } });
   const limits: Record<string, number> = {};
   for (const writers of [1, 20, 100]) {

@@ -5,7 +5,7 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { acceptBenchmarks } from './accept.js';
-import { fileCreateCost, removeLeftovers, type Figure } from './figures.js';
+import { fileCreateCost, printingReport, removeLeftovers, type Figure } from './figures.js';
 import { inspectBenchmarks } from './inspect.js';
 import { memoryBenchmarks } from './memory.js';
 import { relayBenchmarks } from './relay.js';
@@ -34,13 +34,7 @@ process.env.TMPDIR ??= (() => {
 
 async function main(): Promise<void> {
   const figures: Figure[] = [];
-  const report = (figure: Figure) => {
-    figures.push(figure);
-    const params = Object.entries(figure.parameters)
-      .map(([k, v]) => `${k}=${v}`)
-      .join(' ');
-    console.log(`${figure.name}: ${figure.value.toFixed(figure.value < 10 ? 2 : 0)} ${figure.unit} (${params})`);
-  };
+  const report = printingReport(figures);
   const only = process.env.BENCH_ONLY;
   report({ name: 'disk: file creation', value: fileCreateCost(), unit: 'µs CPU/file', parameters: { tmpdir: process.env.TMPDIR ?? '' } });
   try {

@@ -8,11 +8,10 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { parseConfig } from '../src/config/load.js';
 import { Metrics } from '../src/control/metrics.js';
-import { newQueueId } from '../src/spool/queue-id.js';
-import { Spool } from '../src/spool/spool.js';
 import { CLI, runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, writeTestConfig } from './helpers/daemon.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
+import { queueWaiting } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
 const UNIT = fileURLToPath(new URL('../deploy/secondarymx.service', import.meta.url));
@@ -210,16 +209,7 @@ describe('deploy: terminal niceties', () => {
     if (!hasScript) this.skip();
     const { dir, file } = writeTestConfig(baseConfig()); // the primary is a closed port
     try {
-      const spool = await Spool.forDelivery(join(dir, 'spool'));
-      await spool.enqueue(newQueueId(), Buffer.from(message('waiting')), {
-        arrival: new Date().toISOString(),
-        sender: 's@remote.example',
-        recipients: [{ address: 'alice@d1.example', state: 'pending' }],
-        bodyType: '7bit',
-        smtpUtf8: false,
-        client: { address: '127.0.0.1', helo: 'x' },
-      });
-      await spool.unlock();
+      await queueWaiting(join(dir, 'spool'), [{ subject: 'waiting' }]);
       const terminal = await onTerminal(`node ${CLI} flush --config ${file}`);
       assert.match(terminal, /^secondarymx: warning: primary is DOWN: delivery stopped, probing \(primary=127\.0\.0\.1:1, reason=.*ECONNREFUSED/m);
       assert.match(terminal, /flush \(standalone\): 1 messages: .*1 messages not attempted \(primary unreachable\), 0 busy elsewhere\r?\n$/);

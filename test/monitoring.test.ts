@@ -3,11 +3,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseConfig } from '../src/config/load.js';
-import { newQueueId } from '../src/spool/queue-id.js';
-import { Spool } from '../src/spool/spool.js';
 import { baseConfig, startTestDaemon } from './helpers/daemon.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
+import { queueWaiting } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
 async function get(port: number, path: string): Promise<{ status: number; body: string; type: string }> {
@@ -81,18 +80,10 @@ describe('monitoring: /metrics and /healthz on control.listen', () => {
 
   it('reports the spool gauges right on the first scrape: at start on a non-empty spool, and just after one more message', async () => {
     const spoolDir = mkdtempSync(join(tmpdir(), 'secondarymx-spool-'));
-    const spool = await Spool.forDelivery(spoolDir);
-    for (let i = 0; i < 3; i++) {
-      await spool.enqueue(newQueueId(), Buffer.from(message(`waiting ${i}`)), {
-        arrival: new Date(Date.now() - 60_000).toISOString(),
-        sender: 's@remote.example',
-        recipients: [{ address: 'alice@d1.example', state: 'pending' }],
-        bodyType: '7bit',
-        smtpUtf8: false,
-        client: { address: '127.0.0.1', helo: 'x' },
-      });
-    }
-    await spool.unlock();
+    await queueWaiting(
+      spoolDir,
+      [0, 1, 2].map((i) => ({ subject: `waiting ${i}`, minutesAgo: 1 })),
+    );
     const mx = await startTestDaemon({ spoolDir }); // primary on a closed port: nothing leaves
     try {
       const first = (await get(mx.daemon.monitoringPort, '/metrics')).body;

@@ -1,12 +1,9 @@
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { newQueueId } from '../src/spool/queue-id.js';
-import { Spool } from '../src/spool/spool.js';
 import { runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, writeTestConfig } from './helpers/daemon.js';
-import { message } from './helpers/smtp-client.js';
-import { queuedEnvelope, queuedIds } from './helpers/spool-files.js';
+import { queuedEnvelope, queuedIds, queueWaiting } from './helpers/spool-files.js';
 
 interface Row {
   id: string;
@@ -16,30 +13,16 @@ interface Row {
 
 /** A spool of six messages: senders, recipient domains and ages to select by. */
 async function fillSpool(spoolDir: string): Promise<Record<string, string>> {
-  const spool = await Spool.forDelivery(spoolDir);
-  const messages: Array<[string, string, string[], number]> = [
-    ['fresh-d1', 'a@remote.example', ['alice@d1.example'], 1],
-    ['fresh-d2', 'a@remote.example', ['x@d2.example', 'y@d2.example'], 3],
-    ['old-d2', 'b@spam.example', ['x@d2.example'], 130],
-    ['old-both', 'c@spam.example', ['alice@d1.example', 'x@d2.example'], 700],
-    ['ancient-d3', '', ['z@d3.example'], 3000],
-    ['delivered-d2', 'a@remote.example', ['x@d2.example'], 30],
+  const messages = [
+    { subject: 'fresh-d1', sender: 'a@remote.example', recipients: ['alice@d1.example'], minutesAgo: 1 },
+    { subject: 'fresh-d2', sender: 'a@remote.example', recipients: ['x@d2.example', 'y@d2.example'], minutesAgo: 3 },
+    { subject: 'old-d2', sender: 'b@spam.example', recipients: ['x@d2.example'], minutesAgo: 130 },
+    { subject: 'old-both', sender: 'c@spam.example', recipients: ['alice@d1.example', 'x@d2.example'], minutesAgo: 700 },
+    { subject: 'ancient-d3', sender: '', recipients: ['z@d3.example'], minutesAgo: 3000 },
+    { subject: 'delivered-d2', sender: 'a@remote.example', recipients: ['x@d2.example'], minutesAgo: 30, delivered: true },
   ];
-  const ids: Record<string, string> = {};
-  for (const [name, sender, recipients, minutes] of messages) {
-    const id = newQueueId();
-    ids[name] = id;
-    await spool.enqueue(id, Buffer.from(message(name)), {
-      arrival: new Date(Date.now() - minutes * 60_000).toISOString(),
-      sender,
-      recipients: recipients.map((address) => ({ address, state: name.startsWith('delivered') ? ('delivered' as const) : ('pending' as const) })),
-      bodyType: '7bit',
-      smtpUtf8: false,
-      client: { address: '127.0.0.1', helo: 'x' },
-    });
-  }
-  await spool.unlock();
-  return ids;
+  const ids = await queueWaiting(spoolDir, messages);
+  return Object.fromEntries(messages.map((m, i) => [m.subject, ids[i]]));
 }
 
 describe('queue tools: selections, bulk edits and qshape', () => {

@@ -122,20 +122,9 @@ describe('screen: DNS lists and the greeting pass (postscreen)', () => {
   });
 });
 
-describe('screen: sender authentication (mailauth: SPF, DKIM, DMARC)', () => {
-  const dns = new TestDnsServer();
+describe('screen: with a real primary', () => {
   let primary: TestPrimary;
   let mx: TestDaemon | undefined;
-  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  before(async () => {
-    await dns.start();
-    dns.zones.set('spf-fail.test', { txt: ['v=spf1 -all'] });
-    dns.zones.set('spf-soft.test', { txt: ['v=spf1 ~all'] });
-    dns.zones.set('spf-pass.test', { txt: ['v=spf1 ip4:127.0.0.0/8 -all'] });
-    dns.zones.set('signed.test', { txt: [] });
-    dns.zones.set('sel._domainkey.signed.test', { txt: [`v=DKIM1; k=rsa; p=${publicKey.export({ type: 'spki', format: 'der' }).toString('base64')}`] });
-    dns.zones.set('_dmarc.signed.test', { txt: ['v=DMARC1; p=reject'] });
-  });
   beforeEach(async () => {
     primary = new TestPrimary(await freePort());
     await primary.start();
@@ -145,239 +134,231 @@ describe('screen: sender authentication (mailauth: SPF, DKIM, DMARC)', () => {
     mx = undefined;
     await primary.stop();
   });
-  after(() => dns.stop());
-  const start = (extra = '') =>
-    startTestDaemon({ primaryPort: primary.port, extra: `dns: { servers: ["${dns.server}"] }\nrelay: { probeInterval: 0.2 }\n${extra}` });
 
-  it('refuses an SPF fail at MAIL FROM with 550 5.7.23, before any data', async () => {
-    mx = await start();
-    assert.deepEqual(pick(await attempt(mx.port, 'forger@spf-fail.test', ['alice@d1.example'], message('forged'))), [550, '5.7.23']);
-    assert.deepEqual(queuedIds(mx.spoolDir), []);
-    assert.ok(mx.logs.some((line) => line.event === 'screen' && line.screen === 'spf' && line.decision === 'reject' && line.result === 'fail'));
-    assert.match(await metric(mx, 'secondarymx_refused_total'), /reason="spf"} 1/);
-  });
-
-  it('tags a softfail: Authentication-Results with our host name goes to the primary before the stored bytes, SIZE included', async () => {
-    mx = await start();
-    const reply = await attempt(mx.port, 'someone@spf-soft.test', ['alice@d1.example'], message('soft'));
-    assert.equal(reply.code, 250, reply.text);
-    await waitFor(() => primary.received.length === 1);
-    const delivered = primary.received[0].data.toString('latin1');
-    assert.match(delivered, /^Received-SPF: softfail /);
-    assert.match(delivered, /^Authentication-Results: mx2\.test\.example;\r\n(?: .*\r\n)*? spf=softfail /m);
-    assert.match(delivered, /\r\nReceived: from client\.example /);
-    assert.equal(primary.received[0].mailArgs.SIZE, String(primary.received[0].data.length));
-    const queued = mx.logs.find((line) => line.event === 'queued');
-    assert.deepEqual([queued?.spf, queued?.dmarc], ['softfail', 'none']);
-  });
-
-  it('checks a message too large to stay in memory (read back from its temp file) as it checks a small one', async () => {
-    mx = await start();
-    const body = `${'x'.repeat(998)}\r\n`.repeat(300); // 300 KB: written out before the checks run
-    const reply = await attempt(mx.port, 'someone@spf-pass.test', ['alice@d1.example'], message('large', body));
-    assert.equal(reply.code, 250, reply.text);
-    const envelope = queuedEnvelope(mx.spoolDir, queuedId(reply.text));
-    assert.match(envelope.addedHeaders!, / spf=pass /);
-    assert.ok(envelope.size > 300_000);
-  });
-
-  it('accepts a DKIM-signed message whose DMARC passes, and refuses it altered with 550 5.7.26 (p=reject)', async () => {
-    mx = await start();
-    const body = message('signed', 'Signed body.').replace('sender@remote.example', 'news@signed.test');
-    const key = { signingDomain: 'signed.test', selector: 'sel', privateKey: privateKey.export({ type: 'pkcs8', format: 'pem' }) };
-    const signed = await dkimSign(body, { ...key, signatureData: [key] }); // mailauth signs with signatureData; its types want the top level too
-    assert.deepEqual(signed.errors, []);
-    const good = await attempt(mx.port, 'news@signed.test', ['alice@d1.example'], signed.signatures + body);
-    assert.equal(good.code, 250, good.text);
-    const envelope = queuedEnvelope(mx.spoolDir, queuedId(good.text));
-    assert.match(envelope.addedHeaders!, / dkim=pass header\.i=@signed\.test /);
-    assert.match(envelope.addedHeaders!, / dmarc=pass /);
-    const altered = signed.signatures + body.replace('Signed body.', 'Altered body.');
-    assert.deepEqual(pick(await attempt(mx.port, 'news@signed.test', ['alice@d1.example'], altered)), [550, '5.7.26']);
-    const refused = mx.logs.find((line) => line.event === 'message_refused');
-    assert.deepEqual([refused?.dmarc, refused?.dkim], ['fail', ['neutral']]); // mailauth: a body hash mismatch is "neutral"
-    assert.equal(queuedIds(mx.spoolDir).filter((id) => id !== queuedId(good.text)).length, 0);
-  });
-
-  it('never sends a DSN to a sender whose SPF failed (auth.spf.fail: tag), and counts it', async () => {
-    primary.rcptReplies.set('alice@d1.example', [550, '5.1.1 no such user']);
-    mx = await start('auth: { spf: { fail: tag } }');
-    const reply = await attempt(mx.port, 'forger@spf-fail.test', ['alice@d1.example'], message('forged tagged'));
-    assert.equal(reply.code, 250, reply.text);
-    const id = queuedId(reply.text);
-    await waitFor(() => mx!.logs.some((line) => line.event === 'dsn_suppressed'));
-    const suppressed = mx.logs.find((line) => line.event === 'dsn_suppressed');
-    assert.deepEqual([suppressed?.queueId, suppressed?.reason, suppressed?.to], [id, 'spf-fail', 'forger@spf-fail.test']);
-    await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
-    assert.ok(!mx.logs.some((line) => line.event === 'dsn_queued'));
-    assert.match(await metric(mx, 'secondarymx_dsn_suppressed_total'), /reason="spf-fail"} 1/);
-  });
-
-  it('sends at most dsn.maxPerDomainPerHour DSNs to one sender domain', async () => {
-    primary.rcptReplies.set('alice@d1.example', [550, '5.1.1 no such user']);
-    const smarthost = new TestPrimary(await freePort());
-    await smarthost.start();
-    try {
-      mx = await start(`dsn: { relay: { host: 127.0.0.1, port: ${smarthost.port} }, maxPerDomainPerHour: 1 }`);
-      for (const subject of ['one', 'two', 'three'])
-        assert.equal((await attempt(mx.port, 'someone@spf-pass.test', ['alice@d1.example'], message(subject))).code, 250);
-      await waitFor(() => mx!.logs.filter((line) => line.event === 'dsn_suppressed').length === 2);
-      await waitFor(() => smarthost.received.length === 1);
-      assert.equal(mx.logs.filter((line) => line.event === 'dsn_queued').length, 1);
-      assert.match(await metric(mx, 'secondarymx_dsn_suppressed_total'), /reason="rate"} 2/);
-    } finally {
-      await smarthost.stop();
-    }
-  });
-});
-
-describe('screen: rspamd before the 250', function () {
-  this.timeout(180_000); // rspamd's first start compiles its rules
-  const dns = new TestDnsServer();
-  let rspamd: TestRspamd;
-  let primary: TestPrimary;
-  let mx: TestDaemon | undefined;
-  before(async () => {
-    await dns.start();
-    rspamd = new TestRspamd(dns.server);
-    await rspamd.start();
-  });
-  beforeEach(async () => {
-    primary = new TestPrimary(await freePort());
-    await primary.start();
-  });
-  afterEach(async () => {
-    await mx?.stop();
-    mx = undefined;
-    await primary.stop();
-  });
-  after(async () => {
-    await rspamd?.stop();
-    await dns.stop();
-  });
-  const start = (rspamdYaml: string) =>
-    startTestDaemon({ primaryPort: primary.port, extra: `dns: { servers: ["${dns.server}"] }\nrelay: { probeInterval: 0.2 }\nrspamd: ${rspamdYaml}` });
-
-  it("refuses GTUBE with 550 5.7.1 and rspamd's message, and queues nothing", async () => {
-    mx = await start(`{ url: "${rspamd.url}" }`);
-    const gtube = message('gtube', 'XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X');
-    const reply = await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], gtube);
-    assert.deepEqual(pick(reply), [550, '5.7.1']);
-    assert.match(reply.text, /Gtube pattern/);
-    assert.deepEqual(queuedIds(mx.spoolDir), []);
-    assert.deepEqual(mx.logs.find((line) => line.event === 'message_refused')?.rspamd, 'reject');
-    assert.match(await metric(mx, 'secondarymx_refused_total'), /reason="spam"} 1/);
-  });
-
-  it('answers soft reject with 451 4.7.1 and its message, and queues nothing', async () => {
-    mx = await start(`{ url: "${rspamd.url}" }`);
-    const reply = await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('SOFTWORD now'));
-    assert.deepEqual(pick(reply), [451, '4.7.1']);
-    assert.match(reply.text, /Busy, come back later/);
-    assert.deepEqual(queuedIds(mx.spoolDir), []);
-  });
-
-  it('adds its verdict to a clean message and X-Spam to a spammy one; never bounces the spammy one', async () => {
-    primary.rcptReplies.set('bob.smith@d1.example', [550, '5.1.1 no such user']);
-    mx = await start(`{ url: "${rspamd.url}" }`);
-    const clean = await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('hello'));
-    assert.equal(clean.code, 250, clean.text);
-    const cleanMessage = queuedMessage(mx.spoolDir, queuedId(clean.text)).toString('latin1');
-    assert.match(cleanMessage, /^X-Rspamd-Action: no action\r\n/m);
-    assert.doesNotMatch(cleanMessage, /^X-Spam: Yes/m);
-    const spammy = await attempt(mx.port, 'sender@remote.example', ['Bob.Smith@d1.example'], message('cheap SPAMWORD here'));
-    assert.equal(spammy.code, 250, spammy.text);
-    const id = queuedId(spammy.text);
-    assert.match(queuedMessage(mx.spoolDir, id).toString('latin1'), /^X-Spam: Yes\r\n/m);
-    assert.equal(queuedEnvelope(mx.spoolDir, id).noBounce, 'spam');
-    await waitFor(() => mx!.logs.some((line) => line.event === 'dsn_suppressed' && line.queueId === id && line.reason === 'spam'));
-    await waitFor(() => primary.received.length === 1);
-    assert.match(primary.received[0].data.toString('latin1'), /^X-Rspamd-Action: no action\r\n/m);
-  });
-
-  it('accepts and logs when rspamd is down (onFailure: accept), answers 451 4.7.1 with onFailure: defer', async () => {
-    const closed = await freePort();
-    mx = await start(`{ url: "http://127.0.0.1:${closed}" }`);
-    const accepted = await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('rspamd down'));
-    assert.equal(accepted.code, 250, accepted.text);
-    assert.ok(mx.logs.some((line) => line.event === 'rspamd_unavailable' && line.queueId === queuedId(accepted.text)));
-    await mx.stop();
-    mx = await start(`{ url: "http://127.0.0.1:${closed}", onFailure: defer }`);
-    assert.deepEqual(pick(await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('rspamd down, defer'))), [451, '4.7.1']);
-    assert.deepEqual(queuedIds(mx.spoolDir), []);
-  });
-
-  it('gives up on an rspamd that does not answer within rspamd.timeout', async () => {
-    // The one stand-in here: a real rspamd cannot be made to hang on demand.
-    const silent: Server = createServer(() => undefined);
-    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
-    try {
-      const port = (silent.address() as { port: number }).port;
-      mx = await start(`{ url: "http://127.0.0.1:${port}", timeout: 0.5, onFailure: defer }`);
-      assert.deepEqual(pick(await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('slow rspamd'))), [451, '4.7.1']);
-      assert.match(String(mx.logs.find((line) => line.event === 'rspamd_unavailable')?.reason), /no answer within 0\.5 s/);
-    } finally {
-      silent.close();
-    }
-  });
-});
-
-describe('screen: recipient verification and the primary-up mode', () => {
-  let primary: TestPrimary;
-  let mx: TestDaemon | undefined;
-  beforeEach(async () => {
-    primary = new TestPrimary(await freePort());
-    await primary.start();
-    primary.rcptReplies.set('gone@d3.example', [550, '5.1.1 <gone@d3.example>: user unknown in virtual mailbox table']);
-  });
-  afterEach(async () => {
-    await mx?.stop();
-    mx = undefined;
-    await primary.stop();
-  });
-
-  const rcpt = async (port: number, to: string) => {
-    const { client } = await SmtpClient.session(port);
-    try {
-      await client.command('MAIL FROM:<sender@remote.example>');
-      return await client.command(`RCPT TO:<${to}>`);
-    } finally {
-      await client.quit();
-    }
-  };
-
-  it('asks the primary about addresses of a domain without a list, remembers its answers (across a restart), and uses them while it is down', async () => {
-    const spoolDir = mkdtempSync(join(tmpdir(), 'secondarymx-spool-'));
-    try {
-      mx = await startTestDaemon({ primaryPort: primary.port, spoolDir });
-      const gone = await rcpt(mx.port, 'gone@d3.example');
-      assert.deepEqual(pick(gone), [550, '5.1.1']);
-      assert.match(gone.text, /the primary says: 550 .*<gone@d3\.example>: user unknown in virtual mailbox table/);
-      assert.equal((await rcpt(mx.port, 'real@d3.example')).code, 250);
-      const probes = primary.connections;
-      assert.equal((await rcpt(mx.port, 'gone@d3.example')).code, 550);
-      assert.equal(primary.connections, probes, 'the second answer came from the cache');
-      await mx.stop();
-      await primary.stop();
-      mx = await startTestDaemon({ primaryPort: primary.port, spoolDir });
-      assert.equal((await rcpt(mx.port, 'gone@d3.example')).code, 550, 'remembered across the restart, primary down');
-      assert.equal((await rcpt(mx.port, 'unknown@d3.example')).code, 250, 'unknown and not cached: accepted as before');
-      assert.equal((await rcpt(mx.port, 'alice@d1.example')).code, 250, 'listed domains are never probed');
-    } finally {
-      rmSync(spoolDir, { recursive: true, force: true });
-    }
-  });
-
-  it('answers 451 4.7.1 once the primary has been seen up for screen.deferWhilePrimaryUp, and accepts again once it is down', async () => {
-    mx = await startTestDaemon({
-      primaryPort: primary.port,
-      extra: 'relay: { probeInterval: 0.2 }\nscreen: { deferWhilePrimaryUp: 1 }\nverify: { enabled: false }',
+  describe('screen: sender authentication (mailauth: SPF, DKIM, DMARC)', () => {
+    const dns = new TestDnsServer();
+    const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    before(async () => {
+      await dns.start();
+      dns.zones.set('spf-fail.test', { txt: ['v=spf1 -all'] });
+      dns.zones.set('spf-soft.test', { txt: ['v=spf1 ~all'] });
+      dns.zones.set('spf-pass.test', { txt: ['v=spf1 ip4:127.0.0.0/8 -all'] });
+      dns.zones.set('signed.test', { txt: [] });
+      dns.zones.set('sel._domainkey.signed.test', { txt: [`v=DKIM1; k=rsa; p=${publicKey.export({ type: 'spki', format: 'der' }).toString('base64')}`] });
+      dns.zones.set('_dmarc.signed.test', { txt: ['v=DMARC1; p=reject'] });
     });
-    assert.equal((await rcpt(mx.port, 'alice@d1.example')).code, 250, 'not yet seen up long enough');
-    await waitFor(async () => (await rcpt(mx!.port, 'alice@d1.example')).code === 451, 5000);
-    assert.deepEqual(pick(await rcpt(mx.port, 'alice@d1.example')), [451, '4.7.1']);
-    await primary.stop();
-    await waitFor(() => mx!.logs.some((line) => line.event === 'primary_down'));
-    assert.equal((await rcpt(mx.port, 'alice@d1.example')).code, 250);
+    after(() => dns.stop());
+    const start = (extra = '') =>
+      startTestDaemon({ primaryPort: primary.port, extra: `dns: { servers: ["${dns.server}"] }\nrelay: { probeInterval: 0.2 }\n${extra}` });
+
+    it('refuses an SPF fail at MAIL FROM with 550 5.7.23, before any data', async () => {
+      mx = await start();
+      assert.deepEqual(pick(await attempt(mx.port, 'forger@spf-fail.test', ['alice@d1.example'], message('forged'))), [550, '5.7.23']);
+      assert.deepEqual(queuedIds(mx.spoolDir), []);
+      assert.ok(mx.logs.some((line) => line.event === 'screen' && line.screen === 'spf' && line.decision === 'reject' && line.result === 'fail'));
+      assert.match(await metric(mx, 'secondarymx_refused_total'), /reason="spf"} 1/);
+    });
+
+    it('tags a softfail: Authentication-Results with our host name goes to the primary before the stored bytes, SIZE included', async () => {
+      mx = await start();
+      const reply = await attempt(mx.port, 'someone@spf-soft.test', ['alice@d1.example'], message('soft'));
+      assert.equal(reply.code, 250, reply.text);
+      await waitFor(() => primary.received.length === 1);
+      const delivered = primary.received[0].data.toString('latin1');
+      assert.match(delivered, /^Received-SPF: softfail /);
+      assert.match(delivered, /^Authentication-Results: mx2\.test\.example;\r\n(?: .*\r\n)*? spf=softfail /m);
+      assert.match(delivered, /\r\nReceived: from client\.example /);
+      assert.equal(primary.received[0].mailArgs.SIZE, String(primary.received[0].data.length));
+      const queued = mx.logs.find((line) => line.event === 'queued');
+      assert.deepEqual([queued?.spf, queued?.dmarc], ['softfail', 'none']);
+    });
+
+    it('checks a message too large to stay in memory (read back from its temp file) as it checks a small one', async () => {
+      mx = await start();
+      const body = `${'x'.repeat(998)}\r\n`.repeat(300); // 300 KB: written out before the checks run
+      const reply = await attempt(mx.port, 'someone@spf-pass.test', ['alice@d1.example'], message('large', body));
+      assert.equal(reply.code, 250, reply.text);
+      const envelope = queuedEnvelope(mx.spoolDir, queuedId(reply.text));
+      assert.match(envelope.addedHeaders!, / spf=pass /);
+      assert.ok(envelope.size > 300_000);
+    });
+
+    it('accepts a DKIM-signed message whose DMARC passes, and refuses it altered with 550 5.7.26 (p=reject)', async () => {
+      mx = await start();
+      const body = message('signed', 'Signed body.').replace('sender@remote.example', 'news@signed.test');
+      const key = { signingDomain: 'signed.test', selector: 'sel', privateKey: privateKey.export({ type: 'pkcs8', format: 'pem' }) };
+      const signed = await dkimSign(body, { ...key, signatureData: [key] }); // mailauth signs with signatureData; its types want the top level too
+      assert.deepEqual(signed.errors, []);
+      const good = await attempt(mx.port, 'news@signed.test', ['alice@d1.example'], signed.signatures + body);
+      assert.equal(good.code, 250, good.text);
+      const envelope = queuedEnvelope(mx.spoolDir, queuedId(good.text));
+      assert.match(envelope.addedHeaders!, / dkim=pass header\.i=@signed\.test /);
+      assert.match(envelope.addedHeaders!, / dmarc=pass /);
+      const altered = signed.signatures + body.replace('Signed body.', 'Altered body.');
+      assert.deepEqual(pick(await attempt(mx.port, 'news@signed.test', ['alice@d1.example'], altered)), [550, '5.7.26']);
+      const refused = mx.logs.find((line) => line.event === 'message_refused');
+      assert.deepEqual([refused?.dmarc, refused?.dkim], ['fail', ['neutral']]); // mailauth: a body hash mismatch is "neutral"
+      assert.equal(queuedIds(mx.spoolDir).filter((id) => id !== queuedId(good.text)).length, 0);
+    });
+
+    it('never sends a DSN to a sender whose SPF failed (auth.spf.fail: tag), and counts it', async () => {
+      primary.rcptReplies.set('alice@d1.example', [550, '5.1.1 no such user']);
+      mx = await start('auth: { spf: { fail: tag } }');
+      const reply = await attempt(mx.port, 'forger@spf-fail.test', ['alice@d1.example'], message('forged tagged'));
+      assert.equal(reply.code, 250, reply.text);
+      const id = queuedId(reply.text);
+      await waitFor(() => mx!.logs.some((line) => line.event === 'dsn_suppressed'));
+      const suppressed = mx.logs.find((line) => line.event === 'dsn_suppressed');
+      assert.deepEqual([suppressed?.queueId, suppressed?.reason, suppressed?.to], [id, 'spf-fail', 'forger@spf-fail.test']);
+      await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
+      assert.ok(!mx.logs.some((line) => line.event === 'dsn_queued'));
+      assert.match(await metric(mx, 'secondarymx_dsn_suppressed_total'), /reason="spf-fail"} 1/);
+    });
+
+    it('sends at most dsn.maxPerDomainPerHour DSNs to one sender domain', async () => {
+      primary.rcptReplies.set('alice@d1.example', [550, '5.1.1 no such user']);
+      const smarthost = new TestPrimary(await freePort());
+      await smarthost.start();
+      try {
+        mx = await start(`dsn: { relay: { host: 127.0.0.1, port: ${smarthost.port} }, maxPerDomainPerHour: 1 }`);
+        for (const subject of ['one', 'two', 'three'])
+          assert.equal((await attempt(mx.port, 'someone@spf-pass.test', ['alice@d1.example'], message(subject))).code, 250);
+        await waitFor(() => mx!.logs.filter((line) => line.event === 'dsn_suppressed').length === 2);
+        await waitFor(() => smarthost.received.length === 1);
+        assert.equal(mx.logs.filter((line) => line.event === 'dsn_queued').length, 1);
+        assert.match(await metric(mx, 'secondarymx_dsn_suppressed_total'), /reason="rate"} 2/);
+      } finally {
+        await smarthost.stop();
+      }
+    });
+  });
+
+  describe('screen: rspamd before the 250', function () {
+    this.timeout(180_000); // rspamd's first start compiles its rules
+    const dns = new TestDnsServer();
+    let rspamd: TestRspamd;
+    before(async () => {
+      await dns.start();
+      rspamd = new TestRspamd(dns.server);
+      await rspamd.start();
+    });
+    after(async () => {
+      await rspamd?.stop();
+      await dns.stop();
+    });
+    const start = (rspamdYaml: string) =>
+      startTestDaemon({ primaryPort: primary.port, extra: `dns: { servers: ["${dns.server}"] }\nrelay: { probeInterval: 0.2 }\nrspamd: ${rspamdYaml}` });
+
+    it("refuses GTUBE with 550 5.7.1 and rspamd's message, and queues nothing", async () => {
+      mx = await start(`{ url: "${rspamd.url}" }`);
+      const gtube = message('gtube', 'XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X');
+      const reply = await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], gtube);
+      assert.deepEqual(pick(reply), [550, '5.7.1']);
+      assert.match(reply.text, /Gtube pattern/);
+      assert.deepEqual(queuedIds(mx.spoolDir), []);
+      assert.deepEqual(mx.logs.find((line) => line.event === 'message_refused')?.rspamd, 'reject');
+      assert.match(await metric(mx, 'secondarymx_refused_total'), /reason="spam"} 1/);
+    });
+
+    it('answers soft reject with 451 4.7.1 and its message, and queues nothing', async () => {
+      mx = await start(`{ url: "${rspamd.url}" }`);
+      const reply = await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('SOFTWORD now'));
+      assert.deepEqual(pick(reply), [451, '4.7.1']);
+      assert.match(reply.text, /Busy, come back later/);
+      assert.deepEqual(queuedIds(mx.spoolDir), []);
+    });
+
+    it('adds its verdict to a clean message and X-Spam to a spammy one; never bounces the spammy one', async () => {
+      primary.rcptReplies.set('bob.smith@d1.example', [550, '5.1.1 no such user']);
+      mx = await start(`{ url: "${rspamd.url}" }`);
+      const clean = await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('hello'));
+      assert.equal(clean.code, 250, clean.text);
+      const cleanMessage = queuedMessage(mx.spoolDir, queuedId(clean.text)).toString('latin1');
+      assert.match(cleanMessage, /^X-Rspamd-Action: no action\r\n/m);
+      assert.doesNotMatch(cleanMessage, /^X-Spam: Yes/m);
+      const spammy = await attempt(mx.port, 'sender@remote.example', ['Bob.Smith@d1.example'], message('cheap SPAMWORD here'));
+      assert.equal(spammy.code, 250, spammy.text);
+      const id = queuedId(spammy.text);
+      assert.match(queuedMessage(mx.spoolDir, id).toString('latin1'), /^X-Spam: Yes\r\n/m);
+      assert.equal(queuedEnvelope(mx.spoolDir, id).noBounce, 'spam');
+      await waitFor(() => mx!.logs.some((line) => line.event === 'dsn_suppressed' && line.queueId === id && line.reason === 'spam'));
+      await waitFor(() => primary.received.length === 1);
+      assert.match(primary.received[0].data.toString('latin1'), /^X-Rspamd-Action: no action\r\n/m);
+    });
+
+    it('accepts and logs when rspamd is down (onFailure: accept), answers 451 4.7.1 with onFailure: defer', async () => {
+      const closed = await freePort();
+      mx = await start(`{ url: "http://127.0.0.1:${closed}" }`);
+      const accepted = await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('rspamd down'));
+      assert.equal(accepted.code, 250, accepted.text);
+      assert.ok(mx.logs.some((line) => line.event === 'rspamd_unavailable' && line.queueId === queuedId(accepted.text)));
+      await mx.stop();
+      mx = await start(`{ url: "http://127.0.0.1:${closed}", onFailure: defer }`);
+      assert.deepEqual(pick(await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('rspamd down, defer'))), [451, '4.7.1']);
+      assert.deepEqual(queuedIds(mx.spoolDir), []);
+    });
+
+    it('gives up on an rspamd that does not answer within rspamd.timeout', async () => {
+      // The one stand-in here: a real rspamd cannot be made to hang on demand.
+      const silent: Server = createServer(() => undefined);
+      await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+      try {
+        const port = (silent.address() as { port: number }).port;
+        mx = await start(`{ url: "http://127.0.0.1:${port}", timeout: 0.5, onFailure: defer }`);
+        assert.deepEqual(pick(await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('slow rspamd'))), [451, '4.7.1']);
+        assert.match(String(mx.logs.find((line) => line.event === 'rspamd_unavailable')?.reason), /no answer within 0\.5 s/);
+      } finally {
+        silent.close();
+      }
+    });
+  });
+
+  describe('screen: recipient verification and the primary-up mode', () => {
+    beforeEach(() => primary.rcptReplies.set('gone@d3.example', [550, '5.1.1 <gone@d3.example>: user unknown in virtual mailbox table']));
+
+    const rcpt = async (port: number, to: string) => {
+      const { client } = await SmtpClient.session(port);
+      try {
+        await client.command('MAIL FROM:<sender@remote.example>');
+        return await client.command(`RCPT TO:<${to}>`);
+      } finally {
+        await client.quit();
+      }
+    };
+
+    it('asks the primary about addresses of a domain without a list, remembers its answers (across a restart), and uses them while it is down', async () => {
+      const spoolDir = mkdtempSync(join(tmpdir(), 'secondarymx-spool-'));
+      try {
+        mx = await startTestDaemon({ primaryPort: primary.port, spoolDir });
+        const gone = await rcpt(mx.port, 'gone@d3.example');
+        assert.deepEqual(pick(gone), [550, '5.1.1']);
+        assert.match(gone.text, /the primary says: 550 .*<gone@d3\.example>: user unknown in virtual mailbox table/);
+        assert.equal((await rcpt(mx.port, 'real@d3.example')).code, 250);
+        const probes = primary.connections;
+        assert.equal((await rcpt(mx.port, 'gone@d3.example')).code, 550);
+        assert.equal(primary.connections, probes, 'the second answer came from the cache');
+        await mx.stop();
+        await primary.stop();
+        mx = await startTestDaemon({ primaryPort: primary.port, spoolDir });
+        assert.equal((await rcpt(mx.port, 'gone@d3.example')).code, 550, 'remembered across the restart, primary down');
+        assert.equal((await rcpt(mx.port, 'unknown@d3.example')).code, 250, 'unknown and not cached: accepted as before');
+        assert.equal((await rcpt(mx.port, 'alice@d1.example')).code, 250, 'listed domains are never probed');
+      } finally {
+        rmSync(spoolDir, { recursive: true, force: true });
+      }
+    });
+
+    it('answers 451 4.7.1 once the primary has been seen up for screen.deferWhilePrimaryUp, and accepts again once it is down', async () => {
+      mx = await startTestDaemon({
+        primaryPort: primary.port,
+        extra: 'relay: { probeInterval: 0.2 }\nscreen: { deferWhilePrimaryUp: 1 }\nverify: { enabled: false }',
+      });
+      assert.equal((await rcpt(mx.port, 'alice@d1.example')).code, 250, 'not yet seen up long enough');
+      await waitFor(async () => (await rcpt(mx!.port, 'alice@d1.example')).code === 451, 5000);
+      assert.deepEqual(pick(await rcpt(mx.port, 'alice@d1.example')), [451, '4.7.1']);
+      await primary.stop();
+      await waitFor(() => mx!.logs.some((line) => line.event === 'primary_down'));
+      assert.equal((await rcpt(mx.port, 'alice@d1.example')).code, 250);
+    });
   });
 });

@@ -1,7 +1,10 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseEnvelope, type Envelope } from '../../src/spool/envelope.js';
+import { newQueueId } from '../../src/spool/queue-id.js';
+import { Spool } from '../../src/spool/spool.js';
 import { readTrailerSync } from '../../src/spool/trailer.js';
+import { message } from './smtp-client.js';
 
 /** What a spool's queue/ folder holds, read the way the daemon reads it. */
 
@@ -32,4 +35,27 @@ export function storedMessage(spoolDir: string, id: string): Buffer {
 /** The message as it will be delivered: the headers added after DATA, then the stored bytes. */
 export function queuedMessage(spoolDir: string, id: string): Buffer {
   return Buffer.concat([Buffer.from(queuedEnvelope(spoolDir, id).addedHeaders ?? ''), storedMessage(spoolDir, id)]);
+}
+
+/** Queues messages straight into a spool (no daemon), as a stopped primary leaves them: pending, `minutesAgo` old. */
+export async function queueWaiting(
+  spoolDir: string,
+  messages: Array<{ subject: string; sender?: string; recipients?: string[]; minutesAgo?: number; delivered?: boolean }>,
+): Promise<string[]> {
+  const spool = await Spool.forDelivery(spoolDir);
+  const ids: string[] = [];
+  for (const { subject, sender = 's@remote.example', recipients = ['alice@d1.example'], minutesAgo = 0, delivered = false } of messages) {
+    const id = newQueueId();
+    ids.push(id);
+    await spool.enqueue(id, Buffer.from(message(subject)), {
+      arrival: new Date(Date.now() - minutesAgo * 60_000).toISOString(),
+      sender,
+      recipients: recipients.map((address) => ({ address, state: delivered ? ('delivered' as const) : ('pending' as const) })),
+      bodyType: '7bit',
+      smtpUtf8: false,
+      client: { address: '127.0.0.1', helo: 'x' },
+    });
+  }
+  await spool.unlock();
+  return ids;
 }
