@@ -60,6 +60,8 @@ describe('relay: replay to a real primary', () => {
       states.map((line) => line.msg),
       ['primary is DOWN: delivery stopped, probing', 'primary is UP: replaying the spool'],
     );
+    // The status= line is written once the outcome is saved, just after the message left the queue.
+    await waitFor(() => mx!.logs.some((line) => line.queueId === id && line.event === 'delivery' && line.status === 'sent'));
     const sent = mx.logs.find((line) => line.queueId === id && line.event === 'delivery' && line.status === 'sent');
     assert.deepEqual(sent?.to, ['alice@d1.example', 'x@d2.example']);
     assert.equal(sent?.primary, `127.0.0.1:${primary.port}`);

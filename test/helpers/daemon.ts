@@ -5,6 +5,17 @@ import { Writable } from 'node:stream';
 import { parseConfig } from '../../src/config/load.js';
 import { createLogger } from '../../src/log.js';
 import { startDaemon, type Daemon } from '../../src/serve.js';
+import { TestDnsServer } from './dns-server.js';
+
+/**
+ * Every test daemon's resolver (unless a test brings its own): a loopback DNS server that
+ * knows no name, so SPF, DMARC and MX lookups get NXDOMAIN at once. A closed port did the
+ * same until the kernel's ICMP rate limit (hundreds of lookups a second across the
+ * parallel test files) let some queries wait for c-ares' timeouts instead.
+ */
+const nobodyKnows = new TestDnsServer();
+await nobodyKnows.start();
+nobodyKnows.unref();
 
 /** The directory most tests use. */
 export const DOMAINS = `
@@ -47,11 +58,11 @@ export const FILE_SOURCE = '  - { name: local, type: file, path: domains.txt }';
 
 /**
  * A test config: loopback, ephemeral port, spool in the config's folder. Unless the
- * test brings its own, MX lookups go to a closed loopback port: tests never ask the
- * machine's resolver (no traffic beyond loopback).
+ * test brings its own, DNS goes to `nobodyKnows`: tests never ask the machine's
+ * resolver (no traffic beyond loopback).
  */
 export function baseConfig(extra = '', sources = FILE_SOURCE): string {
-  const dns = /^dns:/m.test(extra) ? '' : 'dns: { servers: ["127.0.0.1:1"] }\n';
+  const dns = /^dns:/m.test(extra) ? '' : `dns: { servers: ["${nobodyKnows.server}"] }\n`;
   const control = /^control:/m.test(extra) ? '' : 'control: { listen: "127.0.0.1:0" }\n'; // many daemons, no fixed port
   return `hostname: mx2.test.example
 listen: ["127.0.0.1:0"]

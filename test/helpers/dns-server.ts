@@ -30,6 +30,11 @@ export class TestDnsServer {
     this.port = this.socket.address().port;
   }
 
+  /** Lets the process exit while it listens. */
+  unref(): void {
+    this.socket.unref();
+  }
+
   async stop(): Promise<void> {
     await new Promise<void>((resolve) => this.socket.close(() => resolve()));
   }
