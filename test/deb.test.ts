@@ -140,21 +140,19 @@ describe('Debian package: npm run deb, install, check, purge', function () {
     }
     assert.equal(statSync(join(SPOOL, 'serve.pid'), { throwIfNoEntry: false }), undefined, 'the daemon removed its lock');
 
-    // A purge keeps a spool that still holds mail, and says so; the config goes.
+    // remove: the daemon's files go; config, spool and user stay.
+    assert.equal(run('dpkg', ['--remove', PACKAGE]).status, 0);
+    assert.ok(!existsSync('/usr/bin/secondarymx'));
+    assert.ok(existsSync('/etc/secondarymx/secondarymx.yaml') && userExists(), 'remove keeps the config and the user');
+    // A purge keeps a spool that still holds mail, and says so (postrm run as dpkg --purge runs it, package kept for the next step).
     mkdirSync(join(SPOOL, 'queue'), { recursive: true });
     writeFileSync(join(SPOOL, 'queue', '0MX0AAAAAAAAAAAAAAA.msg'), 'mail');
-    const kept = run('dpkg', ['--purge', PACKAGE]);
+    const kept = run(`/var/lib/dpkg/info/${PACKAGE}.postrm`, ['purge']);
     assert.equal(kept.status, 0, kept.stderr);
     assert.match(kept.stderr, /kept \/var\/spool\/secondarymx: it holds 1 undelivered message/);
-    assert.ok(existsSync(join(SPOOL, 'queue', '0MX0AAAAAAAAAAAAAAA.msg')));
-    assert.ok(!existsSync('/etc/secondarymx') && !existsSync('/usr/bin/secondarymx') && !installed());
-
-    // With an empty spool, a purge removes the spool and the user too.
+    assert.ok(existsSync(join(SPOOL, 'queue', '0MX0AAAAAAAAAAAAAAA.msg')) && userExists(), 'the spool and its owner stay');
+    // With an empty spool, a purge removes config, spool and user.
     rmSync(join(SPOOL, 'queue'), { recursive: true });
-    assert.equal(run('dpkg', ['-i', deb]).status, 0);
-    assert.equal(run('dpkg', ['--remove', PACKAGE]).status, 0);
-    assert.ok(existsSync('/etc/secondarymx/secondarymx.yaml'), 'remove keeps the config');
-    assert.ok(userExists(), 'remove keeps the user');
     const purged = run('dpkg', ['--purge', PACKAGE]);
     assert.equal(purged.status, 0, purged.stderr);
     assert.ok(!existsSync(SPOOL) && !existsSync('/etc/secondarymx') && !userExists());
