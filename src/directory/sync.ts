@@ -232,11 +232,15 @@ export class Syncer {
   private warnUnchecked(source: SourceConfig, list: SourceList): void {
     const unchecked = [...list].filter(([, entry]) => !entry.recipientCheck).map(([domain]) => domain);
     if (unchecked.length === 0) return;
-    this.log.warn(
-      { source: source.name, count: unchecked.length, domains: unchecked.slice(0, 20) },
+    const what =
       source.type === 'mxlist'
-        ? 'mxlist sources list domains only: these domains are not recipient-checked (backscatter risk)'
-        : 'domains with no address list accept any local part: no recipient check, backscatter risk',
+        ? 'mxlist sources list domains only: these domains are not recipient-checked against a list'
+        : 'domains with no address list accept any local part';
+    this.log.warn(
+      { source: source.name, count: unchecked.length, domains: unchecked.slice(0, 20), verify: this.config.verify.enabled },
+      this.config.verify.enabled
+        ? `${what}: their recipients are verified with the primary (verify)`
+        : `${what}: no recipient check, backscatter risk (verify.enabled is false)`,
     );
   }
 
