@@ -69,8 +69,6 @@ interface AdmittedSession {
   inData: boolean;
   /** On a DNS allow list (screen.dnsblAllowThreshold): the other screens are skipped. */
   allowListed?: boolean;
-  /** SPF of the current transaction's MAIL FROM. */
-  spf?: string;
 }
 
 const STORAGE_FAILURE = () => new SmtpReply(452, '4.3.1', 'Insufficient system storage, try again later');
@@ -324,13 +322,15 @@ export class ReceiveServer {
     if (refusal || !screens || !admitted) return refusal;
     const { passTtl } = this.options.config.screen;
     if (passTtl > 0) screens.passes.set(admitted.client, true, passTtl);
-    admitted.spf = undefined;
     if (!screens.auth || admitted.allowListed) return null;
     const checked = await screens.auth.checkSpf(address, session.remoteAddress, session.hostNameAppearsAs || '');
-    admitted.spf = checked.result;
     const decision = checked.reply ? (checked.reply.responseCode >= 500 ? 'reject' : 'defer') : checked.result === 'pass' ? 'pass' : 'tag';
+    if (!checked.reply) {
+      this.options.metrics?.screened.inc({ screen: 'spf', decision }); // the result goes in the message's summary line
+      return null;
+    }
     this.screened('spf', decision, { client: session.remoteAddress, from: address, result: checked.result });
-    return checked.reply ? this.refuse(checked.reply, 'spf') : null;
+    return this.refuse(checked.reply, 'spf');
   }
 
   private senderAllowed(address: string, session: SMTPServerSession): SmtpReply | null {
