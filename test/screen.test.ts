@@ -234,7 +234,7 @@ describe('screen: with a real primary', () => {
   });
 
   describe('screen: rspamd before the 250', function () {
-    this.timeout(180_000); // rspamd's first start compiles its rules
+    this.timeout(180_000); // on a fresh machine: apt-get install rspamd, then its first start compiles its rules
     const dns = new TestDnsServer();
     let rspamd: TestRspamd;
     before(async () => {
