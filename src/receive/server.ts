@@ -19,6 +19,7 @@ import { refusalReason, type Metrics } from '../control/metrics.js';
 import type { HostPort } from '../config/schema.js';
 import type { EdgeScreens } from '../screen/screens.js';
 import { rspamdCheck, RspamdUnavailable } from '../screen/rspamd.js';
+import { unmapped } from '../net/ip.js';
 
 export interface ReceiveOptions {
   config: Config;
@@ -638,8 +639,7 @@ function inRange(address: string, range: string): boolean {
   const family = network.includes(':') ? 'ipv6' : 'ipv4';
   const list = new BlockList();
   list.addSubnet(network, Number(bits ?? (family === 'ipv4' ? 32 : 128)), family);
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1];
-  const plain = mapped ?? address;
+  const plain = unmapped(address);
   return list.check(plain, isIPv4(plain) ? 'ipv4' : 'ipv6');
 }
 

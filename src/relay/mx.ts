@@ -1,5 +1,6 @@
 import { Resolver } from 'node:dns/promises';
 import { BlockList, isIPv4 } from 'node:net';
+import { unmapped } from '../net/ip.js';
 
 /** The domain cannot receive mail at all (no such domain, null MX): a permanent failure. */
 export class NoMailDomain extends Error {}
@@ -63,7 +64,6 @@ for (const [network, bits] of [
 
 /** Whether an address is on an internal network: a sender domain whose MX points there must not get our DSNs (a probe of the inside). */
 export function isInternalAddress(address: string): boolean {
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1];
-  const plain = mapped ?? address;
+  const plain = unmapped(address);
   return INTERNAL.check(plain, isIPv4(plain) ? 'ipv4' : 'ipv6');
 }

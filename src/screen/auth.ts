@@ -1,6 +1,7 @@
 import type { Readable } from 'node:stream';
 import { authenticate, spf, type DNSResolver } from 'mailauth';
 import { SmtpReply } from '../receive/replies.js';
+import { unmapped } from '../net/ip.js';
 
 /** What a result leads to: refused (5xx), deferred (4xx), or accepted with the result in Authentication-Results. */
 export type AuthAction = 'reject' | 'defer' | 'tag';
@@ -50,7 +51,7 @@ export class SenderAuth {
   ) {}
 
   async checkSpf(sender: string, ip: string, helo: string): Promise<SpfCheck> {
-    const checked = await spf({ sender: sender || undefined, ip: plainIp(ip), helo, mta: this.hostname, resolver: this.resolver });
+    const checked = await spf({ sender: sender || undefined, ip: unmapped(ip), helo, mta: this.hostname, resolver: this.resolver });
     const result = checked.status.result;
     return { result, reply: spfReply(result, this.policy.spf[result], checked.domain) };
   }
@@ -58,7 +59,7 @@ export class SenderAuth {
   async checkMessage(message: Readable, sender: string, ip: string, helo: string): Promise<ContentCheck> {
     const checked = await authenticate(message, {
       sender,
-      ip: plainIp(ip),
+      ip: unmapped(ip),
       helo,
       mta: this.hostname,
       resolver: this.resolver,
@@ -80,9 +81,4 @@ export class SenderAuth {
       reply,
     };
   }
-}
-
-/** mailauth wants the client's address as it is: an IPv4-mapped IPv6 address is IPv4. */
-function plainIp(ip: string): string {
-  return ip.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/i, '$1');
 }

@@ -1,5 +1,6 @@
 import type { Resolver } from 'node:dns/promises';
 import { isIPv4, isIPv6 } from 'node:net';
+import { ipv6Groups, unmapped } from '../net/ip.js';
 
 /** One entry of postscreen_dnsbl_sites: `domain[=filter][*weight]`. */
 export interface DnsblSite {
@@ -54,15 +55,12 @@ function octetTest(text: string): ((octet: number) => boolean) | undefined {
 
 /** The name to look up for `address` under a list: reversed octets (IPv4) or nibbles (IPv6, RFC 5782). */
 export function dnsblQueryName(address: string, domain: string): string | undefined {
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  const ip = mapped ? mapped[1] : address;
+  const ip = unmapped(address);
   if (isIPv4(ip)) return `${ip.split('.').reverse().join('.')}.${domain}`;
   if (!isIPv6(ip)) return undefined;
-  const [head, tail = ''] = ip.split('::');
-  const groups = (part: string) => (part ? part.split(':') : []);
-  const missing = 8 - groups(head).length - groups(tail).length;
-  const full = [...groups(head), ...Array<string>(ip.includes('::') ? missing : 0).fill('0'), ...groups(tail)];
-  const nibbles = full.map((group) => group.padStart(4, '0')).join('');
+  const nibbles = ipv6Groups(ip)
+    .map((group) => group.toString(16).padStart(4, '0'))
+    .join('');
   return `${[...nibbles].reverse().join('.')}.${domain}`;
 }
 

@@ -1,6 +1,7 @@
 import { request } from 'node:http';
 import type { Readable } from 'node:stream';
 import { SmtpReply } from '../receive/replies.js';
+import { unmapped } from '../net/ip.js';
 
 export interface RspamdOptions {
   /** The normal worker, e.g. http://127.0.0.1:11333 (its /checkv2). */
@@ -70,7 +71,7 @@ export async function rspamdCheck(options: RspamdOptions, envelope: RspamdEnvelo
 function post(options: RspamdOptions, envelope: RspamdEnvelope, message: Readable): Promise<string> {
   return new Promise((resolve, reject) => {
     const headers: Record<string, string | string[]> = {
-      IP: envelope.ip.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/i, '$1'),
+      IP: unmapped(envelope.ip),
       Helo: headerSafe(envelope.helo),
       From: headerSafe(envelope.sender),
       Rcpt: envelope.recipients.map(headerSafe),
