@@ -173,14 +173,25 @@ describe('screen: with a real primary', () => {
       assert.deepEqual([queued?.spf, queued?.dmarc], ['softfail', 'none']);
     });
 
-    it('checks a message too large to stay in memory (read back from its temp file) as it checks a small one', async () => {
+    it('checks a signed message too large to stay in memory (read back from its temp file) as it checks a small one', async () => {
       mx = await start();
-      const body = `${'x'.repeat(998)}\r\n`.repeat(300); // 300 KB: written out before the checks run
-      const reply = await attempt(mx.port, 'someone@spf-pass.test', ['alice@d1.example'], message('large', body));
+      const body = message('large', `${'x'.repeat(998)}\r\n`.repeat(300)).replace('sender@remote.example', 'news@signed.test'); // 300 KB: written out before the checks run
+      const key = { signingDomain: 'signed.test', selector: 'sel', privateKey: privateKey.export({ type: 'pkcs8', format: 'pem' }) };
+      const signed = await dkimSign(body, { ...key, signatureData: [key] });
+      const reply = await attempt(mx.port, 'someone@spf-pass.test', ['alice@d1.example'], signed.signatures + body);
       assert.equal(reply.code, 250, reply.text);
       const envelope = queuedEnvelope(mx.spoolDir, queuedId(reply.text));
       assert.match(envelope.addedHeaders!, / spf=pass /);
+      assert.match(envelope.addedHeaders!, / dkim=pass header\.i=@signed\.test /); // the whole body was hashed
       assert.ok(envelope.size > 300_000);
+    });
+
+    it('refuses an unsigned message whose From domain publishes p=reject and whose SPF domain is not aligned (550 5.7.26)', async () => {
+      mx = await start();
+      const body = message('unsigned', 'x\r\n'.repeat(100)).replace('sender@remote.example', 'news@signed.test');
+      assert.deepEqual(pick(await attempt(mx.port, 'someone@spf-pass.test', ['alice@d1.example'], body)), [550, '5.7.26']);
+      const refused = mx.logs.find((line) => line.event === 'message_refused');
+      assert.deepEqual([refused?.spf, refused?.dkim, refused?.dmarc], ['pass', ['none'], 'fail']);
     });
 
     it('accepts a DKIM-signed message whose DMARC passes, and refuses it altered with 550 5.7.26 (p=reject)', async () => {

@@ -30,6 +30,23 @@ describe('security: resource use', () => {
     }
   });
 
+  it('keeps the header block of an unsigned message for DKIM and DMARC, at every chunking, and none of a signed one', () => {
+    const header = 'From: a@remote.example\r\nSubject: s\r\n\r\n';
+    for (const [text, expected] of [
+      [`${header}body\r\n`, header],
+      [`DKIM-Signature: v=1; d=remote.example\r\n${header}body\r\n`, undefined],
+      [`ARC-Seal: i=1\r\n${header}body\r\n`, undefined],
+    ] as const) {
+      for (const size of [1, 3, 1000]) {
+        const inspector = new MessageInspector({ messageSize: 1e6, hops: 5 });
+        const data = Buffer.from(text);
+        for (let at = 0; at < data.length; at += size) inspector.inspect(data.subarray(at, at + size));
+        inspector.finish();
+        assert.equal(inspector.unsignedHeader?.toString(), expected, `chunks of ${size}`);
+      }
+    }
+  });
+
   it("refuses an endless mxlist answer at the source's maxBytes instead of reading it all", async () => {
     const panel = createServer((_request, response) => {
       response.writeHead(200, { 'content-type': 'application/json' });

@@ -21,6 +21,11 @@ export interface InspectorLimits {
 export class MessageInspector {
   size = 0;
   messageId: string | undefined;
+  /**
+   * The header block (and the blank line after it) when it holds no DKIM or ARC
+   * signature: all that DKIM, ARC and DMARC need of such a message, without its body.
+   */
+  unsignedHeader: Buffer | undefined;
   private afterCR = false;
   private header: Buffer[] = [];
   private headerBytes = 0;
@@ -104,10 +109,10 @@ export class MessageInspector {
     }
     if (end === -1 && this.headerBytes < HEADER_CAPTURE_LIMIT) return;
     const block = Buffer.concat(this.header, this.headerBytes);
-    this.endHeader(end === -1 ? block : block.subarray(0, end));
+    this.endHeader(end === -1 ? block : block.subarray(0, end), end > 0 ? block.subarray(0, end + HEADER_END.length) : undefined);
   }
 
-  private endHeader(block: Buffer): void {
+  private endHeader(block: Buffer, whole?: Buffer): void {
     this.headerDone = true;
     this.header = [];
     const lines = block
@@ -115,12 +120,15 @@ export class MessageInspector {
       .replace(/\r\n(?=[ \t])/g, '')
       .split('\r\n');
     let received = 0;
+    let signed = false;
     for (const line of lines) {
       if (/^received:/i.test(line)) received++;
+      else if (/^(dkim-signature|arc-seal|arc-message-signature):/i.test(line)) signed = true;
       else if (this.messageId === undefined && /^message-id:/i.test(line)) {
         this.messageId = Buffer.from(line.slice('message-id:'.length).trim(), 'latin1').toString('utf8').slice(0, 998);
       }
     }
+    if (whole && !signed) this.unsignedHeader = whole;
     if (received > this.limits.hops) {
       this.refuse(new SmtpReply(554, '5.4.6', `Too many hops: ${received} Received headers, the limit is ${this.limits.hops} (mail loop?)`));
     }

@@ -18,6 +18,7 @@ import { countDataBytes } from './young-gc.js';
 import { refusalReason, type Metrics } from '../control/metrics.js';
 import type { HostPort } from '../config/schema.js';
 import type { EdgeScreens } from '../screen/screens.js';
+import type { SpfCheck } from '../screen/auth.js';
 import { rspamdCheck, RspamdUnavailable } from '../screen/rspamd.js';
 import { unmapped } from '../net/ip.js';
 
@@ -70,6 +71,8 @@ interface AdmittedSession {
   inData: boolean;
   /** On a DNS allow list (screen.dnsblAllowThreshold): the other screens are skipped. */
   allowListed?: boolean;
+  /** The SPF check of the current MAIL FROM, for the message's Authentication-Results. */
+  spf?: SpfCheck;
 }
 
 const STORAGE_FAILURE = () => new SmtpReply(452, '4.3.1', 'Insufficient system storage, try again later');
@@ -321,10 +324,12 @@ export class ReceiveServer {
     const screens = this.options.screens;
     const admitted = this.sessions.get(session.id);
     if (refusal || !screens || !admitted) return refusal;
+    admitted.spf = undefined; // a new transaction: the last sender's result is not this one's
     const { passTtl } = this.options.config.screen;
     if (passTtl > 0) screens.passes.set(admitted.client, true, passTtl);
     if (!screens.auth || admitted.allowListed) return null;
     const checked = await screens.auth.checkSpf(address, session.remoteAddress, session.hostNameAppearsAs || '');
+    admitted.spf = checked;
     const decision = checked.reply ? (checked.reply.responseCode >= 500 ? 'reject' : 'defer') : checked.result === 'pass' ? 'pass' : 'tag';
     if (!checked.reply) {
       this.options.metrics?.screened.inc({ screen: 'spf', decision }); // the result goes in the message's summary line
@@ -444,7 +449,7 @@ export class ReceiveServer {
    * again, for the Authentication-Results header), then rspamd. Returns a refusal, or the
    * headers to add and whether a DSN to the sender would be backscatter.
    */
-  private async checkContent(message: IncomingMessage, session: SMTPServerSession, recipients: string[]): Promise<ContentVerdict> {
+  private async checkContent(message: IncomingMessage, inspector: MessageInspector, session: SMTPServerSession, recipients: string[]): Promise<ContentVerdict> {
     const { screens, config, log, metrics } = this.options;
     const admitted = this.sessions.get(session.id);
     if (!screens || admitted?.allowListed) return {};
@@ -455,7 +460,8 @@ export class ReceiveServer {
     let headers = '';
     let noBounce: Envelope['noBounce'];
     if (screens.auth) {
-      const checked = await screens.auth.checkMessage(await message.readBack(), sender, session.remoteAddress, helo);
+      const spf = admitted?.spf ?? (await screens.auth.checkSpf(sender, session.remoteAddress, helo));
+      const checked = await screens.auth.checkMessage(inspector.unsignedHeader ?? (await message.readBack()), sender, spf);
       const decision = checked.reply ? (checked.reply.responseCode >= 500 ? 'reject' : 'defer') : checked.dmarc === 'pass' ? 'pass' : 'tag';
       metrics?.screened.inc({ screen: 'dmarc', decision });
       Object.assign(report, { spf: checked.spf, dkim: checked.dkim, dmarc: checked.dmarc });
@@ -538,7 +544,7 @@ export class ReceiveServer {
     if (inspector.problem) await dropMessage();
     let screened: ContentVerdict = {};
     if (message)
-      screened = await this.checkContent(message, session, recipients).catch(async (error: unknown) => {
+      screened = await this.checkContent(message, inspector, session, recipients).catch(async (error: unknown) => {
         await dropMessage(error);
         return {};
       });

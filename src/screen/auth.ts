@@ -1,5 +1,7 @@
+import { isIP } from 'node:net';
 import type { Readable } from 'node:stream';
-import { authenticate, spf, type DNSResolver } from 'mailauth';
+import libmime from 'libmime';
+import { arc, dkimVerify, dmarc, spf, type ARCData, type DNSResolver, type SPFResult } from 'mailauth';
 import { SmtpReply } from '../receive/replies.js';
 import { unmapped } from '../net/ip.js';
 
@@ -18,6 +20,8 @@ export interface SpfCheck {
   result: string;
   /** The refusal or deferral the policy asks for. */
   reply?: SmtpReply;
+  /** mailauth's result, for the message's Authentication-Results: SPF is evaluated once per MAIL FROM. */
+  checked: SPFResult;
 }
 
 export interface ContentCheck {
@@ -51,33 +55,49 @@ export class SenderAuth {
   ) {}
 
   async checkSpf(sender: string, ip: string, helo: string): Promise<SpfCheck> {
-    const checked = await spf({ sender: sender || undefined, ip: unmapped(ip), helo, mta: this.hostname, resolver: this.resolver });
+    const client = unmapped(ip);
+    // As mailauth's authenticate(): an address given as HELO (or none) is checked as [address].
+    const name = helo || client;
+    const checked = await spf({ sender: sender || undefined, ip: client, helo: isIP(name) ? `[${name}]` : name, mta: this.hostname, resolver: this.resolver });
     const result = checked.status.result;
-    return { result, reply: spfReply(result, this.policy.spf[result], checked.domain) };
+    return { result, reply: spfReply(result, this.policy.spf[result], checked.domain), checked };
   }
 
-  async checkMessage(message: Readable, sender: string, ip: string, helo: string): Promise<ContentCheck> {
-    const checked = await authenticate(message, {
-      sender,
-      ip: unmapped(ip),
-      helo,
-      mta: this.hostname,
-      resolver: this.resolver,
-      disableBimi: true, // a logo for a mail client: nothing the backup MX decides on
-    });
-    const spfResult = checked.spf ? checked.spf.status.result : 'none';
-    const dmarc = checked.dmarc ? checked.dmarc : undefined;
-    let reply = spfReply(spfResult, this.policy.spf[spfResult], checked.spf ? checked.spf.domain : '');
-    if (!reply && dmarc && dmarc.status.result === 'fail') {
-      const action = this.policy.dmarc[dmarc.policy];
-      if (action === 'reject') reply = new SmtpReply(550, '5.7.26', `DMARC policy of ${dmarc.domain} rejects this unauthenticated message`);
-      if (action === 'defer') reply = new SmtpReply(451, '4.7.26', `DMARC check of ${dmarc.domain} failed, try again later`);
+  /**
+   * DKIM, ARC and DMARC on the message, with the SPF result of its MAIL FROM: what
+   * mailauth's authenticate() does, without evaluating SPF a second time. `message` may be
+   * the header block alone when the message carries no signature: there is no body to hash.
+   */
+  async checkMessage(message: Readable | Buffer, sender: string, spfCheck: SpfCheck): Promise<ContentCheck> {
+    const resolver = this.resolver;
+    const spfChecked = spfCheck.checked;
+    const dkim = await dkimVerify(message, { resolver, sender });
+    const arcResult = await arc(dkim.arc as unknown as ARCData, { resolver });
+    const spfResult = spfChecked.status.result;
+    const dmarcResult = dkim.headerFrom
+      ? (await dmarc({
+          headerFrom: dkim.headerFrom,
+          spfDomains: spfResult === 'pass' && spfChecked.domain ? [spfChecked.domain] : [],
+          dkimDomains: dkim.results
+            .filter((result) => result.status.result === 'pass')
+            .map((result) => ({ id: result.id, domain: result.signingDomain, aligned: result.status.aligned, underSized: result.status.underSized })),
+          arcResult,
+          resolver,
+        })) || undefined
+      : undefined;
+    const results = [...dkim.results.map((result) => result.info), spfChecked.info, arcResult.info, dmarcResult?.info].filter((info): info is string => !!info);
+    const headers = [spfChecked.header, `Authentication-Results: ${this.hostname};\r\n ${results.map((info) => libmime.foldLines(info, 160)).join(';\r\n ')}`];
+    let reply = spfCheck.reply;
+    if (!reply && dmarcResult && dmarcResult.status.result === 'fail') {
+      const action = this.policy.dmarc[dmarcResult.policy];
+      if (action === 'reject') reply = new SmtpReply(550, '5.7.26', `DMARC policy of ${dmarcResult.domain} rejects this unauthenticated message`);
+      if (action === 'defer') reply = new SmtpReply(451, '4.7.26', `DMARC check of ${dmarcResult.domain} failed, try again later`);
     }
     return {
-      headers: checked.headers.replace(/\r?\n/g, '\r\n'),
+      headers: `${headers.join('\r\n')}\r\n`.replace(/\r?\n/g, '\r\n'),
       spf: spfResult,
-      dkim: checked.dkim.results.map((result) => result.status.result),
-      dmarc: dmarc ? dmarc.status.result : undefined,
+      dkim: dkim.results.map((result) => result.status.result),
+      dmarc: dmarcResult?.status.result,
       reply,
     };
   }
