@@ -259,6 +259,45 @@ describe('spool: message locks', () => {
   });
 });
 
+describe('spool: reading a message for delivery', () => {
+  let root: string;
+  beforeEach(() => (root = mkdtempSync(join(tmpdir(), 'secondarymx-read-'))));
+  afterEach(() => rmSync(root, { recursive: true, force: true }));
+
+  const fields = {
+    arrival: new Date().toISOString(),
+    sender: 's@remote.example',
+    bodyType: '7bit' as const,
+    smtpUtf8: false,
+    client: { address: '127.0.0.1', helo: 'x' },
+  };
+
+  it('gives the bytes with the envelope for files up to 64 KB, streams larger ones, and prefers a later .env, all sending the same bytes', async () => {
+    const spool = await Spool.forDelivery(root);
+    for (const bodySize of [10, 60_000, 65_000, 300_000]) {
+      const data = Buffer.from(message(`size ${bodySize}`, `${'z'.repeat(bodySize)}\r\n`));
+      const id = newQueueId();
+      const queued = await spool.enqueue(id, data, {
+        ...fields,
+        recipients: [{ address: 'alice@d1.example', state: 'pending' }],
+        addedHeaders: 'X-Added: 1\r\n',
+      });
+      const { envelope, bytes } = await spool.readForDelivery(id);
+      assert.deepEqual(envelope, queued);
+      const fileSize = readFileSync(spool.messagePath(id)).length;
+      assert.equal(bytes !== undefined, fileSize <= 64 * 1024, `file of ${fileSize} bytes`);
+      assert.equal(await text(spool.openMessage(envelope, bytes)), `X-Added: 1\r\n${data.toString()}`);
+      envelope.held = true;
+      await spool.updateEnvelope(envelope);
+      const later = await spool.readForDelivery(id);
+      assert.deepEqual([later.envelope.held, later.bytes], [true, undefined]);
+      assert.equal(await text(spool.openMessage(later.envelope, later.bytes)), `X-Added: 1\r\n${data.toString()}`);
+      await spool.remove(id);
+      assert.deepEqual(readdirSync(spool.queueDir), []);
+    }
+  });
+});
+
 describe('spool: directory fsync (group commit)', () => {
   let root: string;
   beforeEach(() => (root = mkdtempSync(join(tmpdir(), 'secondarymx-dirsync-'))));

@@ -191,11 +191,14 @@ export class Relay extends EventEmitter {
    * Another process holding it: look again in a second. Anything thrown is handled
    * here (storage fault, or a message that cannot be processed), never passed on.
    */
-  private async onMessage(entry: Scheduled, change: (envelope: Envelope) => Promise<Change<Envelope>>): Promise<QueuedOutcome<Envelope> | undefined> {
+  private async onMessage(
+    entry: Scheduled,
+    change: (envelope: Envelope, bytes?: Buffer) => Promise<Change<Envelope>>,
+  ): Promise<QueuedOutcome<Envelope> | undefined> {
     try {
-      const outcome = await onQueuedMessage(this.spool, entry.id, async (envelope) => {
+      const outcome = await onQueuedMessage(this.spool, entry.id, async (envelope, bytes) => {
         if (envelope.notice) await this.notifier.resume(envelope); // finish what a crash or a fault interrupted first
-        return change(envelope);
+        return change(envelope, bytes);
       });
       if (outcome.kind === 'busy') entry.blockedUntil = Date.now() + 1000;
       else if (outcome.kind === 'gone') this.schedule.delete(entry.id);
@@ -464,8 +467,8 @@ export class Relay extends EventEmitter {
 
   /** One attempt: this route's pending recipients of one message, in one transaction on the session. */
   private attempt(entry: Scheduled, route: Route, session: SmtpSession): Promise<AttemptOutcome | undefined> {
-    return this.attemptWith(entry, route, async (recipients, envelope) => {
-      const result = await sendMessage(session, this.outgoing(envelope, recipients));
+    return this.attemptWith(entry, route, async (recipients, envelope, bytes) => {
+      const result = await sendMessage(session, this.outgoing(envelope, recipients, bytes));
       if (!result.reusable) session.close();
       return result.recipients;
     });
@@ -474,16 +477,16 @@ export class Relay extends EventEmitter {
   private async attemptWith(
     entry: Scheduled,
     route: Route,
-    deliver: (recipients: Recipient[], envelope: Envelope) => Promise<RecipientResult[]>,
+    deliver: (recipients: Recipient[], envelope: Envelope, bytes?: Buffer) => Promise<RecipientResult[]>,
   ): Promise<AttemptOutcome | undefined> {
     const counts: AttemptOutcome = { id: entry.id, primary: route.key, delivered: 0, deferred: 0, failed: 0, unreachable: false, busy: false };
     let retryAt: number | undefined;
     let attempted: { envelope: Envelope; results: RecipientResult[]; attemptMs: number } | undefined;
-    const outcome = await this.onMessage(entry, async (envelope) => {
+    const outcome = await this.onMessage(entry, async (envelope, bytes) => {
       const recipients = envelope.recipients.filter((r) => r.state === 'pending' && this.routes.keyFor(envelope.kind, r) === route.key);
       if (envelope.held || recipients.length === 0) return this.settle(envelope);
       const started = Date.now();
-      const results = await deliver(recipients, envelope);
+      const results = await deliver(recipients, envelope, bytes);
       attempted = { envelope, results, attemptMs: Date.now() - started };
       this.record(envelope, recipients, results, counts);
       retryAt = envelope.nextAttempt === undefined ? undefined : Date.parse(envelope.nextAttempt);
@@ -496,7 +499,7 @@ export class Relay extends EventEmitter {
     return outcome.kind === 'busy' ? { ...counts, busy: true } : counts;
   }
 
-  private outgoing(envelope: Envelope, recipients: Recipient[]): OutgoingMessage {
+  private outgoing(envelope: Envelope, recipients: Recipient[], bytes?: Buffer): OutgoingMessage {
     return {
       sender: envelope.sender,
       recipients: recipients.map(({ address, notify, orcpt }) => ({ address, notify, orcpt })),
@@ -505,7 +508,7 @@ export class Relay extends EventEmitter {
       smtpUtf8: envelope.smtpUtf8,
       ret: envelope.dsn?.ret,
       envid: envelope.dsn?.envid,
-      body: () => this.spool.openMessage(envelope),
+      body: () => this.spool.openMessage(envelope, bytes),
     };
   }
 

@@ -8,7 +8,7 @@ import { parseEnvelope, type Envelope } from './envelope.js';
 import { MessageLocks, releaseDaemonLock, takeDaemonLock, unlinkIfAny } from './locks.js';
 import { newQueueId } from './queue-id.js';
 import { recoverSpool } from './recovery.js';
-import { envelopeTrailer, readTrailer } from './trailer.js';
+import { envelopeTrailer, readQueuedFile, readTrailer } from './trailer.js';
 
 /*
  * Layout under the spool directory:
@@ -106,12 +106,29 @@ export class Spool {
 
   /** A queued message's envelope: its latest state (.env), else the one it was queued with. */
   async readEnvelope(id: string): Promise<Envelope> {
-    try {
-      return parseEnvelope(await readFile(join(this.queueDir, `${id}.env`), 'utf8'), id);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-    }
+    if (this.hasLaterEnvelope(id)) return parseEnvelope(await readFile(this.laterEnvelopePath(id), 'utf8'), id);
     return readTrailer(this.messagePath(id), id); // ENOENT here: no such message
+  }
+
+  /**
+   * readEnvelope, for a message about to be sent: a message that never changed is read
+   * whole when it is small, so that its bytes come with its envelope (for openMessage).
+   */
+  async readForDelivery(id: string): Promise<{ envelope: Envelope; bytes?: Buffer }> {
+    if (this.hasLaterEnvelope(id)) return { envelope: await this.readEnvelope(id) };
+    return readQueuedFile(this.messagePath(id), id);
+  }
+
+  /**
+   * Whether <id>.env exists. Most messages never get one: a synchronous stat (a lookup in
+   * a cached folder) answers without the cost of a failed asynchronous read.
+   */
+  private hasLaterEnvelope(id: string): boolean {
+    return statSync(this.laterEnvelopePath(id), { throwIfNoEntry: false }) !== undefined;
+  }
+
+  private laterEnvelopePath(id: string): string {
+    return join(this.queueDir, `${id}.env`);
   }
 
   /** Every queued message, oldest first. Unreadable envelopes are reported, not thrown. */
@@ -192,9 +209,14 @@ export class Spool {
     return join(this.queueDir, `${id}.msg`);
   }
 
-  /** The message as delivered: the headers added after DATA, then the bytes as received (without the envelope stored after them). */
-  openMessage(envelope: Envelope): Readable {
-    const stored = createReadStream(this.messagePath(envelope.id), { start: 0, end: envelope.size - 1 });
+  /**
+   * The message as delivered: the headers added after DATA, then the bytes as received
+   * (without the envelope stored after them), from `bytes` when readForDelivery gave them.
+   */
+  openMessage(envelope: Envelope, bytes?: Buffer): Readable {
+    const stored = bytes
+      ? Readable.from([bytes], { objectMode: false })
+      : createReadStream(this.messagePath(envelope.id), { start: 0, end: envelope.size - 1 });
     if (!envelope.addedHeaders) return stored;
     const added = Buffer.from(envelope.addedHeaders);
     return Readable.from(
@@ -208,15 +230,21 @@ export class Spool {
 
   /** Replaces a queued message's envelope durably (temp, fsync, rename, folder fsync). */
   async updateEnvelope(envelope: Envelope): Promise<void> {
-    await writeFileSynced(join(this.tmpDir, `${envelope.id}.env`), join(this.queueDir, `${envelope.id}.env`), JSON.stringify(envelope));
+    await writeFileSynced(join(this.tmpDir, `${envelope.id}.env`), this.laterEnvelopePath(envelope.id), JSON.stringify(envelope));
     await this.queueSync.sync();
   }
 
-  /** Takes a message out of the queue: the message first, so a crash leaves a lone .env that recovery removes. */
+  /**
+   * Takes a message out of the queue: the message first, so a crash leaves a lone .env
+   * that recovery removes. The folder's fsync is started, not waited for: the message is
+   * delivered or reported already, and a crash before that fsync can only bring back a
+   * message that had been sent (as a crash between the primary's 250 and the unlink
+   * can). A failure of that fsync is a storage fault that the next commit's fsync reports.
+   */
   async remove(id: string): Promise<void> {
     await unlinkIfAny(this.messagePath(id));
-    await unlinkIfAny(join(this.queueDir, `${id}.env`));
-    await this.queueSync.sync();
+    if (this.hasLaterEnvelope(id)) await unlinkIfAny(this.laterEnvelopePath(id));
+    this.queueSync.sync().catch(() => undefined);
   }
 
   async discardTemp(id: string): Promise<void> {

@@ -1,5 +1,5 @@
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { CorruptEnvelopeError, parseEnvelope, type Envelope } from './envelope.js';
 
 /*
@@ -17,6 +17,8 @@ const FOOTER_LENGTH = FOOTER_TAG.length + LENGTH_DIGITS + 1;
 const FOOTER = new RegExp(`^${FOOTER_TAG}(\\d{${LENGTH_DIGITS}})\\n$`);
 /** Bytes read from the end of the file at first: the whole trailer of a message with a few dozen recipients. */
 const TAIL_GUESS = 4096;
+/** A message file up to this size is read whole when it is about to be sent: envelope and bytes in one read. */
+const WHOLE_FILE = 64 * 1024;
 
 export function envelopeTrailer(envelope: Envelope): Buffer {
   const json = `${JSON.stringify(envelope)}\n`;
@@ -28,12 +30,35 @@ export function envelopeTrailer(envelope: Envelope): Buffer {
 export async function readTrailer(path: string, id: string): Promise<Envelope> {
   const handle = await open(path, 'r');
   try {
-    const reads = trailerReads((await handle.stat()).size, id);
+    return await readTrailerOf(handle, (await handle.stat()).size, id);
+  } finally {
+    await handle.close();
+  }
+}
+
+async function readTrailerOf(handle: FileHandle, fileSize: number, id: string): Promise<Envelope> {
+  const reads = trailerReads(fileSize, id);
+  for (let next = reads.next(); ;) {
+    if (next.done) return next.value;
+    const buffer = Buffer.alloc(next.value.length);
+    const { bytesRead } = await handle.read(buffer, 0, buffer.length, next.value.position);
+    next = reads.next(buffer.subarray(0, bytesRead));
+  }
+}
+
+/** A message file's envelope, and its message bytes when the file is small enough to be read whole (WHOLE_FILE). */
+export async function readQueuedFile(path: string, id: string): Promise<{ envelope: Envelope; bytes?: Buffer }> {
+  const handle = await open(path, 'r');
+  try {
+    // One read finds out whether the file is small (it ends within the buffer): no stat for those.
+    const buffer = Buffer.allocUnsafe(WHOLE_FILE + 1);
+    const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
+    if (bytesRead > WHOLE_FILE) return { envelope: await readTrailerOf(handle, (await handle.stat()).size, id) };
+    const file = buffer.subarray(0, bytesRead);
+    const reads = trailerReads(file.length, id);
     for (let next = reads.next(); ;) {
-      if (next.done) return next.value;
-      const buffer = Buffer.alloc(next.value.length);
-      const { bytesRead } = await handle.read(buffer, 0, buffer.length, next.value.position);
-      next = reads.next(buffer.subarray(0, bytesRead));
+      if (next.done) return { envelope: next.value, bytes: file.subarray(0, next.value.size) };
+      next = reads.next(file.subarray(next.value.position, next.value.position + next.value.length));
     }
   } finally {
     await handle.close();
@@ -55,7 +80,7 @@ export function readTrailerSync(path: string, id: string): Envelope {
   }
 }
 
-/** The reads that find the trailer (one, or two for a long envelope): both readers above drive it. */
+/** The reads that find the trailer (one, or two for a long envelope): the readers above drive it, from the file or from memory. */
 function* trailerReads(fileSize: number, id: string): Generator<{ position: number; length: number }, Envelope, Buffer> {
   const tail = yield { position: Math.max(0, fileSize - TAIL_GUESS), length: Math.min(fileSize, TAIL_GUESS) };
   const length = trailerLength(tail, fileSize);

@@ -11,21 +11,27 @@ export interface Change<T> {
 export type QueuedOutcome<T> = { kind: 'busy' } | { kind: 'gone' } | { kind: 'done'; value: T };
 
 /**
- * One transaction on a queued message: lock, read, change, save, unlock. Every writer
+ * One transaction on a queued message: lock, read, change, save, unlock. `change` gets
+ * the message bytes too when the file was small enough to be read whole (Spool.openMessage). Every writer
  * of queued messages (the relay, `queue hold|release|delete`) goes through it, so none
  * races another. Errors other than "no such message" are thrown, never taken for "gone".
  */
-export async function onQueuedMessage<T>(spool: Spool, id: string, change: (envelope: Envelope) => Promise<Change<T>> | Change<T>): Promise<QueuedOutcome<T>> {
+export async function onQueuedMessage<T>(
+  spool: Spool,
+  id: string,
+  change: (envelope: Envelope, bytes?: Buffer) => Promise<Change<T>> | Change<T>,
+): Promise<QueuedOutcome<T>> {
   if (!(await spool.locks.lock(id))) return { kind: 'busy' };
   try {
     let envelope: Envelope;
+    let bytes: Buffer | undefined;
     try {
-      envelope = await spool.readEnvelope(id);
+      ({ envelope, bytes } = await spool.readForDelivery(id));
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { kind: 'gone' };
       throw error;
     }
-    const { save, value } = await change(envelope);
+    const { save, value } = await change(envelope, bytes);
     if (save === 'remove') await spool.remove(id);
     else if (save === 'update') await spool.updateEnvelope(envelope);
     return { kind: 'done', value };
