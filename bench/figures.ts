@@ -58,9 +58,9 @@ export function removeLeftovers(): void {
   for (const dir of leftovers.splice(0)) rmSync(dir, { recursive: true, force: true });
 }
 
-/** CPU to create one empty file in a fresh folder under the temp dir (kept until the end of the run). */
-export function fileCreateCost(): number {
-  const dir = mkdtempSync(join(tmpdir(), 'create-'));
+/** CPU to create one empty file in a fresh folder under `parent` (kept until the end of the run). */
+export function fileCreateCost(parent = tmpdir()): number {
+  const dir = mkdtempSync(join(parent, 'create-'));
   removeAfterRun(dir);
   const before = process.cpuUsage();
   for (let i = 0; i < 500; i++) closeSync(openSync(join(dir, String(i)), 'wx'));
