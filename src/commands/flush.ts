@@ -1,7 +1,7 @@
 import { viaDaemonOr } from './via-daemon.js';
 import type { Config } from '../config/schema.js';
 import { createCliLogger } from '../log.js';
-import { Relay, type FlushFilter } from '../relay/relay.js';
+import type { FlushFilter } from '../relay/relay.js';
 import { Spool } from '../spool/spool.js';
 import { withProgress } from './progress.js';
 import { EX_TEMPFAIL } from '../exit-codes.js';
@@ -23,6 +23,8 @@ export async function flushCommand(config: Config, filter: FlushFilter, json: bo
     config.spool,
     `/flush?${query}`,
     async () => {
+      // Loaded only here: the relay (and the DSN writer's mail parsing) is most of this command's start-up, and the daemon usually answers.
+      const { Relay } = await import('../relay/relay.js');
       const relay = new Relay(config, await Spool.forDelivery(config.spool), createCliLogger('warn'), false);
       await relay.load();
       try {
