@@ -11,10 +11,11 @@ export interface Change<T> {
 export type QueuedOutcome<T> = { kind: 'busy' } | { kind: 'gone' } | { kind: 'done'; value: T };
 
 /**
- * One transaction on a queued message: lock, read, change, save, unlock. `change` gets
- * the message bytes too when the file was small enough to be read whole (Spool.openMessage). Every writer
+ * One transaction on a queued message: lock, read, change, save, unlock. Every writer
  * of queued messages (the relay, `queue hold|release|delete`) goes through it, so none
  * races another. Errors other than "no such message" are thrown, never taken for "gone".
+ * `change` also gets the message bytes when the file was small enough to be read whole
+ * (Spool.readForDelivery), for Spool.openMessage.
  */
 export async function onQueuedMessage<T>(
   spool: Spool,
