@@ -10,10 +10,15 @@ import { composeNotice, type NoticeAction, type NoticeInput } from './compose.js
 /** Counts per key over the last hour (one timestamp per event; keys whose events are all older are dropped). */
 class HourlyRate {
   private readonly events = new Map<string, number[]>();
+  private lastSweep = 0;
 
   allow(key: string, limit: number, now = Date.now()): boolean {
     const recent = (this.events.get(key) ?? []).filter((at) => at > now - 3600_000);
-    if (this.events.size > 10_000) for (const [other, times] of this.events) if (times.every((at) => at <= now - 3600_000)) this.events.delete(other);
+    // Past 10,000 keys, drop the stale ones, at most once a minute (not on every call of a DSN burst).
+    if (this.events.size > 10_000 && now - this.lastSweep > 60_000) {
+      this.lastSweep = now;
+      for (const [other, times] of this.events) if (times.every((at) => at <= now - 3600_000)) this.events.delete(other);
+    }
     if (recent.length >= limit) {
       this.events.set(key, recent);
       return false;

@@ -75,6 +75,12 @@ interface AdmittedSession {
   spf?: SpfCheck;
 }
 
+/** A screen's decision for its metric and log line: refused (5xx) or deferred (4xx), else passed or tagged. */
+function screenDecision(reply: SmtpReply | undefined, passed: boolean): 'reject' | 'defer' | 'pass' | 'tag' {
+  if (reply) return reply.responseCode >= 500 ? 'reject' : 'defer';
+  return passed ? 'pass' : 'tag';
+}
+
 const STORAGE_FAILURE = () => new SmtpReply(452, '4.3.1', 'Insufficient system storage, try again later');
 
 /**
@@ -330,7 +336,7 @@ export class ReceiveServer {
     if (!screens.auth || admitted.allowListed) return null;
     const checked = await screens.auth.checkSpf(address, session.remoteAddress, session.hostNameAppearsAs || '');
     admitted.spf = checked;
-    const decision = checked.reply ? (checked.reply.responseCode >= 500 ? 'reject' : 'defer') : checked.result === 'pass' ? 'pass' : 'tag';
+    const decision = screenDecision(checked.reply, checked.result === 'pass');
     if (!checked.reply) {
       this.options.metrics?.screened.inc({ screen: 'spf', decision }); // the result goes in the message's summary line
       return null;
@@ -445,8 +451,8 @@ export class ReceiveServer {
   }
 
   /**
-   * The checks that need the whole message, before the 250: DKIM and DMARC (with SPF
-   * again, for the Authentication-Results header), then rspamd. Returns a refusal, or the
+   * The checks that need the whole message, before the 250: DKIM, ARC and DMARC (with
+   * the SPF result of MAIL FROM, for the Authentication-Results header), then rspamd. Returns a refusal, or the
    * headers to add and whether a DSN to the sender would be backscatter.
    */
   private async checkContent(message: IncomingMessage, inspector: MessageInspector, session: SMTPServerSession, recipients: string[]): Promise<ContentVerdict> {
@@ -462,7 +468,7 @@ export class ReceiveServer {
     if (screens.auth) {
       const spf = admitted?.spf ?? (await screens.auth.checkSpf(sender, session.remoteAddress, helo));
       const checked = await screens.auth.checkMessage(inspector.unsignedHeader ?? (await message.readBack()), sender, spf);
-      const decision = checked.reply ? (checked.reply.responseCode >= 500 ? 'reject' : 'defer') : checked.dmarc === 'pass' ? 'pass' : 'tag';
+      const decision = screenDecision(checked.reply, checked.dmarc === 'pass');
       metrics?.screened.inc({ screen: 'dmarc', decision });
       Object.assign(report, { spf: checked.spf, dkim: checked.dkim, dmarc: checked.dmarc });
       if (checked.reply) return { refusal: checked.reply, reason: refusalReason(checked.reply.enhancedCode), report };
@@ -474,7 +480,7 @@ export class ReceiveServer {
       const envelope = { ip: session.remoteAddress, helo, sender, recipients, queueId: message.id, hostname: config.hostname };
       try {
         const verdict = await rspamdCheck(rspamd, envelope, await message.readBack());
-        const decision = verdict.reply ? (verdict.reply.responseCode >= 500 ? 'reject' : 'defer') : verdict.spam ? 'tag' : 'pass';
+        const decision = screenDecision(verdict.reply, !verdict.spam);
         metrics?.screened.inc({ screen: 'rspamd', decision });
         Object.assign(report, { rspamd: verdict.action, score: verdict.score });
         if (verdict.reply) return { refusal: verdict.reply, reason: 'spam', report };

@@ -1,6 +1,7 @@
 import { EventEmitter, once } from 'node:events';
 import type { Logger } from 'pino';
-import type { Config, HostPort } from '../config/schema.js';
+import type { Config } from '../config/schema.js';
+import type { PrimaryState } from '../receive/server.js';
 import type { Metrics } from '../control/metrics.js';
 import { Notifier } from '../dsn/notifier.js';
 import { CorruptEnvelopeError, deliveredSize, type Envelope, type Recipient } from '../spool/envelope.js';
@@ -557,7 +558,7 @@ export class Relay extends EventEmitter {
   }
 
   /** The primary of a source as the SMTP side sees it: known down, and for how long sessions have opened (ms). */
-  primaryState(source: string): { address: HostPort; down: boolean; upForMs: number } {
+  primaryState(source: string): PrimaryState {
     const route = this.routes.primaryOf(source);
     return { address: route.address, down: !route.up, upForMs: route.up && route.seenUpSince !== undefined ? Date.now() - route.seenUpSince : 0 };
   }

@@ -44,7 +44,7 @@ function spfReply(result: string, action: AuthAction | undefined, domain: string
 
 /**
  * Sender authentication with mailauth: SPF when MAIL FROM comes in (a forged sender is
- * refused before any data), SPF, DKIM and DMARC once the message is in, with the
+ * refused before any data), DKIM, ARC and DMARC once the message is in, with the
  * Authentication-Results header for the primary to trust.
  */
 export class SenderAuth {

@@ -106,7 +106,7 @@ export class Spool {
 
   /** A queued message's envelope: its latest state (.env), else the one it was queued with. */
   async readEnvelope(id: string): Promise<Envelope> {
-    if (this.hasLaterEnvelope(id)) return parseEnvelope(await readFile(this.laterEnvelopePath(id), 'utf8'), id);
+    if (this.hasLaterEnvelope(id)) return this.readLaterEnvelope(id);
     return readTrailer(this.messagePath(id), id); // ENOENT here: no such message
   }
 
@@ -115,8 +115,12 @@ export class Spool {
    * whole when it is small, so that its bytes come with its envelope (for openMessage).
    */
   async readForDelivery(id: string): Promise<{ envelope: Envelope; bytes?: Buffer }> {
-    if (this.hasLaterEnvelope(id)) return { envelope: await this.readEnvelope(id) };
+    if (this.hasLaterEnvelope(id)) return { envelope: await this.readLaterEnvelope(id) };
     return readQueuedFile(this.messagePath(id), id);
+  }
+
+  private async readLaterEnvelope(id: string): Promise<Envelope> {
+    return parseEnvelope(await readFile(this.laterEnvelopePath(id), 'utf8'), id);
   }
 
   /**
