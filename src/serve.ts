@@ -99,17 +99,14 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     const promise = () => server.promise(capabilities.smallestSize(configuredPrimaries()), capabilities.allSmtpUtf8(configuredPrimaries()));
     promise();
     relay.on('primary-capabilities', (primary: string, seen: Capabilities) => {
-      capabilities.record(primary, seen).then(
-        (changed) => {
-          if (!changed) return;
-          promise();
-          log.info(
-            { event: 'primary_capabilities', primary, ...seen, messageSize: server.messageSize },
-            'primary capabilities learnt: SIZE and SMTPUTF8 offered here follow them',
-          );
-        },
-        (error: unknown) => log.error({ err: error, primary }, 'cannot save the primary capabilities'),
+      const saved = capabilities.record(primary, seen);
+      if (!saved) return;
+      promise();
+      log.info(
+        { event: 'primary_capabilities', primary, ...seen, messageSize: server.messageSize },
+        'primary capabilities learnt: SIZE and SMTPUTF8 offered here follow them',
       );
+      saved.catch((error: unknown) => log.error({ err: error, primary }, 'cannot save the primary capabilities'));
     });
     const bound = await bindAsRoot(identity, () => server.listen());
     if (identity) dropPrivileges(identity, log); // synchronously: no session has been served yet, none is as root

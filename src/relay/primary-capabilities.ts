@@ -17,6 +17,7 @@ export interface Capabilities {
 export class PrimaryCapabilities {
   private readonly seen: Map<string, Capabilities>;
   private readonly file: string;
+  private saving: Promise<void> = Promise.resolve();
 
   constructor(spoolRoot: string) {
     this.file = join(spoolRoot, 'primaries.json');
@@ -31,13 +32,18 @@ export class PrimaryCapabilities {
     );
   }
 
-  /** Records what a primary announced; resolves true when it changed (and is saved). */
-  async record(primary: string, capabilities: Capabilities): Promise<boolean> {
+  /**
+   * Records what a primary announced. Unchanged: undefined. Changed: in effect at once
+   * (the SMTP side follows it before the next session), and the promise resolves once the
+   * file is saved; saves run one after another.
+   */
+  record(primary: string, capabilities: Capabilities): Promise<void> | undefined {
     const known = this.seen.get(primary);
-    if (known && known.size === capabilities.size && known.smtpUtf8 === capabilities.smtpUtf8) return false;
+    if (known && known.size === capabilities.size && known.smtpUtf8 === capabilities.smtpUtf8) return undefined;
     this.seen.set(primary, capabilities);
-    await writeFileSynced(`${this.file}.tmp`, this.file, `${JSON.stringify(Object.fromEntries(this.seen), null, 2)}\n`);
-    return true;
+    const save = this.saving.then(() => writeFileSynced(`${this.file}.tmp`, this.file, `${JSON.stringify(Object.fromEntries(this.seen), null, 2)}\n`));
+    this.saving = save.catch(() => undefined); // reported by the caller; the next save goes ahead
+    return save;
   }
 
   /** The smallest SIZE among these primaries; undefined when none announced one. */
