@@ -12,13 +12,14 @@
  * of the SMTP protocol alone (smtp-server discarding what it gets).
  */
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { spawnDaemon, CLI, type RunningDaemon } from '../test/helpers/cli.js';
 import { baseConfig, writeTestConfig } from '../test/helpers/daemon.js';
 import { freePort } from '../test/helpers/primary.js';
+import { startPostfix } from '../test/helpers/postfix.js';
 import { waitFor } from '../test/helpers/wait.js';
 import { cpuSeconds, fileCreateCost, printingReport, removeAfterRun, removeLeftovers, type Figure } from './figures.js';
 
@@ -104,64 +105,24 @@ function freshFilesystem(root: string, name: string): string | undefined {
 }
 
 /** A private Postfix instance: textbook backup MX for d1.example (relay_domains + relay_recipient_maps), primary on `primaryPort`, its queue under `queueRoot`. */
-async function startPostfix(root: string, primaryPort: number, queueRoot: string): Promise<Mta> {
-  const etc = join(root, 'etc');
-  const queue = join(queueRoot, 'queue');
-  for (const sub of [etc, queue, join(root, 'data')]) mkdirSync(sub, { recursive: true });
-  execFileSync('chown', ['postfix', join(root, 'data')]);
-  const port = await freePort();
-  const master = readFileSync('/etc/postfix/master.cf', 'utf8')
-    .replace(/^smtp( +)inet(.*)$/m, `127.0.0.1:${port} inet  n       -       n       -       -       smtpd`)
-    .replace(/^(\w+ +unix +\S+ +\S+ +)y( )/gm, '$1n$2'); // no chroot: the instance's queue is not set up as one
-  writeFileSync(join(etc, 'master.cf'), master);
-  writeFileSync(
-    join(etc, 'main.cf'),
+async function startBackupPostfix(root: string, primaryPort: number, queueRoot: string): Promise<Mta> {
+  const postfix = await startPostfix(
+    root,
     [
-      'compatibility_level = 3.6',
-      `queue_directory = ${queue}`,
-      `data_directory = ${join(root, 'data')}`,
       'myhostname = mx2.bench.example',
-      'mydestination =',
-      'inet_interfaces = loopback-only',
-      'inet_protocols = ipv4',
       'mynetworks = 127.0.0.2/32', // the load comes from 127.0.0.1: treat it as the internet
       'relay_domains = d1.example',
-      `relay_recipient_maps = hash:${join(etc, 'relay_recipients')}`,
-      `transport_maps = hash:${join(etc, 'transport')}`,
+      `relay_recipient_maps = hash:${join(root, 'etc', 'relay_recipients')}`,
+      `transport_maps = hash:${join(root, 'etc', 'transport')}`,
       'smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination',
-      'smtp_dns_support_level = disabled',
-      'smtpd_client_connection_count_limit = 0', // one IP sends everything here
-      'smtpd_client_connection_rate_limit = 0',
-      'smtpd_client_message_rate_limit = 0',
       'default_process_limit = 200',
       'smtp_destination_concurrency_limit = 10', // as relay.concurrency
-      `maillog_file_prefixes = ${root}`,
-      `maillog_file = ${join(root, 'maillog')}`,
-      'biff = no',
-    ].join('\n') + '\n',
+    ],
+    { relay_recipients: 'alice@d1.example OK\n', transport: `d1.example smtp:[127.0.0.1]:${primaryPort}\n` },
+    join(queueRoot, 'queue'),
   );
-  writeFileSync(join(etc, 'relay_recipients'), 'alice@d1.example OK\n');
-  writeFileSync(join(etc, 'transport'), `d1.example smtp:[127.0.0.1]:${primaryPort}\n`);
-  copyFileSync('/etc/postfix/dynamicmaps.cf', join(etc, 'dynamicmaps.cf'));
-  if (existsSync('/etc/postfix/dynamicmaps.cf.d')) mkdirSync(join(etc, 'dynamicmaps.cf.d'), { recursive: true });
-  for (const map of ['relay_recipients', 'transport']) execFileSync('postmap', ['-c', etc, join(etc, map)]);
-  execFileSync('postfix', ['-c', etc, 'set-permissions'], { stdio: 'ignore' }); // makes the queue's folders, as post-install does
-  execFileSync('postfix', ['-c', etc, 'check']);
-  execFileSync('postfix', ['-c', etc, 'start'], { stdio: 'ignore' });
-  await waitFor(
-    async () =>
-      await run('postfix', ['-c', etc, 'status']).then(
-        () => true,
-        () => false,
-      ),
-    10_000,
-  );
-  const listQueue = () =>
-    execFileSync('postqueue', ['-c', etc, '-j'])
-      .toString()
-      .split('\n')
-      .filter(Boolean)
-      .map((line) => JSON.parse(line) as { queue_id: string; queue_name: string });
+  const { etc, port } = postfix;
+  const listQueue = postfix.queue;
   return {
     name: 'Postfix',
     port,
@@ -175,7 +136,7 @@ async function startPostfix(root: string, primaryPort: number, queueRoot: string
       await run('postsuper', ['-c', etc, '-d', 'ALL']);
       await run('postsuper', ['-c', etc, '-d', 'ALL', 'deferred']); // what was in the active queue meanwhile
     },
-    stop: async () => void (await run('postfix', ['-c', etc, 'stop']).catch(() => undefined)),
+    stop: postfix.stop,
   };
 }
 
@@ -358,7 +319,7 @@ async function main(): Promise<void> {
   const results: Record<string, Record<string, number>> = { Postfix: {}, secondarymx: {}, [NO_AUTH]: {} };
   const mtas: Array<Mta & { queueRoot: string }> = [];
   try {
-    mtas.push({ ...(await startPostfix(root, primaryPort, filesystems[1] ?? root)), queueRoot: filesystems[1] ?? root });
+    mtas.push({ ...(await startBackupPostfix(root, primaryPort, filesystems[1] ?? root)), queueRoot: filesystems[1] ?? root });
     mtas.push({ ...(await startOurs(primaryPort, filesystems[2])), queueRoot: filesystems[2] ?? tmp });
     // The third: what SPF, DKIM and DMARC on every message cost (Postfix's textbook setup checks none of them).
     mtas.push({ ...(await startOurs(primaryPort, filesystems[3], NO_AUTH, 'auth: { enabled: false }')), queueRoot: filesystems[3] ?? tmp });

@@ -233,15 +233,17 @@ describe('dsn: straight to the sender domain MX', () => {
     assert.deepEqual(senderMx.received[0].to, ['someone@a-only.example']);
   });
 
-  it('drops a DSN that fails permanently, and bounces nothing', async () => {
+  it('holds a DSN that fails permanently with the reason, and bounces nothing', async () => {
     senderMx.rcptReplies.set('sender@remote.example', [550, '5.1.1 sender unknown']);
     await sendRaw(mx!.port, mail('sender@remote.example', ['alice@d1.example']), message('dead end'));
-    await waitFor(() =>
-      mx!.logs.some((line) => line.event === 'delivery' && line.status === 'bounced' && (line.to as string[])[0] === 'sender@remote.example'),
-    );
-    await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
-    assert.equal(mx!.logs.filter((line) => line.event === 'dsn_queued' && line.action === 'failed').length, 1);
-    assert.ok(mx!.logs.some((line) => line.event === 'dsn_not_owed' && line.action === 'failed' && line.kind === 'dsn'));
+    await waitFor(() => mx!.logs.some((line) => line.event === 'undeliverable_held'));
+    const [dsnId] = mx!.logs.filter((line) => line.event === 'dsn_queued').map((line) => line.dsnId as string);
+    assert.deepEqual(queuedIds(mx!.spoolDir), [dsnId], 'the original is settled; its notice is kept');
+    const held = queuedEnvelope(mx!.spoolDir, dsnId);
+    assert.equal(held.held, true);
+    assert.match(held.heldReason!, /^undeliverable notice: sender@remote\.example: 550 5\.1\.1 sender unknown/);
+    assert.equal(mx!.logs.filter((line) => line.event === 'dsn_queued').length, 1, 'no notice about the notice');
+    assert.equal(senderMx.received.length, 0);
   });
 
   it('sends no DSN to a sender domain whose MX hosts are internal addresses, unless dsn.allowInternal', async () => {
@@ -257,16 +259,16 @@ describe('dsn: straight to the sender domain MX', () => {
           line.event === 'delivery' && line.status === 'bounced' && /internal networks \(mx\.remote\.example\[127\.0\.0\.1\]\)/.test(String(line.reply)),
       ),
     );
-    await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
+    await waitFor(() => mx!.logs.some((line) => line.event === 'undeliverable_held'));
+    assert.equal(queuedIds(mx.spoolDir).length, 1, 'the notice is held, the original settled');
     assert.equal(senderMx.connections, 0, 'never connected');
   });
 
-  it('drops a DSN for a domain that does not exist', async () => {
+  it('holds a DSN for a domain that does not exist, with the reason', async () => {
     await sendRaw(mx!.port, mail('sender@nowhere.example', ['alice@d1.example']), message('nowhere'));
-    await waitFor(() =>
-      mx!.logs.some((line) => line.event === 'delivery' && line.status === 'bounced' && /5\.1\.2 nowhere\.example: no such domain/.test(String(line.reply))),
-    );
-    await waitFor(() => queuedIds(mx!.spoolDir).length === 0);
+    await waitFor(() => mx!.logs.some((line) => line.event === 'undeliverable_held'));
+    const [held] = queuedIds(mx!.spoolDir);
+    assert.match(queuedEnvelope(mx!.spoolDir, held).heldReason!, /5\.1\.2 nowhere\.example: no such domain/);
   });
 });
 

@@ -69,6 +69,11 @@ export class Metrics {
     help: 'Messages the relay held because it could not process them (see "queue list"; release once fixed)',
     registers: [this.registry],
   });
+  readonly undeliverableHeld = new Counter({
+    name: 'secondarymx_undeliverable_held_total',
+    help: 'Notices (DSNs) that could not be delivered either, held with the reason instead of dropped (see "queue list")',
+    registers: [this.registry],
+  });
   readonly spoolFault = new Gauge({
     name: 'secondarymx_spool_fault',
     help: '1 while delivery is stopped because the spool cannot record outcomes (full, read-only, I/O errors)',

@@ -4,7 +4,7 @@ import type { Envelope, Recipient } from '../spool/envelope.js';
 import { newQueueId } from '../spool/queue-id.js';
 import type { Spool } from '../spool/spool.js';
 import type { Metrics } from '../control/metrics.js';
-import { domainOf } from '../mail/address.js';
+import { domainOf, isAscii } from '../mail/address.js';
 import { composeNotice, type NoticeAction, type NoticeInput } from './compose.js';
 
 /** Counts per key over the last hour (one timestamp per event; keys whose events are all older are dropped). */
@@ -145,7 +145,7 @@ export class Notifier {
       sender: '',
       recipients: [{ address: envelope.sender, state: 'pending' }],
       bodyType: envelope.bodyType,
-      smtpUtf8: false,
+      smtpUtf8: !isAscii(envelope.sender), // to a UTF-8 sender, the notice goes with SMTPUTF8 too
       client: { address: '127.0.0.1', helo: this.config.hostname },
       kind: 'dsn',
     });

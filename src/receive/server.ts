@@ -21,6 +21,7 @@ import type { EdgeScreens } from '../screen/screens.js';
 import type { SpfCheck } from '../screen/auth.js';
 import { rspamdCheck, RspamdUnavailable } from '../screen/rspamd.js';
 import { unmapped } from '../net/ip.js';
+import { isAscii } from '../mail/address.js';
 
 export interface ReceiveOptions {
   config: Config;
@@ -633,7 +634,7 @@ export class ReceiveServer {
  */
 function needsSmtpUtf8(address: string, session: SMTPServerSession, offered: boolean): SmtpReply | null {
   const local = address.slice(0, Math.max(0, address.lastIndexOf('@')));
-  if ((offered && session.envelope.smtpUtf8) || !/[^\x00-\x7f]/.test(local)) return null;
+  if ((offered && session.envelope.smtpUtf8) || isAscii(local)) return null;
   return new SmtpReply(553, '5.6.7', offered ? 'Non-ASCII address without SMTPUTF8' : 'Non-ASCII address: the primary does not take them (no SMTPUTF8)');
 }
 

@@ -215,9 +215,27 @@ export class Relay extends EventEmitter {
   /** Settles a message: failed recipients get their DSN; it leaves the spool once every recipient is delivered or reported. */
   private async settle(envelope: Envelope): Promise<Change<Envelope>> {
     const unreported = envelope.recipients.filter((r) => r.state === 'failed' && !r.reported);
+    if (unreported.length > 0 && envelope.kind === 'dsn') return this.holdUndeliverable(envelope, unreported);
     if (unreported.length > 0) await this.notifier.notify(envelope, unreported, 'failed');
     const settled = envelope.recipients.every((r) => r.state === 'delivered' || (r.state === 'failed' && r.reported));
     return settled ? { save: 'remove', value: { ...envelope, recipients: [] } } : { save: 'update', value: envelope };
+  }
+
+  /**
+   * A notice that cannot be delivered either (its recipient, the original sender, refused it
+   * or it expired): no notice about a notice is ever sent, and dropping it would lose the
+   * last trace of the original message. It is held with the reason, for a human.
+   */
+  private holdUndeliverable(envelope: Envelope, failed: Recipient[]): Change<Envelope> {
+    envelope.held = true;
+    envelope.heldReason = `undeliverable notice: ${failed.map((r) => `${r.address}: ${r.reply ?? `status ${r.status ?? 'unknown'}`}`).join('; ')}`;
+    for (const recipient of failed) recipient.reported = true; // this hold is its report: a release does not hold it again
+    this.metrics?.undeliverableHeld.inc();
+    this.log.warn(
+      { event: 'undeliverable_held', queueId: envelope.id, to: failed.map((r) => r.address), reason: envelope.heldReason },
+      'notice undeliverable: held (see "queue list"; "queue delete" once read)',
+    );
+    return { save: 'update', value: envelope };
   }
 
   /** A job on a message threw: our storage (stop delivery until it works), a corrupt envelope, or a message we cannot process (hold it). */

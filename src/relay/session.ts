@@ -11,6 +11,24 @@ export class PrimaryUnreachable extends Error {}
 /** An open session ended under us: closed, reset, timed out, a 421, or a reply that is not SMTP. */
 export class SessionLost extends Error {}
 
+/** A command that would hold CR, LF or NUL: nothing of it is written, the session goes on. */
+export class UnsafeCommand extends Error {}
+
+/** What no command may carry: its own line end, or a NUL (RFC 5321 §2.3.8, §4.1.1). */
+const UNSAFE = /[\r\n\0]/;
+
+/**
+ * The bytes of commands, each ended by CRLF: the one place where the relay, the RCPT probe
+ * and the DSN sessions turn text into bytes. UTF-8 (RFC 6531): a character outside ASCII
+ * becomes bytes of 0x80 and over, never a CR, LF or NUL. A command holding one of those
+ * (a value that came from a client) is refused whole.
+ */
+export function commandBytes(lines: readonly string[]): Buffer {
+  const unsafe = lines.find((line) => UNSAFE.test(line));
+  if (unsafe !== undefined) throw new UnsafeCommand(`command not sent: it holds CR, LF or NUL: ${JSON.stringify(unsafe.slice(0, 100))}`);
+  return Buffer.from(lines.map((line) => `${line}\r\n`).join(''), 'utf8');
+}
+
 export interface Reply {
   code: number;
   /** The whole reply, lines joined by a space: "250 2.1.5 Ok". */
@@ -50,7 +68,7 @@ export class SmtpSession {
   private lost: SessionLost | undefined;
 
   private constructor(private readonly stream: Duplex) {
-    stream.setEncoding('latin1');
+    stream.setEncoding('utf8'); // a byte that is not UTF-8 becomes U+FFFD, a sequence split across reads is joined
     stream.on('data', (text: string) => this.read(text));
     stream.on('error', (error: Error) => this.end(`${(error as NodeJS.ErrnoException).code ?? 'error'}: ${error.message}`));
     stream.on('close', () => this.end('connection closed by the primary'));
@@ -167,13 +185,13 @@ export class SmtpSession {
 
   /** Sends one command and waits for its reply. */
   async command(line: string): Promise<Reply & { lines: string[] }> {
-    this.write(`${line}\r\n`);
+    this.write(commandBytes([line]));
     return this.reply();
   }
 
   /** Sends commands in one write (PIPELINING) and resolves with their replies, in order. */
   async pipeline(lines: readonly string[]): Promise<Reply[]> {
-    this.write(lines.map((line) => `${line}\r\n`).join(''));
+    this.write(commandBytes(lines));
     const replies: Reply[] = [];
     for (let i = 0; i < lines.length; i++) replies.push(await this.reply());
     return replies;
@@ -205,7 +223,7 @@ export class SmtpSession {
   /** QUIT when the session is healthy; the socket closes either way. */
   quit(): void {
     if (this.lost) return this.close();
-    this.write('QUIT\r\n');
+    this.write(commandBytes(['QUIT']));
     this.stream.end();
     this.end('closed by us');
     setTimeout(() => this.stream.destroy(), 1000).unref();
@@ -216,9 +234,9 @@ export class SmtpSession {
     this.stream.destroy();
   }
 
-  private write(text: string | Buffer): void {
+  private write(bytes: Buffer): void {
     if (this.lost) return; // the next reply() rejects with the reason
-    this.stream.write(typeof text === 'string' ? Buffer.from(text, 'latin1') : text);
+    this.stream.write(bytes);
   }
 
   private drained(): Promise<void> {

@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import { SessionLost, type Reply, type SmtpSession } from './session.js';
+import { isAscii } from '../mail/address.js';
 
 export interface OutgoingRecipient {
   address: string;
@@ -62,7 +63,7 @@ export async function sendMessage(session: SmtpSession, message: OutgoingMessage
   // RFC 6531 §3.2: without SMTPUTF8 at the primary, a message whose envelope is ASCII still goes, without
   // the keyword (as Postfix sends it); only non-ASCII addresses truly cannot be delivered.
   const utf8 = message.smtpUtf8 && session.offers('SMTPUTF8');
-  if (message.smtpUtf8 && !utf8 && !isAscii([message.sender, ...message.recipients.map((r) => r.address)])) {
+  if (message.smtpUtf8 && !utf8 && ![message.sender, ...message.recipients.map((r) => r.address)].every(isAscii)) {
     decide(message.recipients, 'failed', '550 5.6.7 The primary does not offer SMTPUTF8, which the non-ASCII addresses of this message need');
     return finish(true);
   }
@@ -165,8 +166,4 @@ function xtext(value: string): string {
   return Array.from(Buffer.from(value, 'utf8'), (byte) =>
     byte < 33 || byte > 126 || byte === 0x2b || byte === 0x3d ? `+${byte.toString(16).toUpperCase().padStart(2, '0')}` : String.fromCharCode(byte),
   ).join('');
-}
-
-function isAscii(texts: readonly string[]): boolean {
-  return texts.every((text) => !/[^\x00-\x7f]/.test(text));
 }

@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { HostPort } from '../config/schema.js';
 import { SmtpSession, type SessionOptions } from '../relay/session.js';
 import type { ExpiringStore } from './expiring-store.js';
+import { isAscii } from '../mail/address.js';
 
 export interface VerifyOptions {
   /** Seconds a "the primary accepts it" answer is kept (Postfix's address_verify_positive_expire_time: 31 d). */
@@ -46,9 +47,13 @@ export class RecipientVerifier {
 async function probe(address: string, primary: HostPort, options: SessionOptions): Promise<Verdict | undefined> {
   const session = await SmtpSession.open(primary, options);
   try {
+    // A non-ASCII address needs SMTPUTF8 (RFC 6531 §3.4); a primary without it cannot be asked.
+    const utf8 = !isAscii(address);
+    if (utf8 && !session.offers('SMTPUTF8')) return undefined;
+    const commands = [utf8 ? 'MAIL FROM:<> SMTPUTF8' : 'MAIL FROM:<>', `RCPT TO:<${address}>`];
     const [mail, rcpt] = session.offers('PIPELINING')
-      ? await session.pipeline(['MAIL FROM:<>', `RCPT TO:<${address}>`])
-      : [await session.command('MAIL FROM:<>'), await session.command(`RCPT TO:<${address}>`)];
+      ? await session.pipeline(commands)
+      : [await session.command(commands[0]), await session.command(commands[1])];
     if (mail.code !== 250) return undefined;
     if (rcpt.code >= 200 && rcpt.code < 300) return { ok: true };
     if (rcpt.code >= 500) return { ok: false, reply: rcpt.text };

@@ -47,7 +47,7 @@ export class ScriptedPrimary {
         toClient.end(); // the client reads the end of the connection
         return;
       }
-      toClient.write(`${text}\r\n`);
+      toClient.write(Buffer.from(`${text}\r\n`, 'latin1')); // bytes, as commands are read
     };
     toServer.on('data', (chunk: Buffer) => {
       this.bytesIn += chunk.length;
