@@ -139,6 +139,8 @@ const limits = z.strictObject({
   messageSize: positiveInt.default(100_000_000),
   /** Recipients per transaction; Postfix's smtpd_recipient_limit. */
   recipients: positiveInt.default(1000),
+  /** Bytes of a message's header block (all its fields): each is read and judged before the 250; a larger one gets 552 5.3.4. */
+  headerSize: positiveInt.default(256 * 1024),
   /** Received headers a message may carry; Postfix's hopcount_limit. */
   hops: positiveInt.default(50),
   /** Concurrent SMTP sessions. */

@@ -1,15 +1,16 @@
+import { headerFields, type HeaderField } from './header-fields.js';
 import { SmtpReply } from './replies.js';
 
 const CR = 0x0d;
 const LF = 0x0a;
 const HEADER_END = Buffer.from('\r\n\r\n');
-/** Header bytes kept for the hop count and Message-ID; a larger header block is read no further. */
-const HEADER_CAPTURE_LIMIT = 256 * 1024;
 
 export interface InspectorLimits {
   /** Bytes the stored message may have, our Received header included: what the primary will be sent. */
   messageSize: number;
   hops: number;
+  /** Bytes of the header block: every field is read (and judged) before the 250, so its size is bounded. */
+  headerSize: number;
 }
 
 /**
@@ -26,6 +27,8 @@ export class MessageInspector {
    * signature: all that DKIM, ARC and DMARC need of such a message, without its body.
    */
   unsignedHeader: Buffer | undefined;
+  /** The header fields as received, their offsets in the stored file (our Received header first). */
+  fields: HeaderField[] = [];
   private afterCR = false;
   private header: Buffer[] = [];
   private headerBytes = 0;
@@ -107,25 +110,26 @@ export class MessageInspector {
       const found = Buffer.concat([tail, chunk]).indexOf(HEADER_END);
       if (found !== -1) end = before - tail.length + found;
     }
-    if (end === -1 && this.headerBytes < HEADER_CAPTURE_LIMIT) return;
-    const block = Buffer.concat(this.header, this.headerBytes);
-    this.endHeader(end === -1 ? block : block.subarray(0, end), end > 0 ? block.subarray(0, end + HEADER_END.length) : undefined);
+    if (end === -1 ? this.headerBytes <= this.limits.headerSize : end <= this.limits.headerSize) {
+      if (end === -1) return;
+      const block = Buffer.concat(this.header, this.headerBytes);
+      // The fields with the CRLF of the last one; the whole block with the blank line after it.
+      return this.endHeader(block.subarray(0, end === 0 ? 0 : end + 2), end > 0 ? block.subarray(0, end + HEADER_END.length) : undefined);
+    }
+    this.refuse(new SmtpReply(552, '5.3.4', `Message header exceeds fixed limit of ${this.limits.headerSize} bytes`));
   }
 
   private endHeader(block: Buffer, whole?: Buffer): void {
     this.headerDone = true;
     this.header = [];
-    const lines = block
-      .toString('latin1')
-      .replace(/\r\n(?=[ \t])/g, '')
-      .split('\r\n');
+    this.fields = headerFields(block, this.stored);
     let received = 0;
     let signed = false;
-    for (const line of lines) {
-      if (/^received:/i.test(line)) received++;
-      else if (/^(dkim-signature|arc-seal|arc-message-signature):/i.test(line)) signed = true;
-      else if (this.messageId === undefined && /^message-id:/i.test(line)) {
-        this.messageId = Buffer.from(line.slice('message-id:'.length).trim(), 'latin1').toString('utf8').slice(0, 998);
+    for (const { name, value } of this.fields) {
+      if (name === 'received') received++;
+      else if (name === 'dkim-signature' || name === 'arc-seal' || name === 'arc-message-signature') signed = true;
+      else if (this.messageId === undefined && name === 'message-id') {
+        this.messageId = Buffer.from(value.trim(), 'latin1').toString('utf8').slice(0, 998);
       }
     }
     if (whole && !signed) this.unsignedHeader = whole;

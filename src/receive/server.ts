@@ -9,6 +9,7 @@ import type { IncomingMessage, Spool } from '../spool/spool.js';
 import type { SpoolCondition } from '../spool/watch.js';
 import { clientKey } from './client-key.js';
 import { MessageInspector } from './inspect.js';
+import { fieldNames, untrustedHeaders } from './trust-headers.js';
 import { asciiAddress, normalizeDomain } from '../directory/names.js';
 import { checkRecipient, normalizeRecipient } from './policy.js';
 import { receivedHeader } from './received.js';
@@ -576,6 +577,11 @@ export class ReceiveServer {
     }
     const queued = message;
     this.writing.delete(queued); // commit() removes its file itself if it fails
+    const removedHeaders = untrustedHeaders(inspector.fields, config.hostname, {
+      spf: config.auth.enabled,
+      spam: config.rspamd !== undefined,
+      added: fieldNames(screened.addedHeaders ?? ''),
+    });
     const envelope = await queued
       .commit({
         arrival: arrival.toISOString(),
@@ -587,6 +593,7 @@ export class ReceiveServer {
         client: { address: session.remoteAddress, helo: session.hostNameAppearsAs || '' },
         ...(inspector.messageId === undefined ? {} : { messageId: inspector.messageId }),
         ...(screened.addedHeaders ? { addedHeaders: screened.addedHeaders } : {}),
+        ...(removedHeaders.length > 0 ? { removedHeaders } : {}),
         ...(screened.noBounce ? { noBounce: screened.noBounce } : {}),
       })
       .catch((error: unknown) => {
@@ -604,6 +611,7 @@ export class ReceiveServer {
         nrcpt: recipients.length,
         size: deliveredSize(envelope),
         messageId: envelope.messageId,
+        ...(removedHeaders.length > 0 ? { removedHeaders: removedHeaders.length } : {}),
         ...screened.report,
       },
       'queued',

@@ -38,6 +38,12 @@ export interface Envelope {
    * CRLF-terminated: every reader gets them before the stored bytes (Spool.openMessage).
    */
   addedHeaders?: string;
+  /**
+   * Header fields the client sent that claim to be ours (a forged Authentication-Results,
+   * X-Spam…), as byte ranges [start, end) of the stored bytes, in order: every reader skips
+   * them (Spool.openMessage), so the file is never rewritten.
+   */
+  removedHeaders?: Array<[number, number]>;
   /** Why no DSN may go to the sender (it is likely forged): its SPF failed, or the message was scored as spam. */
   noBounce?: 'spf-fail' | 'spam';
   bodyType: '7bit' | '8bitmime';
@@ -68,9 +74,10 @@ export interface Envelope {
 
 export class CorruptEnvelopeError extends Error {}
 
-/** Bytes of the message as delivered: the added headers, then the stored bytes. */
+/** Bytes of the message as delivered: the added headers, then the stored bytes less the removed headers. */
 export function deliveredSize(envelope: Envelope): number {
-  return envelope.size + (envelope.addedHeaders ? Buffer.byteLength(envelope.addedHeaders) : 0);
+  const removed = (envelope.removedHeaders ?? []).reduce((sum, [start, end]) => sum + end - start, 0);
+  return envelope.size - removed + (envelope.addedHeaders ? Buffer.byteLength(envelope.addedHeaders) : 0);
 }
 
 const STATES: ReadonlySet<string> = new Set(['pending', 'delivered', 'failed']);
@@ -97,7 +104,21 @@ function envelopeProblem(envelope: Partial<Envelope> | null, expectedId: string)
   const recipients = envelope.recipients;
   if (!Array.isArray(recipients) || recipients.length === 0) return 'no recipients';
   if (!recipients.every((r) => typeof r?.address === 'string' && STATES.has(r?.state))) return 'bad recipient entry';
+  if (envelope.removedHeaders !== undefined && !inOrderWithin(envelope.removedHeaders, envelope.size!)) return 'removedHeaders are not ranges in order';
   return undefined;
+}
+
+/** Byte ranges [start, end), each after the one before, all within `size`. */
+function inOrderWithin(ranges: unknown, size: number): boolean {
+  if (!Array.isArray(ranges)) return false;
+  let last = 0;
+  for (const range of ranges as unknown[]) {
+    if (!Array.isArray(range) || range.length !== 2 || !range.every(Number.isInteger)) return false;
+    const [start, end] = range as [number, number];
+    if (start < last || end <= start || end > size) return false;
+    last = end;
+  }
+  return true;
 }
 
 /** A message's overall state, as `queue list` shows it. */

@@ -221,12 +221,13 @@ export class Spool {
     const stored = bytes
       ? Readable.from([bytes], { objectMode: false })
       : createReadStream(this.messagePath(envelope.id), { start: 0, end: envelope.size - 1 });
-    if (!envelope.addedHeaders) return stored;
-    const added = Buffer.from(envelope.addedHeaders);
+    const removed = envelope.removedHeaders ?? [];
+    if (!envelope.addedHeaders && removed.length === 0) return stored;
+    const added = envelope.addedHeaders ? [Buffer.from(envelope.addedHeaders)] : [];
     return Readable.from(
       (async function* () {
-        yield added;
-        yield* stored;
+        yield* added;
+        yield* removed.length === 0 ? stored : skipRanges(stored, removed);
       })(),
       { objectMode: false },
     );
@@ -353,4 +354,26 @@ async function forEachLimited<T>(items: readonly T[], limit: number, work: (item
 
 function identityOf(stats: Stats): string {
   return `${stats.dev}:${stats.ino}`;
+}
+
+/** The bytes of `stream` outside `ranges` ([start, end) offsets, in order). */
+export async function* skipRanges(stream: AsyncIterable<Buffer> | Iterable<Buffer>, ranges: ReadonlyArray<readonly [number, number]>): AsyncGenerator<Buffer> {
+  let offset = 0;
+  let next = 0;
+  for await (const chunk of stream) {
+    let at = 0;
+    while (at < chunk.length) {
+      const range = ranges[next];
+      const position = offset + at;
+      if (!range || position < range[0]) {
+        const until = range ? Math.min(chunk.length, range[0] - offset) : chunk.length;
+        yield chunk.subarray(at, until);
+        at = until;
+      } else {
+        at = Math.min(chunk.length, range[1] - offset);
+        if (offset + at >= range[1]) next++;
+      }
+    }
+    offset += chunk.length;
+  }
 }

@@ -26,15 +26,22 @@ export function queuedEnvelope(spoolDir: string, id: string): Envelope {
   return readTrailerSync(join(spoolDir, 'queue', `${id}.msg`), id);
 }
 
-/** A queued message's bytes as received, without the envelope stored after them. */
 /** The message's bytes as stored (before the envelope the file ends with), without the headers added after DATA. */
 export function storedMessage(spoolDir: string, id: string): Buffer {
   return readFileSync(join(spoolDir, 'queue', `${id}.msg`)).subarray(0, queuedEnvelope(spoolDir, id).size);
 }
 
-/** The message as it will be delivered: the headers added after DATA, then the stored bytes. */
+/** The message as it will be delivered: the headers added after DATA, then the stored bytes but the removed headers. */
 export function queuedMessage(spoolDir: string, id: string): Buffer {
-  return Buffer.concat([Buffer.from(queuedEnvelope(spoolDir, id).addedHeaders ?? ''), storedMessage(spoolDir, id)]);
+  const envelope = queuedEnvelope(spoolDir, id);
+  const stored = storedMessage(spoolDir, id);
+  const kept: Buffer[] = [Buffer.from(envelope.addedHeaders ?? '')];
+  let from = 0;
+  for (const [start, end] of envelope.removedHeaders ?? []) {
+    kept.push(stored.subarray(from, start));
+    from = end;
+  }
+  return Buffer.concat([...kept, stored.subarray(from)]);
 }
 
 /** Queues messages straight into a spool (no daemon), as a stopped primary leaves them: pending, `minutesAgo` old. */
