@@ -78,7 +78,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     watch.on('change', (condition) => {
       if (condition === 'gone') relay.suspend(watch.problem!);
     });
-    const screens = new EdgeScreens(config, config.spool, log);
+    const screens = new EdgeScreens(config, config.spool, log, metrics);
     cleanups.push(() => screens.save());
     const server = new ReceiveServer({
       config,

@@ -175,6 +175,9 @@ describe('deploy: alert rules', () => {
         'SecondaryMxSyncFailing',
         'SecondaryMxDown',
         'SecondaryMxDiskNearlyFull',
+        'SecondaryMxDnsListBroken',
+        'SecondaryMxRspamdFailing',
+        'SecondaryMxUndeliverableNoticeHeld',
       ],
     );
     for (const rule of alerts) {

@@ -69,6 +69,18 @@ export class Metrics {
     help: 'Messages the relay held because it could not process them (see "queue list"; release once fixed)',
     registers: [this.registry],
   });
+  readonly rspamdFailures = new Counter({
+    name: 'secondarymx_rspamd_failures_total',
+    help: 'Checks rspamd gave no verdict for, by failure: unreachable, timeout, http_error, bad_answer (wrong shape, not JSON, over 1 MiB)',
+    labelNames: ['failure'],
+    registers: [this.registry],
+  });
+  readonly dnsblListErrors = new Counter({
+    name: 'secondarymx_dnsbl_list_errors_total',
+    help: 'Answers of a DNS list with its error code (127.255.255.252-255): the list refuses our queries and lists nobody',
+    labelNames: ['list'],
+    registers: [this.registry],
+  });
   readonly undeliverableHeld = new Counter({
     name: 'secondarymx_undeliverable_held_total',
     help: 'Notices (DSNs) that could not be delivered either, held with the reason instead of dropped (see "queue list")',

@@ -491,8 +491,18 @@ export class ReceiveServer {
       } catch (error) {
         if (!(error instanceof RspamdUnavailable)) throw error;
         metrics?.screened.inc({ screen: 'rspamd', decision: 'unavailable' });
+        metrics?.rspamdFailures.inc({ failure: error.failure });
         report.rspamd = 'unavailable';
-        log.warn({ event: 'rspamd_unavailable', queueId: message.id, reason: error.message, onFailure: rspamd.onFailure }, 'rspamd gave no verdict');
+        log.warn(
+          {
+            event: error.failure === 'bad_answer' ? 'rspamd_bad_answer' : 'rspamd_unavailable',
+            queueId: message.id,
+            failure: error.failure,
+            reason: error.message,
+            onFailure: rspamd.onFailure,
+          },
+          error.failure === 'bad_answer' ? 'rspamd gave an answer we cannot read: no verdict' : 'rspamd gave no verdict',
+        );
         if (rspamd.onFailure === 'defer') {
           return { refusal: new SmtpReply(451, '4.7.1', 'Content filter unavailable, try again later'), reason: 'filter_unavailable', report };
         }
@@ -552,9 +562,14 @@ export class ReceiveServer {
     if (inspector.problem) await dropMessage();
     let screened: ContentVerdict = {};
     if (message)
-      screened = await this.checkContent(message, inspector, session, recipients).catch(async (error: unknown) => {
-        await dropMessage(error);
-        return {};
+      screened = await this.checkContent(message, inspector, session, recipients).catch(async (error: unknown): Promise<ContentVerdict> => {
+        if ((error as NodeJS.ErrnoException).syscall) {
+          await dropMessage(error); // reading the temp file back: the spool's fault
+          return {};
+        }
+        await dropMessage();
+        log.error({ event: 'content_check_failed', err: error, client: session.remoteAddress }, 'the content checks failed: message not queued');
+        return { refusal: new SmtpReply(451, '4.3.0', 'Local error in processing, try again later'), reason: 'internal' };
       });
     if (screened.refusal) await dropMessage();
     if (storageError) log.error({ event: 'spool_write_failed', err: storageError, client: session.remoteAddress }, 'spool: cannot write the message');

@@ -77,18 +77,40 @@ const MAX_TTL_S = 3600;
 const NOT_LISTED_TTL_S = 300;
 const MAX_CACHED = 50_000;
 
+/** What a list's answer says (RFC 5782 §2.1: a listing is an address in 127.0.0.0/8). */
+type Answer = 'listed' | 'not-listed' | 'list-error';
+
+/**
+ * 127.255.255.252–255: not a listing but the list saying it refuses the query (Spamhaus:
+ * 254 "query through a public resolver", 255 "excessive queries", 252 "typo in the name").
+ */
+function isListError(octets: readonly number[]): boolean {
+  return octets[0] === 127 && octets[1] === 255 && octets[2] === 255 && octets[3] >= 252;
+}
+
+/** What the sites' error answers are told to (a log line the first time, a metric each time). */
+export interface DnsblEvents {
+  listError(site: DnsblSite, reply: string, first: boolean): void;
+}
+
 /**
  * Scores clients against DNS lists (postscreen's dnsbl test): every site is queried in
- * parallel, each site that lists the client (with a reply its filter accepts) adds its
- * weight once. Answers are cached by their TTL; a site that does not answer in time
- * counts as not listing (a list outage must not block mail).
+ * parallel, each site that lists the client (with a reply in 127.0.0.0/8 that its filter
+ * accepts) adds its weight once. Answers are cached by their TTL. One deadline for all the
+ * lists: a site that has not answered by then counts as not listing (a list outage must not
+ * block mail, nor delay every greeting). A list's error answers list nobody.
  */
 export class DnsblScreen {
   private readonly cache = new Map<string, { until: number; replies: Promise<string[]> }>();
+  /** Sites whose last answer was an error code: logged once until they answer properly. */
+  private readonly broken = new Set<string>();
 
   constructor(
     private readonly sites: readonly DnsblSite[],
     private readonly resolver: Resolver,
+    /** Milliseconds score() waits for all the lists together. */
+    private readonly deadlineMs: number,
+    private readonly events?: DnsblEvents,
   ) {}
 
   get enabled(): boolean {
@@ -104,19 +126,34 @@ export class DnsblScreen {
   }
 
   async score(address: string): Promise<DnsblVerdict> {
-    const results = await Promise.all(this.sites.map(async (site) => ({ site, listed: await this.lists(site, address) })));
-    const listed = results.filter((result) => result.listed).map((result) => result.site);
-    return { score: listed.reduce((sum, site) => sum + site.weight, 0), listedBy: listed.map((site) => site.spec) };
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), this.deadlineMs)));
+    try {
+      const results = await Promise.all(this.sites.map(async (site) => ({ site, listed: await Promise.race([this.lists(site, address), deadline]) })));
+      const listed = results.filter((result) => result.listed).map((result) => result.site);
+      return { score: listed.reduce((sum, site) => sum + site.weight, 0), listedBy: listed.map((site) => site.spec) };
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private async lists(site: DnsblSite, address: string): Promise<boolean> {
     const name = dnsblQueryName(address, site.domain);
     if (!name) return false;
-    const replies = await this.replies(name);
-    return replies.some((reply) => {
-      const octets = reply.split('.').map(Number);
-      return !site.filter || site.filter.every((test, i) => test(octets[i]));
-    });
+    const answers = (await this.replies(name)).map((reply) => ({ reply, answer: this.judge(site, reply) }));
+    const error = answers.find(({ answer }) => answer === 'list-error');
+    if (error) {
+      this.events?.listError(site, error.reply, !this.broken.has(site.spec));
+      this.broken.add(site.spec);
+    } else this.broken.delete(site.spec);
+    return answers.some(({ answer }) => answer === 'listed');
+  }
+
+  private judge(site: DnsblSite, reply: string): Answer {
+    const octets = reply.split('.').map(Number);
+    if (octets[0] !== 127) return 'not-listed'; // 8.8.8.8, 10.1.2.3: a wildcard or a hijacked zone, not a listing
+    if (isListError(octets)) return 'list-error';
+    return !site.filter || site.filter.every((test, i) => test(octets[i])) ? 'listed' : 'not-listed';
   }
 
   private replies(name: string): Promise<string[]> {

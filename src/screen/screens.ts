@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config/schema.js';
+import type { Metrics } from '../control/metrics.js';
 import { SenderAuth } from './auth.js';
 import { DnsblScreen, parseDnsblSite } from './dnsbl.js';
 import { ExpiringStore } from './expiring-store.js';
@@ -22,6 +23,7 @@ export class EdgeScreens {
     config: Config,
     spoolDir: string,
     private readonly log: Logger,
+    private readonly metrics?: Metrics,
   ) {
     this.passes = new ExpiringStore(spoolDir, 'greeting-passes', log);
     this.verdicts = new ExpiringStore(spoolDir, 'verified-recipients', log);
@@ -34,6 +36,17 @@ export class EdgeScreens {
     this.dnsbl = new DnsblScreen(
       screen.dnsblSites.map((site) => parseDnsblSite(site)!),
       screenResolver(dns.servers, screen.dnsTimeout),
+      screen.dnsTimeout * 1000,
+      {
+        listError: (site, reply, first) => {
+          this.metrics?.dnsblListErrors.inc({ list: site.domain });
+          if (first)
+            this.log.warn(
+              { event: 'dnsbl_list_error', list: site.spec, reply },
+              `DNS list ${site.domain} answers with its error code ${reply}: it lists nobody until it answers properly (is it queried through a public resolver?)`,
+            );
+        },
+      },
     );
     this.auth = auth.enabled ? new SenderAuth(auth, config.hostname, cachingResolve(screenResolver(dns.servers, auth.dnsTimeout))) : undefined;
     this.verifier = new RecipientVerifier(this.verdicts, verify, this.log);

@@ -6,6 +6,8 @@ export interface Zone {
   a?: string[];
   /** TXT records (SPF, DKIM keys, DMARC policies); a long one is split into 255-byte strings. */
   txt?: string[];
+  /** Never answered: a server that is dead for this name. */
+  silent?: boolean;
 }
 
 const TYPE = { A: 1, MX: 15, TXT: 16, AAAA: 28 } as const;
@@ -56,6 +58,7 @@ export class TestDnsServer {
     const type = query.readUInt16BE(offset + 1);
     const zone = this.zones.get(labels.join('.').toLowerCase());
     this.queries.push(`${Object.entries(TYPE).find(([, value]) => value === type)?.[0] ?? type} ${labels.join('.').toLowerCase()}`);
+    if (zone?.silent) return undefined;
     const answers: Buffer[] = [];
     if (zone && type === TYPE.MX) {
       for (const mx of zone.mx ?? []) {
