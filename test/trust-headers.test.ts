@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { authservId, headerFields } from '../src/receive/header-fields.js';
+import { authservId, headerFields, withoutComments } from '../src/receive/header-fields.js';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
 import { TestDnsServer } from './helpers/dns-server.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
@@ -167,6 +167,26 @@ describe('trust headers: what claims to be ours is ours alone', () => {
       } finally {
         await smarthost.stop();
       }
+    });
+
+    it('quotes an unbalanced "(" of the sender inside the comments of our Received-SPF and Authentication-Results', async () => {
+      const dns = new TestDnsServer();
+      await dns.start();
+      dns.zones.set('remote.example', { txt: ['v=spf1 ?all'] }); // neutral: the comment names the sender
+      after(() => dns.stop());
+      mx = await startTestDaemon({ primaryPort: primary.port, extra: `relay: { probeInterval: 0.2 }\ndns: { servers: ["${dns.server}"] }` });
+      const { client } = await SmtpClient.session(mx.port);
+      for (const line of ['MAIL FROM:<"a(b"@remote.example>', 'RCPT TO:<alice@d1.example>', 'DATA']) await client.command(line);
+      assert.equal((await client.data(forgedMessage([]))).code, 250);
+      await client.quit();
+      await waitFor(() => primary.received.length === 1);
+      const got = primary.received[0].data.toString('latin1');
+      const fields = headerFields(Buffer.from(got.slice(0, got.indexOf('\r\n\r\n') + 2), 'latin1'));
+      const spf = fields.find((field) => field.name === 'received-spf')!;
+      assert.match(spf.value, /a\\\(b/);
+      assert.match(withoutComments(spf.value), /client-ip=127\.0\.0\.1;$/, 'the comment ends where it should');
+      const results = fields.find((field) => field.name === 'authentication-results')!;
+      assert.match(withoutComments(results.value), /spf=neutral\s+smtp\.mailfrom=.*dmarc=/, `dkim, spf and dmarc outside any comment: ${results.value}`);
     });
 
     it('refuses a header block over limits.headerSize with 552 5.3.4', async () => {

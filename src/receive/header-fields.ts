@@ -52,7 +52,7 @@ export function authservId(value: string, arc = false): string {
 }
 
 /** A header value with its RFC 5322 comments replaced by a space. */
-function withoutComments(value: string): string {
+export function withoutComments(value: string): string {
   let out = '';
   let depth = 0;
   let quoted = false;

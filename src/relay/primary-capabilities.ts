@@ -1,6 +1,6 @@
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileSynced } from '../fs/durable.js';
+import { readStateFile, UnusableStateFile } from '../fs/state-file.js';
 
 /** What a primary announced in its last EHLO that the SMTP side must not promise beyond. */
 export interface Capabilities {
@@ -23,9 +23,10 @@ export class PrimaryCapabilities {
     this.file = join(spoolRoot, 'primaries.json');
     let saved: Record<string, Partial<Capabilities>> = {};
     try {
-      saved = JSON.parse(readFileSync(this.file, 'utf8')) as typeof saved;
-    } catch {
-      // none yet, or unreadable: learnt again at the next connection
+      const stored = readStateFile(this.file, 1024 * 1024);
+      if (stored && typeof stored === 'object' && !Array.isArray(stored)) saved = stored as typeof saved;
+    } catch (error) {
+      if (!(error instanceof UnusableStateFile)) throw error; // unusable: learnt again at the next connection
     }
     this.seen = new Map(
       Object.entries(saved).map(([key, value]) => [key, { size: typeof value?.size === 'number' ? value.size : null, smtpUtf8: value?.smtpUtf8 !== false }]),

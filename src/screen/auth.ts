@@ -42,6 +42,37 @@ function spfReply(result: string, action: AuthAction | undefined, domain: string
   return new SmtpReply(permanent ? 550 : 451, `${permanent ? 5 : 4}.${code}`, result === 'temperror' ? `SPF check failed temporarily for ${domain}` : text);
 }
 
+/** Text for inside an RFC 5322 comment: one line, and "\\", "(" and ")" as quoted pairs. */
+export function commentText(value: string): string {
+  return value
+    .replace(/[\x00-\x1f]+/g, ' ')
+    .replace(/\s+/g, ' ')
+    .trim()
+    .replace(/[\\()]/g, (c) => `\\${c}`);
+}
+
+/**
+ * mailauth quotes "\\" and ")" in the comment it writes, not "(": a sender with an
+ * unbalanced "(" ("a(b"@example.org) opened a comment that swallowed the rest of the field.
+ * The comment (which names the sender) goes in as commentText(); the rest is mailauth's.
+ */
+function commentsEscaped(checked: SPFResult): SPFResult {
+  const comment = checked.status.comment;
+  if (typeof comment !== 'string' || !comment) return checked;
+  const asMailauth = `(${comment
+    .replace(/[\x00-\x1f]+/g, ' ')
+    .replace(/\s+/g, ' ')
+    .trim()
+    .replace(/[\\)]/g, (c) => `\\${c}`)})`;
+  const ours = `(${commentText(comment)})`;
+  const clientIp = (checked as unknown as Record<string, string>)['client-ip'];
+  return {
+    ...checked,
+    header: libmime.foldLines(`Received-SPF: ${checked.status.result} ${ours} client-ip=${clientIp};`, 160),
+    info: checked.info.split(asMailauth).join(ours),
+  };
+}
+
 /**
  * Sender authentication with mailauth: SPF when MAIL FROM comes in (a forged sender is
  * refused before any data), DKIM, ARC and DMARC once the message is in, with the
@@ -58,7 +89,9 @@ export class SenderAuth {
     const client = unmapped(ip);
     // As mailauth's authenticate(): an address given as HELO (or none) is checked as [address].
     const name = helo || client;
-    const checked = await spf({ sender: sender || undefined, ip: client, helo: isIP(name) ? `[${name}]` : name, mta: this.hostname, resolver: this.resolver });
+    const checked = commentsEscaped(
+      await spf({ sender: sender || undefined, ip: client, helo: isIP(name) ? `[${name}]` : name, mta: this.hostname, resolver: this.resolver }),
+    );
     const result = checked.status.result;
     return { result, reply: spfReply(result, this.policy.spf[result], checked.domain), checked };
   }

@@ -1,10 +1,12 @@
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { writeFileSynced } from '../fs/durable.js';
+import { readStateFile, UnusableStateFile } from '../fs/state-file.js';
 
 /** Entries kept at most (the oldest go first): a flood of new clients cannot grow memory without bound. */
 const MAX_ENTRIES = 100_000;
+/** Bytes of a cache file at most: MAX_ENTRIES of an address and a primary's reply each. */
+const MAX_FILE_BYTES = MAX_ENTRIES * 1024;
 /** Changes are written at most this often (a lost last second costs a client one greeting pause, or one probe). */
 const SAVE_DELAY_MS = 1000;
 
@@ -24,11 +26,17 @@ export class ExpiringStore<V> {
     private readonly log: Logger,
   ) {
     try {
-      const stored = JSON.parse(readFileSync(this.path, 'utf8')) as Record<string, { until: number; value: V }>;
+      const stored = readStateFile(this.path, MAX_FILE_BYTES);
+      if (stored !== undefined && (typeof stored !== 'object' || stored === null || Array.isArray(stored))) throw new UnusableStateFile('not a JSON object');
       const now = Date.now();
-      for (const [key, entry] of Object.entries(stored)) if (entry.until > now) this.entries.set(key, entry);
+      // Written oldest first: the last MAX_ENTRIES are the ones to keep.
+      const live = Object.entries((stored ?? {}) as Record<string, { until?: unknown; value?: unknown }>).filter(
+        ([, entry]) => typeof entry?.until === 'number' && entry.until > now && entry.value !== undefined,
+      );
+      for (const [key, entry] of live.slice(-MAX_ENTRIES)) this.entries.set(key, entry as { until: number; value: V });
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') log.warn({ err: error, file: this.path }, `${name}: unreadable, starting empty`);
+      if (!(error instanceof UnusableStateFile)) throw error;
+      log.warn({ event: 'cache_unusable', file: this.path, reason: error.message }, `${name}: ${error.message}; starting empty`);
     }
   }
 
