@@ -88,6 +88,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
       metrics,
       screens,
       primaryOf: (source) => relay.primaryState(source),
+      primaryUnreachable: (source, reason) => relay.primaryUnreachable(source, reason),
       onQueued: (envelope) => relay.add(envelope),
       spoolCondition: () => watch.state,
       onEtrn: (domain) => relay.flushInBackground({ domain }),

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { ConfigError, describeConfig, parseConfig } from '../src/config/load.js';
+import { ConfigError, describeConfig, insecureSources, parseConfig } from '../src/config/load.js';
 import type { Config } from '../src/config/schema.js';
 import { baseConfig } from './helpers/daemon.js';
 
@@ -9,6 +9,7 @@ describe('config', () => {
     assert.deepEqual(config.limits, {
       messageSize: 100_000_000,
       recipients: 1000,
+      headerSize: 262_144,
       hops: 50,
       connections: 500,
       idleTimeout: 300,
@@ -96,5 +97,13 @@ describe('config', () => {
     assert.ok(!text.includes('s3cret') && !text.includes('hunter2'), text);
     assert.match(text, /url: mysql:\/\/mx:\*{8}@db\.example\/alternc/);
     assert.match(text, /password: "\*{8}"|password: \*{8}/);
+    assert.match(text, /^ {2}passTtl: 86400$/m, 'a duration is no secret');
+  });
+
+  it('warns about MySQL without TLS beyond loopback only: all of 127.0.0.0/8 and ::1 are loopback', () => {
+    const warned = (host: string) =>
+      insecureSources(parseConfig(baseConfig('', `  - { name: db, type: mysql, url: "mysql://mx:pw@${host}:3306/alternc" }`), '/x.yaml'));
+    for (const host of ['127.0.71.7', 'localhost', '[::1]', '[0:0:0:0:0:0:0:1]']) assert.deepEqual(warned(host), [], host);
+    for (const host of ['db.example', '127.attacker.example', '[::2]']) assert.equal(warned(host).length, 1, host);
   });
 });

@@ -1,3 +1,4 @@
+import { get as httpGet } from 'node:http';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -108,6 +109,26 @@ describe('monitoring: /metrics and /healthz on control.listen', () => {
         body: 'directory incomplete: never loaded: alternc\n',
         type: 'text/plain',
       });
+    } finally {
+      await mx.stop();
+    }
+  });
+
+  it('answers only requests for its own address or localhost (a DNS-rebinding page names its own host)', async () => {
+    const mx = await startTestDaemon();
+    try {
+      const asked = (host: string) =>
+        new Promise<number>((resolve, reject) => {
+          httpGet({ host: '127.0.0.1', port: mx.daemon.monitoringPort, path: '/metrics', headers: { host } }, (response) => {
+            response.resume();
+            resolve(response.statusCode!);
+          }).on('error', reject);
+        });
+      const port = mx.daemon.monitoringPort;
+      assert.equal(await asked(`rebind.attacker.example:${port}`), 421);
+      assert.equal(await asked('127.0.0.2'), 421);
+      assert.equal(await asked(`127.0.0.1:${port}`), 200);
+      assert.equal(await asked(`LocalHost:${port}`), 200);
     } finally {
       await mx.stop();
     }

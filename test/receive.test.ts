@@ -161,6 +161,16 @@ describe('receive: SMTP policy against a running server', () => {
     assert.equal(envelope.recipients.length, 3);
   });
 
+  it('counts a repeated recipient against the limit: the fourth RCPT gets 452 4.5.3 even when it repeats the first', async () => {
+    assert.equal((await client.command('MAIL FROM:<s@remote.example>')).code, 250);
+    for (let i = 0; i < 3; i++) assert.equal((await client.command('RCPT TO:<a@d2.example>')).code, 250);
+    assert.deepEqual(pick(await client.command('RCPT TO:<A@d2.example>')), [452, '4.5.3']);
+    // A new transaction counts afresh.
+    assert.equal((await client.command('RSET')).code, 250);
+    assert.equal((await client.command('MAIL FROM:<s@remote.example>')).code, 250);
+    assert.equal((await client.command('RCPT TO:<a@d2.example>')).code, 250);
+  });
+
   for (const [name, body] of [
     ['a bare LF', 'Subject: x\r\n\r\nline one\nline two\r\n'],
     ['a bare CR', 'Subject: x\r\n\r\nline one\rline two\r\n'],

@@ -5,6 +5,7 @@ import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dkimSign } from 'mailauth';
+import { runCli } from './helpers/cli.js';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
 import { TestDnsServer } from './helpers/dns-server.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
@@ -336,6 +337,19 @@ describe('screen: with a real primary', () => {
         await client.quit();
       }
     };
+
+    it('takes the primary for down when an RCPT probe cannot reach it: status says so, and it is probed until it answers', async () => {
+      mx = await startTestDaemon({ primaryPort: primary.port, extra: 'relay: { probeInterval: 0.2 }' });
+      await primary.stop(); // nothing queued: only the probe finds out
+      const before = await runCli(['status', '--config', mx.file]);
+      assert.doesNotMatch(before.stdout, /DOWN/);
+      await rcpt(mx.port, 'someone@d3.example');
+      await waitFor(() => mx!.logs.some((line) => line.event === 'primary_down' && /^RCPT probe: /.test(String(line.reason))));
+      const during = await runCli(['status', '--config', mx.file]);
+      assert.match(during.stdout, new RegExp(`^primary 127\\.0\\.0\\.1:${primary.port}: DOWN \\(probing\\)$`, 'm'));
+      await primary.start();
+      await waitFor(() => mx!.logs.some((line) => line.event === 'primary_up'));
+    });
 
     it('asks the primary about addresses of a domain without a list, remembers its answers (across a restart), and uses them while it is down', async () => {
       const spoolDir = mkdtempSync(join(tmpdir(), 'secondarymx-spool-'));

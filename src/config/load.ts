@@ -4,6 +4,7 @@ import { isMap, isSeq, parseDocument, stringify, type Document } from 'yaml';
 import type { ZodError } from 'zod';
 import { EX_CONFIG } from '../exit-codes.js';
 import { configSchema, type Config, type HostPort } from './schema.js';
+import { isLoopbackHost } from '../net/ip.js';
 
 export class ConfigError extends Error {
   readonly exitCode = EX_CONFIG;
@@ -115,7 +116,8 @@ function resolvePaths(config: Config, base: string): Config {
   };
 }
 
-const SECRET_KEY = /pass(word)?|secret/i;
+/** Keys whose values are secrets: password, pass, secret, and camelCase ones ending so (not passTtl). */
+const SECRET_KEY = /^(?:pass(?:word)?|secret)$|(?:Password|Secret)$/i;
 
 /** The effective config as YAML with every secret replaced, for `check`. */
 export function describeConfig(config: Config): string {
@@ -151,7 +153,7 @@ export function insecureSources(config: Config): string[] {
     }
     if (source.type === 'mysql' && source.ssl === false) {
       const host = source.host ?? new URL(source.url!.replace(/^mysql:/, 'http:')).hostname;
-      if (!['localhost', '127.0.0.1', '::1', '[::1]'].includes(host)) {
+      if (!isLoopbackHost(host)) {
         warnings.push(`source ${source.name}: MySQL at ${host} without TLS: its password and rows travel in clear; set ssl: true (or ssl: { ca: FILE })`);
       }
     }

@@ -3,6 +3,7 @@ import { hostname as osHostname } from 'node:os';
 import { validate } from 'node-cron';
 import { z } from 'zod';
 import { parseDnsblSite } from '../screen/dnsbl.js';
+import { isLoopbackHost } from '../net/ip.js';
 
 /** "host:port" or "[v6]:port"; a host name is allowed too (resolved by listen()). */
 const LISTEN_ADDRESS = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/;
@@ -303,13 +304,10 @@ const dns = z.strictObject({
   servers: z.array(z.string().min(1)).min(1).optional(),
 });
 
-/** A loopback address by what it is, not by how it starts ("127.attacker.example" is a host name). */
+/** A listen address on loopback. */
 function isLoopback(value: string): boolean {
   const address = parseListenAddress(value);
-  if (!address) return false;
-  if (address.host === 'localhost') return true;
-  if (isIP(address.host) === 4) return address.host.startsWith('127.');
-  return isIP(address.host) === 6 && new URL(`http://[${address.host}]`).hostname === '[::1]'; // any spelling of ::1
+  return address !== undefined && isLoopbackHost(address.host);
 }
 
 const control = z.strictObject({

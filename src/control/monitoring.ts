@@ -22,14 +22,16 @@ export class MonitoringServer {
     metrics: Metrics,
     health: HealthCheck,
   ) {
+    const listenHost = parseListenAddress(listenOn)!.host.toLowerCase();
     this.server = createServer((request, response) => {
       const reply = (status: number, type: string, body: string) => {
         response.writeHead(status, { 'content-type': type });
         response.end(body);
       };
       const path = new URL(request.url ?? '/', 'http://monitoring').pathname;
-      const answer =
-        request.method !== 'GET'
+      const answer = !hostAllowed(request.headers.host, listenHost)
+        ? Promise.resolve(reply(421, 'text/plain', 'Host not served here: use the control.listen address or localhost\n'))
+        : request.method !== 'GET'
           ? Promise.resolve(reply(405, 'text/plain', 'GET only\n'))
           : path === '/metrics'
             ? metrics.registry.metrics().then((text) => reply(200, metrics.registry.contentType, text))
@@ -61,4 +63,18 @@ export class MonitoringServer {
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
+}
+
+/**
+ * A browser sends the name it was given: a page on a host name that an attacker rebinds to
+ * 127.0.0.1 (DNS rebinding) names the attacker's host. Only the listen address and
+ * localhost are served (a client without Host, not a browser, too).
+ */
+function hostAllowed(host: string | undefined, listenHost: string): boolean {
+  if (host === undefined) return true;
+  const name = host
+    .toLowerCase()
+    .replace(/:\d+$/, '')
+    .replace(/^\[(.*)\]$/, '$1');
+  return name === 'localhost' || name === listenHost.replace(/^\[(.*)\]$/, '$1');
 }

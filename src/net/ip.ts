@@ -1,3 +1,13 @@
+import { isIP } from 'node:net';
+
+/** A loopback host by what it is, not by how it starts ("127.attacker.example" is a host name): localhost, 127.0.0.0/8, any spelling of ::1. */
+export function isLoopbackHost(host: string): boolean {
+  const plain = host.replace(/^\[(.*)\]$/, '$1');
+  if (plain.toLowerCase() === 'localhost') return true;
+  if (isIP(plain) === 4) return plain.startsWith('127.');
+  return isIP(plain) === 6 && ipv6Groups(plain).every((group, i) => group === (i === 7 ? 1 : 0));
+}
+
 /** An IPv4-mapped IPv6 address (::ffff:192.0.2.1, as a dual-stack socket reports IPv4 clients) as its IPv4 address; others as they are. */
 export function unmapped(address: string): string {
   return /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1] ?? address;

@@ -41,6 +41,8 @@ export interface ReceiveOptions {
   screens?: EdgeScreens;
   /** The primary that gets a source's mail: whether the relay knows it down, and how long probes have seen it up (ms; 0: not seen). */
   primaryOf?: (source: string) => PrimaryState;
+  /** An RCPT probe could not open a session to the primary of a source: the relay marks it down (and probes it). */
+  primaryUnreachable?: (source: string, reason: string) => void;
 }
 
 export interface PrimaryState {
@@ -75,6 +77,8 @@ interface AdmittedSession {
   allowListed?: boolean;
   /** The SPF check of the current MAIL FROM, for the message's Authentication-Results. */
   spf?: SpfCheck;
+  /** RCPTs accepted in the current transaction, repeats included (smtp-server lets a repeated address past its limit). */
+  rcptAccepted: number;
 }
 
 /** A screen's decision for its metric and log line: refused (5xx) or deferred (4xx), else passed or tagged. */
@@ -288,7 +292,7 @@ export class ReceiveServer {
     if (this.sessions.size >= limits.connections) return refuse('connection limit reached', limits.connections);
     if (fromClient >= limits.connectionsPerClient) return refuse('per-client connection limit reached', limits.connectionsPerClient);
     const timer = setTimeout(() => this.cut(session, '4.4.2 Session took too long, closing connection'), limits.sessionTimeout * 1000);
-    this.sessions.set(session.id, { client, timer, inData: false });
+    this.sessions.set(session.id, { client, timer, inData: false, rcptAccepted: 0 });
     this.perClient.set(client, fromClient + 1);
     return null;
   }
@@ -331,6 +335,7 @@ export class ReceiveServer {
     const refusal = this.senderAllowed(address, session);
     const screens = this.options.screens;
     const admitted = this.sessions.get(session.id);
+    if (admitted) admitted.rcptAccepted = 0;
     if (refusal || !screens || !admitted) return refusal;
     admitted.spf = undefined; // a new transaction: the last sender's result is not this one's
     const { passTtl } = this.options.config.screen;
@@ -409,10 +414,13 @@ export class ReceiveServer {
 
   private async recipient(address: string, session: SMTPServerSession): Promise<SmtpReply | null> {
     try {
+      const admitted = this.sessions.get(session.id);
+      if (admitted && admitted.rcptAccepted >= this.options.config.limits.recipients) throw new SmtpReply(452, '4.5.3', 'Too many recipients');
       const refusal = needsSmtpUtf8(address, session, this.primaryUtf8);
       if (refusal) throw refusal;
       const accepted = checkRecipient(address, this.options.directory.current, this.options.config.recipientDelimiter);
       await this.screenRecipient(accepted.address, accepted.source, accepted.recipientCheck, session);
+      if (admitted) admitted.rcptAccepted++;
       return null;
     } catch (error) {
       if (!(error instanceof SmtpReply)) throw error;
@@ -446,7 +454,9 @@ export class ReceiveServer {
       commandTimeout: verify.timeout,
       ...(primary.address.tls ? { verify: primary.address.tls } : {}),
     };
-    const verdict = await screens.verifier.verify(address, primary.address, primary.down, options);
+    const verdict = await screens.verifier.verify(address, primary.address, primary.down, options, (reason) =>
+      this.options.primaryUnreachable?.(source, reason),
+    );
     this.screened('verify', verdict === undefined ? 'unavailable' : verdict.ok ? 'pass' : 'reject', { client: session.remoteAddress, to: address });
     if (verdict && !verdict.ok)
       throw new SmtpReply(550, '5.1.1', `<${address}>: recipient address rejected: the primary says: ${verdict.reply ?? 'user unknown'}`);

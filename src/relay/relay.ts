@@ -581,6 +581,11 @@ export class Relay extends EventEmitter {
     return { address: route.address, down: !route.up, upForMs: route.up && route.seenUpSince !== undefined ? Date.now() - route.seenUpSince : 0 };
   }
 
+  /** The SMTP side could not open a session to a source's primary (an RCPT probe): down, as if a delivery had failed to connect. */
+  primaryUnreachable(source: string, reason: string): void {
+    this.markDown(this.routes.primaryOf(source), `RCPT probe: ${reason}`);
+  }
+
   /**
    * With screen.deferWhilePrimaryUp, primaries that are up are probed every probeInterval
    * too: "seen up for so long" must come from recent sessions, not from an idle queue.

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { HostPort } from '../config/schema.js';
-import { SmtpSession, type SessionOptions } from '../relay/session.js';
+import { PrimaryUnreachable, SmtpSession, type SessionOptions } from '../relay/session.js';
 import type { ExpiringStore } from './expiring-store.js';
 import { isAscii } from '../mail/address.js';
 
@@ -30,13 +30,23 @@ export class RecipientVerifier {
     private readonly log: Logger,
   ) {}
 
-  /** The cached verdict, else a probe when the primary is thought up; undefined: nobody knows. */
-  async verify(address: string, primary: HostPort, primaryDown: boolean, session: SessionOptions): Promise<Verdict | undefined> {
+  /**
+   * The cached verdict, else a probe when the primary is thought up; undefined: nobody knows.
+   * A probe that cannot open a session tells `unreachable`: the primary is down for the relay too.
+   */
+  async verify(
+    address: string,
+    primary: HostPort,
+    primaryDown: boolean,
+    session: SessionOptions,
+    unreachable?: (reason: string) => void,
+  ): Promise<Verdict | undefined> {
     const key = address.toLowerCase();
     const cached = this.cache.get(key);
     if (cached || primaryDown) return cached;
     const verdict = await probe(address, primary, session).catch((error: unknown) => {
       this.log.info({ event: 'verify_unavailable', to: address, reason: (error as Error).message }, 'recipient verification: primary did not answer');
+      if (error instanceof PrimaryUnreachable) unreachable?.(error.message);
       return undefined;
     });
     if (verdict) this.cache.set(key, verdict, verdict.ok ? this.options.positiveTtl : this.options.negativeTtl);
