@@ -238,6 +238,7 @@ describe('dsn: straight to the sender domain MX', () => {
     await sendRaw(mx!.port, mail('sender@remote.example', ['alice@d1.example']), message('dead end'));
     await waitFor(() => mx!.logs.some((line) => line.event === 'undeliverable_held'));
     const [dsnId] = mx!.logs.filter((line) => line.event === 'dsn_queued').map((line) => line.dsnId as string);
+    await waitFor(() => queuedEnvelope(mx!.spoolDir, dsnId).held === true); // saved just after the line
     assert.deepEqual(queuedIds(mx!.spoolDir), [dsnId], 'the original is settled; its notice is kept');
     const held = queuedEnvelope(mx!.spoolDir, dsnId);
     assert.equal(held.held, true);
@@ -268,6 +269,7 @@ describe('dsn: straight to the sender domain MX', () => {
     await sendRaw(mx!.port, mail('sender@nowhere.example', ['alice@d1.example']), message('nowhere'));
     await waitFor(() => mx!.logs.some((line) => line.event === 'undeliverable_held'));
     const [held] = queuedIds(mx!.spoolDir);
+    await waitFor(() => queuedEnvelope(mx!.spoolDir, held).held === true);
     assert.match(queuedEnvelope(mx!.spoolDir, held).heldReason!, /5\.1\.2 nowhere\.example: no such domain/);
   });
 });

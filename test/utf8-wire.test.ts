@@ -5,7 +5,7 @@ import { startPostfixPrimary, type PostfixPrimary } from './helpers/postfix.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
 import { ScriptedPrimary } from './helpers/scripted-primary.js';
 import { message, pick, queuedId, SmtpClient } from './helpers/smtp-client.js';
-import { queuedIds, queuedMessage } from './helpers/spool-files.js';
+import { queuedEnvelope, queuedIds, queuedMessage } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 import { UnsafeCommand } from '../src/relay/session.js';
 
@@ -179,8 +179,10 @@ describe('UTF-8 on the wire to the primary', () => {
       });
       const id = await sendUtf8(mx.port, 'j\u00f6ran@sender.test', ['alice@d1.example'], message('bounce of a bounce'));
       await waitFor(() => mx!.logs.some((line) => line.event === 'undeliverable_held'), 10_000);
+      await waitFor(() => queuedIds(mx!.spoolDir).length === 1);
       const [held] = queuedIds(mx.spoolDir);
       assert.ok(held && held !== id, 'the original left the queue once its DSN was queued; the DSN stays');
+      await waitFor(() => queuedEnvelope(mx!.spoolDir, held).held === true); // saved just after the line
       const list = await runCli(['queue', 'list', '--config', mx.file]);
       assert.match(list.stdout, new RegExp(`^${held} .* held `, 'm'));
       assert.match(list.stdout, /no such sender/);
