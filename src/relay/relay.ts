@@ -94,13 +94,19 @@ export class Relay extends EventEmitter {
     );
   }
 
-  /** Indexes the spool; call once before anything else. Interrupted notices are finished as chores, not here. */
+  /**
+   * Indexes the spool; call once before anything else. Interrupted notices are finished as
+   * chores, not here; a notice a crash left written but not settled waits for that chore
+   * (which indexes it when it finds it queued): delivered and removed first, it would be
+   * written again by the chore, and sent twice.
+   */
   async load(): Promise<void> {
     const recovered = this.spool.takeRecovered();
     const { envelopes, unreadable } = recovered ? { envelopes: recovered, unreadable: [] } : await this.spool.list();
     for (const { id, reason } of unreadable) this.log.error({ queueId: id, reason }, 'unreadable envelope, not delivered');
     const now = Date.now();
-    for (const envelope of envelopes) this.schedule.index(envelope, now);
+    const unsettledNotices = new Set(envelopes.flatMap((envelope) => (envelope.notice ? [envelope.notice.id] : [])));
+    for (const envelope of envelopes) if (!unsettledNotices.has(envelope.id)) this.schedule.index(envelope, now);
     this.log.info({ messages: this.schedule.size }, 'relay: queue indexed');
     this.watchPrimaries();
   }
