@@ -9,8 +9,8 @@ import { runCli } from './helpers/cli.js';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
 import { TestDnsServer } from './helpers/dns-server.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
-import { TestRspamd } from './helpers/rspamd.js';
-import { message, pick, queuedId, SmtpClient } from './helpers/smtp-client.js';
+import { useRspamd } from './helpers/rspamd.js';
+import { attempt, message, pick, queuedId, SmtpClient } from './helpers/smtp-client.js';
 import { queuedEnvelope, queuedIds, queuedMessage } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
@@ -24,22 +24,6 @@ async function firstReply(port: number): Promise<{ code: number; enhanced: strin
 
 async function metric(mx: TestDaemon, name: string): Promise<string> {
   return mx.daemon.metrics.registry.getSingleMetricAsString(name);
-}
-
-/** Sends one message; resolves with the reply to the last command sent (MAIL, RCPT or the final dot). */
-async function attempt(port: number, from: string, to: string[], body: string): Promise<{ code: number; enhanced: string; text: string }> {
-  const { client } = await SmtpClient.session(port);
-  try {
-    for (const line of [`MAIL FROM:<${from}>`, ...to.map((rcpt) => `RCPT TO:<${rcpt}>`)]) {
-      const reply = await client.command(line);
-      if (reply.code !== 250) return reply;
-    }
-    const data = await client.command('DATA');
-    if (data.code !== 354) return data;
-    return await client.data(body);
-  } finally {
-    await client.quit();
-  }
 }
 
 describe('screen: DNS lists and the greeting pass (postscreen)', () => {
@@ -246,23 +230,12 @@ describe('screen: with a real primary', () => {
   });
 
   describe('screen: rspamd before the 250', function () {
-    this.timeout(180_000); // on a fresh machine: apt-get install rspamd, then its first start compiles its rules
-    const dns = new TestDnsServer();
-    let rspamd: TestRspamd;
-    before(async () => {
-      await dns.start();
-      rspamd = new TestRspamd(dns.server);
-      await rspamd.start();
-    });
-    after(async () => {
-      await rspamd?.stop();
-      await dns.stop();
-    });
+    const { dns, rspamd } = useRspamd(this);
     const start = (rspamdYaml: string) =>
       startTestDaemon({ primaryPort: primary.port, extra: `dns: { servers: ["${dns.server}"] }\nrelay: { probeInterval: 0.2 }\nrspamd: ${rspamdYaml}` });
 
     it("refuses GTUBE with 550 5.7.1 and rspamd's message, and queues nothing", async () => {
-      mx = await start(`{ url: "${rspamd.url}" }`);
+      mx = await start(`{ url: "${rspamd().url}" }`);
       const gtube = message('gtube', 'XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X');
       const reply = await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], gtube);
       assert.deepEqual(pick(reply), [550, '5.7.1']);
@@ -273,7 +246,7 @@ describe('screen: with a real primary', () => {
     });
 
     it('answers soft reject with 451 4.7.1 and its message, and queues nothing', async () => {
-      mx = await start(`{ url: "${rspamd.url}" }`);
+      mx = await start(`{ url: "${rspamd().url}" }`);
       const reply = await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('SOFTWORD now'));
       assert.deepEqual(pick(reply), [451, '4.7.1']);
       assert.match(reply.text, /Busy, come back later/);
@@ -282,7 +255,7 @@ describe('screen: with a real primary', () => {
 
     it('adds its verdict to a clean message and X-Spam to a spammy one; never bounces the spammy one', async () => {
       primary.rcptReplies.set('bob.smith@d1.example', [550, '5.1.1 no such user']);
-      mx = await start(`{ url: "${rspamd.url}" }`);
+      mx = await start(`{ url: "${rspamd().url}" }`);
       const clean = await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('hello'));
       assert.equal(clean.code, 250, clean.text);
       const cleanMessage = queuedMessage(mx.spoolDir, queuedId(clean.text)).toString('latin1');

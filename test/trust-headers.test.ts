@@ -3,7 +3,7 @@ import { authservId, headerFields, withoutComments } from '../src/receive/header
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
 import { TestDnsServer } from './helpers/dns-server.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
-import { TestRspamd } from './helpers/rspamd.js';
+import { useRspamd } from './helpers/rspamd.js';
 import { queuedId, SmtpClient } from './helpers/smtp-client.js';
 import { queuedEnvelope, queuedIds, storedMessage } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
@@ -202,29 +202,22 @@ describe('trust headers: what claims to be ours is ours alone', () => {
   });
 
   describe('with rspamd', function () {
-    this.timeout(180_000);
-    const dns = new TestDnsServer();
-    let rspamd: TestRspamd;
+    const { dns, rspamd } = useRspamd(this);
     let primary: TestPrimary;
     let mx: TestDaemon | undefined;
     before(async () => {
-      await dns.start();
-      rspamd = new TestRspamd(dns.server);
-      await rspamd.start();
       primary = new TestPrimary(await freePort());
       await primary.start();
     });
     after(async () => {
       await mx?.stop();
       await primary.stop();
-      await rspamd?.stop();
-      await dns.stop();
     });
 
     it("removes the client's X-Spam, X-Spam-* and X-Rspamd-*: our X-Spam: Yes is the only one", async () => {
       mx = await startTestDaemon({
         primaryPort: primary.port,
-        extra: `dns: { servers: ["${dns.server}"] }\nrelay: { probeInterval: 0.2 }\nrspamd: { url: "${rspamd.url}" }`,
+        extra: `dns: { servers: ["${dns.server}"] }\nrelay: { probeInterval: 0.2 }\nrspamd: { url: "${rspamd().url}" }`,
       });
       const body = forgedMessage([...SPAM_FORGED, ...KEPT]).replace('Subject: forged verdicts', 'Subject: cheap SPAMWORD here');
       await send(mx.port, body);

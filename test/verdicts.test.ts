@@ -4,29 +4,12 @@ import type { AddressInfo } from 'node:net';
 import { MAX_ANSWER_BYTES, MAX_RSPAMD_RECIPIENTS, requestHeaders } from '../src/screen/rspamd.js';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
 import { TestDnsServer } from './helpers/dns-server.js';
-import { TestRspamd } from './helpers/rspamd.js';
-import { message, pick, SmtpClient } from './helpers/smtp-client.js';
+import { useRspamd } from './helpers/rspamd.js';
+import { attempt, message, pick, SmtpClient } from './helpers/smtp-client.js';
 import { queuedIds } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
 
 const GTUBE = 'XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X';
-
-/** MAIL, every RCPT, DATA and the body; resolves with the last reply. */
-async function attempt(port: number, to: string[], body: string): Promise<{ code: number; enhanced: string; text: string }> {
-  const { client } = await SmtpClient.session(port);
-  try {
-    client.write([`MAIL FROM:<sender@remote.example>`, ...to.map((rcpt) => `RCPT TO:<${rcpt}>`)].map((line) => `${line}\r\n`).join(''));
-    for (let i = 0; i <= to.length; i++) {
-      const reply = await client.reply();
-      if (reply.code !== 250) return reply;
-    }
-    const data = await client.command('DATA');
-    if (data.code !== 354) return data;
-    return await client.data(body);
-  } finally {
-    await client.quit();
-  }
-}
 
 async function metrics(mx: TestDaemon): Promise<string> {
   return mx.daemon.metrics.registry.metrics();
@@ -40,18 +23,7 @@ describe('verdicts that cannot be bypassed', () => {
   });
 
   describe('rspamd: a request it always takes', function () {
-    this.timeout(180_000);
-    const dns = new TestDnsServer();
-    let rspamd: TestRspamd;
-    before(async () => {
-      await dns.start();
-      rspamd = new TestRspamd(dns.server);
-      await rspamd.start();
-    });
-    after(async () => {
-      await rspamd?.stop();
-      await dns.stop();
-    });
+    const { dns, rspamd } = useRspamd(this);
 
     it('names at most 100 recipients within 32 KB of headers, whatever the envelope', () => {
       const long = (i: number) => `${'a'.repeat(60)}+${i}@${'d'.repeat(60)}.${'e'.repeat(60)}.${'f'.repeat(60)}.example`;
@@ -70,9 +42,9 @@ describe('verdicts that cannot be bypassed', () => {
     });
 
     it('refuses GTUBE sent to 1000 recipients of 64-octet local parts (a Rcpt header each made rspamd hang up, and onFailure: accept queued it)', async () => {
-      mx = await startTestDaemon({ extra: `dns: { servers: ["${dns.server}"] }\nrspamd: { url: "${rspamd.url}", onFailure: accept }` });
+      mx = await startTestDaemon({ extra: `dns: { servers: ["${dns.server}"] }\nrspamd: { url: "${rspamd().url}", onFailure: accept }` });
       const recipients = Array.from({ length: 1000 }, (_, i) => `alice+${'x'.repeat(54)}${String(i).padStart(4, '0')}@d1.example`);
-      const reply = await attempt(mx.port, recipients, message('gtube to many', GTUBE));
+      const reply = await attempt(mx.port, 'sender@remote.example', recipients, message('gtube to many', GTUBE));
       assert.deepEqual(pick(reply), [550, '5.7.1'], reply.text);
       assert.deepEqual(queuedIds(mx.spoolDir), []);
       assert.ok(!mx.logs.some((line) => line.event === 'rspamd_unavailable'));
@@ -111,14 +83,14 @@ describe('verdicts that cannot be bypassed', () => {
       it(`takes ${what} for no verdict: accepted with onFailure: accept, 451 4.7.1 with defer, its own log line and metric`, async () => {
         answer = json(body);
         mx = await startTestDaemon({ extra: `rspamd: { url: "${url}", onFailure: accept }` });
-        const accepted = await attempt(mx.port, ['alice@d1.example'], message('bad answer'));
+        const accepted = await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('bad answer'));
         assert.equal(accepted.code, 250, accepted.text);
         assert.ok(mx.logs.some((line) => line.event === 'rspamd_bad_answer' && line.failure === 'bad_answer'));
         assert.ok(!mx.logs.some((line) => line.event === 'spool_write_failed'));
         assert.match(await metrics(mx), /^secondarymx_rspamd_failures_total\{failure="bad_answer"\} 1$/m);
         await mx.stop();
         mx = await startTestDaemon({ extra: `rspamd: { url: "${url}", onFailure: defer }` });
-        assert.deepEqual(pick(await attempt(mx.port, ['alice@d1.example'], message('bad answer'))), [451, '4.7.1']);
+        assert.deepEqual(pick(await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('bad answer'))), [451, '4.7.1']);
       });
     }
 
@@ -139,7 +111,7 @@ describe('verdicts that cannot be bypassed', () => {
         more();
       };
       mx = await startTestDaemon({ extra: `rspamd: { url: "${url}", onFailure: accept }` });
-      const reply = await attempt(mx.port, ['alice@d1.example'], message('huge answer'));
+      const reply = await attempt(mx.port, 'sender@remote.example', ['alice@d1.example'], message('huge answer'));
       assert.equal(reply.code, 250, reply.text);
       assert.ok(mx.logs.some((line) => line.event === 'rspamd_bad_answer' && /over 1048576 bytes/.test(String(line.reason))));
       await waitFor(() => writtenAtClose > 0);

@@ -3,6 +3,7 @@ import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, write
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from './primary.js';
+import { TestDnsServer } from './dns-server.js';
 import { waitFor } from './wait.js';
 
 const RSPAMD = '/usr/bin/rspamd';
@@ -108,4 +109,25 @@ export class TestRspamd {
     }
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * For a mocha suite: a loopback DNS server and an rspamd resolving through it, started
+ * before its tests and stopped after them (with the time a fresh machine needs to install
+ * rspamd and compile its rules).
+ */
+export function useRspamd(suite: Mocha.Suite): { dns: TestDnsServer; rspamd: () => TestRspamd } {
+  suite.timeout(180_000);
+  const dns = new TestDnsServer();
+  let rspamd: TestRspamd | undefined;
+  suite.beforeAll(async () => {
+    await dns.start();
+    rspamd = new TestRspamd(dns.server);
+    await rspamd.start();
+  });
+  suite.afterAll(async () => {
+    await rspamd?.stop();
+    await dns.stop();
+  });
+  return { dns, rspamd: () => rspamd! };
 }

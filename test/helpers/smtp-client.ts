@@ -176,6 +176,26 @@ export function message(subject: string, body = 'Hello.', extraHeaders: string[]
   ].join('\r\n');
 }
 
+/**
+ * One message, MAIL and the RCPTs pipelined (a thousand recipients are one write); resolves
+ * with the first reply that is not a 250, else with the reply to DATA or to the final dot.
+ */
+export async function attempt(port: number, from: string, to: string[], body: string): Promise<Reply> {
+  const { client } = await SmtpClient.session(port);
+  try {
+    client.write([`MAIL FROM:<${from}>`, ...to.map((rcpt) => `RCPT TO:<${rcpt}>`)].map((line) => `${line}\r\n`).join(''));
+    for (let i = 0; i <= to.length; i++) {
+      const reply = await client.reply();
+      if (reply.code !== 250) return reply;
+    }
+    const data = await client.command('DATA');
+    if (data.code !== 354) return data;
+    return await client.data(body);
+  } finally {
+    await client.quit();
+  }
+}
+
 /** Sends raw commands (to set RFC 3461 parameters) and the body; returns the queue id. */
 export async function sendRaw(port: number, commands: string[], body: string): Promise<string> {
   const { client } = await SmtpClient.session(port);
