@@ -52,7 +52,16 @@ describe('config', () => {
     assert.equal(config.auth.enabled, true);
     assert.deepEqual(config.auth.spf, { fail: 'reject', softfail: 'tag', neutral: 'tag', none: 'tag', temperror: 'tag', permerror: 'tag' });
     assert.deepEqual(config.auth.dmarc, { reject: 'reject', quarantine: 'tag', none: 'tag' });
-    assert.deepEqual(config.verify, { enabled: true, positiveTtl: 31 * 86400, negativeTtl: 3 * 3600, timeout: 10 });
+    assert.deepEqual(config.verify, {
+      enabled: true,
+      positiveTtl: 31 * 86400,
+      negativeTtl: 3 * 3600,
+      timeout: 10,
+      unverifiable: 'defer',
+      concurrency: 2,
+      maxPerSecond: 20,
+      perClientPerMinute: 60,
+    });
     assert.equal(config.rspamd, undefined);
     assert.deepEqual(parseConfig('primary: { host: x }\nsources: [{ name: a, type: file, path: x }]\n', '/x.yaml').dns, {});
     assert.deepEqual(config.sync, { schedule: '*/10 * * * *', maxShrink: 25, shrinkFloor: 10, staleAfter: 21600 });

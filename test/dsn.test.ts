@@ -135,14 +135,24 @@ describe('dsn: bounces through a smarthost', () => {
     assert.ok(mx.logs.some((line) => line.queueId === id && line.event === 'dsn_queued' && line.action === 'failed'));
   });
 
-  it('returns the whole original with RET=FULL', async () => {
-    await primary.start();
-    primary.rcptReplies.set('alice@d1.example', [550, '5.1.1 no such user']);
-    mx = await start();
-    await sendRaw(mx.port, mail('sender@remote.example', ['alice@d1.example'], { mail: 'RET=FULL' }), message('full', 'The body comes back.'));
-    await waitFor(() => smarthost.received.length === 1);
-    const dsn = await parseDsn(smarthost.received[0]);
-    assert.match(dsn.returned, /The body comes back\./);
+  it('returns the whole original with RET=FULL to a sender whose SPF passed, the headers only to one whose SPF did not', async () => {
+    const dns = new TestDnsServer();
+    await dns.start();
+    dns.zones.set('remote.example', { txt: ['v=spf1 ip4:127.0.0.1 -all'] });
+    try {
+      await primary.start();
+      primary.rcptReplies.set('alice@d1.example', [550, '5.1.1 no such user']);
+      mx = await start('', `dns: { servers: ["${dns.server}"] }`);
+      await sendRaw(mx.port, mail('sender@remote.example', ['alice@d1.example'], { mail: 'RET=FULL' }), message('full', 'The body comes back.'));
+      await sendRaw(mx.port, mail('sender@unchecked.example', ['alice@d1.example'], { mail: 'RET=FULL' }), message('none', 'The body stays here.'));
+      await waitFor(() => smarthost.received.length === 2);
+      const [passed, none] = ['sender@remote.example', 'sender@unchecked.example'].map((to) => smarthost.received.find((r) => r.to[0] === to)!);
+      assert.match((await parseDsn(passed)).returned, /The body comes back\./);
+      assert.match(none.data.toString('latin1'), /text\/rfc822-headers/);
+      assert.doesNotMatch(none.data.toString('latin1'), /The body stays here/);
+    } finally {
+      await dns.stop();
+    }
   });
 
   it('fails what is still undelivered after relay.queueLifetime with 5.4.7, and removes it', async () => {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -67,15 +67,40 @@ describe('state files in the spool: caches read as what they must be', () => {
     assert.equal(store.get('c199999'), undefined);
   });
 
+  it('appends changes as lines, rewrites the file once it has doubled, and reads it back (a torn last line skipped)', async () => {
+    const { log } = capture();
+    mkdirSync(join(dir, 'tmp')); // where the spool's rewrites are made
+    const store = new ExpiringStore<number>(dir, 'log', log);
+    const lines = () => readFileSync(join(dir, 'log.json'), 'utf8').split('\n').filter(Boolean).length;
+    const round = async (n: number) => {
+      for (let i = 0; i < 1000; i++) store.set(`k${i}`, n * 1000 + i, 3600);
+      await store.save();
+    };
+    await round(0);
+    assert.equal(lines(), 1000);
+    await round(1);
+    assert.equal(lines(), 2000, 'appended');
+    await round(2);
+    assert.equal(lines(), 1000, 'past twice the cache: rewritten with the live entries');
+    for (let i = 0; i < 10; i++) store.set(`new${i}`, i, 3600);
+    await store.save();
+    writeFileSync(join(dir, 'log.json'), `${readFileSync(join(dir, 'log.json'), 'utf8')}{"k":"torn","u":`);
+    const again = new ExpiringStore<number>(dir, 'log', log);
+    assert.equal(again.size, 1010);
+    assert.equal(again.get('k999'), 2999);
+    assert.equal(again.get('new9'), 9);
+  });
+
   it('refuses a file larger than 100,000 entries can be, and one of the wrong shape', () => {
     const { lines, log } = capture();
-    writeFileSync(join(dir, 'big.json'), `{"a":{"until":1,"value":"${'x'.repeat(100 * 1024 * 1024)}"}}`);
+    writeFileSync(join(dir, 'big.json'), '');
+    truncateSync(join(dir, 'big.json'), 205 * 1000 * 1024); // sparse: refused by its size, before any read
     assert.equal(new ExpiringStore(dir, 'big', log).size, 0);
     writeFileSync(join(dir, 'list.json'), '[1,2,3]');
     assert.equal(new ExpiringStore(dir, 'list', log).size, 0);
     assert.deepEqual(
       lines.map((line) => line.reason),
-      ['104857628 bytes, over the 102400000 a valid one can have', 'not a JSON object'],
+      ['209920000 bytes, over the 204800000 a valid one can have', 'not a JSON object'],
     );
   });
 });

@@ -297,6 +297,18 @@ const verify = z.strictObject({
   negativeTtl: duration.default(3 * 3600),
   /** Seconds for the probe (connection and each reply): RCPT waits that long at most. */
   timeout: seconds.default(10),
+  /**
+   * An address nobody can vouch for (not cached, and the primary down or not answering the
+   * probe): defer (450 4.1.1, the sender retries and reaches the primary once it is back),
+   * or accept (a 5xx from the primary later becomes a DSN to a sender that may be forged).
+   */
+  unverifiable: z.enum(['defer', 'accept']).default('defer'),
+  /** Sessions open to each primary for probes at most (reused, RSET between probes). */
+  concurrency: positiveInt.default(2),
+  /** Probes per second to each primary at most; a probe that cannot start within verify.timeout is unverifiable. */
+  maxPerSecond: positiveInt.default(20),
+  /** Probes one client may cause per minute; past that its unknown addresses are unverifiable, without a probe. */
+  perClientPerMinute: positiveInt.default(60),
 });
 
 const dns = z.strictObject({

@@ -64,6 +64,11 @@ export class Metrics {
     labelNames: ['reason'],
     registers: [this.registry],
   });
+  readonly dsnUnauthenticated = new Counter({
+    name: 'secondarymx_dsn_unauthenticated_total',
+    help: 'DSNs queued to a sender whose SPF did not pass (or was not checked): possible backscatter, sent with headers only',
+    registers: [this.registry],
+  });
   readonly relayHeld = new Counter({
     name: 'secondarymx_relay_held_total',
     help: 'Messages the relay held because it could not process them (see "queue list"; release once fixed)',

@@ -55,7 +55,8 @@ export async function composeNotice(input: NoticeInput): Promise<Buffer> {
   });
   root.createChild('text/plain; charset=utf-8').setContent(humanText(input, original?.subject));
   root.createChild('message/delivery-status').setContent(deliveryStatus(input));
-  const full = envelope.dsn?.ret === 'FULL' && deliveredSize(envelope) <= input.maxReturnSize;
+  // A sender whose SPF did not pass may be forged: it gets the headers only, whatever it asked (no spam carried back).
+  const full = envelope.dsn?.ret === 'FULL' && envelope.senderSpf === 'pass' && deliveredSize(envelope) <= input.maxReturnSize;
   if (!original) return root.build(); // RFC 6522: the third part is optional
   if (full) root.createChild('message/rfc822').setContent(input.openOriginal());
   else root.createChild('text/rfc822-headers').setContent(original.headerBlock);

@@ -5,29 +5,8 @@ import { newQueueId } from '../spool/queue-id.js';
 import type { Spool } from '../spool/spool.js';
 import type { Metrics } from '../control/metrics.js';
 import { domainOf, isAscii } from '../mail/address.js';
+import { WindowRate } from '../rate/window.js';
 import { composeNotice, type NoticeAction, type NoticeInput } from './compose.js';
-
-/** Counts per key over the last hour (one timestamp per event; keys whose events are all older are dropped). */
-class HourlyRate {
-  private readonly events = new Map<string, number[]>();
-  private lastSweep = 0;
-
-  allow(key: string, limit: number, now = Date.now()): boolean {
-    const recent = (this.events.get(key) ?? []).filter((at) => at > now - 3600_000);
-    // Past 10,000 keys, drop the stale ones, at most once a minute (not on every call of a DSN burst).
-    if (this.events.size > 10_000 && now - this.lastSweep > 60_000) {
-      this.lastSweep = now;
-      for (const [other, times] of this.events) if (times.every((at) => at <= now - 3600_000)) this.events.delete(other);
-    }
-    if (recent.length >= limit) {
-      this.events.set(key, recent);
-      return false;
-    }
-    recent.push(now);
-    this.events.set(key, recent);
-    return true;
-  }
-}
 
 /**
  * Turns failed (or long-delayed) recipients into a DSN queued in the spool, only
@@ -36,7 +15,7 @@ class HourlyRate {
  * the envelope afterwards.
  */
 export class Notifier {
-  private readonly rate = new HourlyRate();
+  private readonly rate = new WindowRate(3600_000);
 
   constructor(
     private config: Config,
@@ -149,6 +128,8 @@ export class Notifier {
       client: { address: '127.0.0.1', helo: this.config.hostname },
       kind: 'dsn',
     });
+    // The backscatter that remains by the operator's choice (verify.unverifiable: accept, SPF tagged): counted.
+    if (envelope.senderSpf !== 'pass') this.metrics?.dsnUnauthenticated.inc();
     this.log.info(
       { event: 'dsn_queued', queueId: envelope.id, dsnId: dsn.id, action: notice.action, to: envelope.sender, recipients: notice.recipients },
       `DSN queued (${notice.action})`,

@@ -11,6 +11,17 @@ export class UnusableStateFile extends Error {}
  * must not reach the log).
  */
 export function readStateFile(path: string, maxBytes: number): unknown {
+  const text = readStateText(path, maxBytes);
+  if (text === undefined) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new UnusableStateFile('not JSON'); // V8's message quotes the text
+  }
+}
+
+/** readStateFile's checks, the text as it is (UTF-8). */
+export function readStateText(path: string, maxBytes: number): string | undefined {
   let fd: number;
   try {
     fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
@@ -30,11 +41,7 @@ export function readStateFile(path: string, maxBytes: number): unknown {
     } catch (error) {
       throw new UnusableStateFile(`cannot be read (${(error as NodeJS.ErrnoException).code})`);
     }
-    try {
-      return JSON.parse(buffer.toString('utf8', 0, read));
-    } catch {
-      throw new UnusableStateFile('not JSON'); // V8's message quotes the text
-    }
+    return buffer.toString('utf8', 0, read);
   } finally {
     closeSync(fd);
   }

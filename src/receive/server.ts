@@ -61,6 +61,7 @@ interface ContentVerdict {
   reason?: string;
   addedHeaders?: string;
   noBounce?: Envelope['noBounce'];
+  senderSpf?: string;
   /** Results for the message's summary line. */
   report?: Record<string, unknown>;
 }
@@ -436,7 +437,8 @@ export class ReceiveServer {
   /**
    * After the directory said yes: 451 4.7.1 while the primary has been seen up for
    * screen.deferWhilePrimaryUp (opt-in), and for a domain without an address list, the
-   * primary's own answer to an RCPT probe (cached; the cache alone while it is down).
+   * primary's own answer to an RCPT probe (cached; the cache alone while it is down); an
+   * address nobody can vouch for is deferred (450 4.1.1) unless verify.unverifiable is accept.
    */
   private async screenRecipient(address: string, source: string, listed: boolean, session: SMTPServerSession): Promise<void> {
     const { screens, primaryOf } = this.options;
@@ -454,12 +456,19 @@ export class ReceiveServer {
       commandTimeout: verify.timeout,
       ...(primary.address.tls ? { verify: primary.address.tls } : {}),
     };
-    const verdict = await screens.verifier.verify(address, primary.address, primary.down, options, (reason) =>
+    const client = this.sessions.get(session.id)?.client ?? session.remoteAddress;
+    const verdict = await screens.verifier.verify(address, primary.address, primary.down, options, client, (reason) =>
       this.options.primaryUnreachable?.(source, reason),
     );
-    this.screened('verify', verdict === undefined ? 'unavailable' : verdict.ok ? 'pass' : 'reject', { client: session.remoteAddress, to: address });
-    if (verdict && !verdict.ok)
-      throw new SmtpReply(550, '5.1.1', `<${address}>: recipient address rejected: the primary says: ${verdict.reply ?? 'user unknown'}`);
+    if ('unverifiable' in verdict) {
+      // Postfix's unverified_recipient_tempfail_action: the sender keeps the message and retries.
+      const defer = verify.unverifiable === 'defer';
+      this.screened('verify', defer ? 'defer' : 'unavailable', { client: session.remoteAddress, to: address, reason: verdict.unverifiable });
+      if (defer) throw new SmtpReply(450, '4.1.1', `<${address}>: Recipient address rejected: unverified address: ${verdict.unverifiable}`);
+      return;
+    }
+    this.screened('verify', verdict.ok ? 'pass' : 'reject', { client: session.remoteAddress, to: address });
+    if (!verdict.ok) throw new SmtpReply(550, '5.1.1', `<${address}>: recipient address rejected: the primary says: ${verdict.reply ?? 'user unknown'}`);
   }
 
   /**
@@ -518,7 +527,8 @@ export class ReceiveServer {
         }
       }
     }
-    return { ...(headers ? { addedHeaders: headers } : {}), ...(noBounce ? { noBounce } : {}), report };
+    const senderSpf = typeof report.spf === 'string' ? report.spf : undefined;
+    return { ...(headers ? { addedHeaders: headers } : {}), ...(noBounce ? { noBounce } : {}), ...(senderSpf ? { senderSpf } : {}), report };
   }
 
   /** Streams DATA into the spool; resolves with the 250 text once the message is durable. */
@@ -620,6 +630,7 @@ export class ReceiveServer {
         ...(screened.addedHeaders ? { addedHeaders: screened.addedHeaders } : {}),
         ...(removedHeaders.length > 0 ? { removedHeaders } : {}),
         ...(screened.noBounce ? { noBounce: screened.noBounce } : {}),
+        ...(screened.senderSpf ? { senderSpf: screened.senderSpf } : {}),
       })
       .catch((error: unknown) => {
         log.error({ err: error, queueId: queued.id }, 'spool: commit failed, message not queued');

@@ -49,11 +49,13 @@ export class EdgeScreens {
       },
     );
     this.auth = auth.enabled ? new SenderAuth(auth, config.hostname, cachingResolve(screenResolver(dns.servers, auth.dnsTimeout))) : undefined;
+    this.verifier?.close(); // its probe sessions: the new one opens its own, with the new settings
     this.verifier = new RecipientVerifier(this.verdicts, verify, this.log);
   }
 
-  /** Writes the caches (at shutdown). */
+  /** Closes the probe sessions and writes the caches (at shutdown). */
   async save(): Promise<void> {
+    this.verifier.close();
     await Promise.all([this.passes.save(), this.verdicts.save()]);
   }
 }

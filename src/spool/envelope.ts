@@ -44,6 +44,8 @@ export interface Envelope {
    * them (Spool.openMessage), so the file is never rewritten.
    */
   removedHeaders?: Array<[number, number]>;
+  /** The SPF result of MAIL FROM, when it was checked: a DSN returns the whole message (RET=FULL) only after a pass. */
+  senderSpf?: string;
   /** Why no DSN may go to the sender (it is likely forged): its SPF failed, or the message was scored as spam. */
   noBounce?: 'spf-fail' | 'spam';
   bodyType: '7bit' | '8bitmime';

@@ -35,6 +35,8 @@ export class TestPrimary {
   /** Wait this long before answering the final dot. */
   dataDelayMs = 0;
   connections = 0;
+  /** Every RCPT address asked, in order (RCPT probes included). */
+  readonly rcptCommands: string[] = [];
   /** Most connections open at once. */
   peakConnections = 0;
   private open = 0;
@@ -71,6 +73,7 @@ export class TestPrimary {
         callback();
       },
       onRcptTo: (address, _session, callback) => {
+        this.rcptCommands.push(address.address);
         const forced = this.rcptReplies.get(address.address.toLowerCase());
         callback(forced ? Object.assign(new Error(forced[1]), { responseCode: forced[0] }) : undefined);
       },

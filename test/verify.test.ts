@@ -1,0 +1,143 @@
+import assert from 'node:assert/strict';
+import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
+import { startPostfixPrimary, type PostfixPrimary } from './helpers/postfix.js';
+import { freePort, TestPrimary } from './helpers/primary.js';
+import { message, pick, SmtpClient, type Reply } from './helpers/smtp-client.js';
+import { queuedIds } from './helpers/spool-files.js';
+import { waitFor } from './helpers/wait.js';
+
+/** One session: MAIL, then each RCPT one by one; the RCPT replies. */
+async function rcpts(port: number, from: string, to: string[]): Promise<Reply[]> {
+  const { client } = await SmtpClient.session(port);
+  try {
+    await client.command(`MAIL FROM:<${from}>`);
+    const replies: Reply[] = [];
+    for (const address of to) replies.push(await client.command(`RCPT TO:<${address}>`));
+    return replies;
+  } finally {
+    await client.quit();
+  }
+}
+
+describe('recipient verification: no backscatter, and a callahead that never hammers the primary', () => {
+  let mx: TestDaemon | undefined;
+  afterEach(async () => {
+    await mx?.stop();
+    mx = undefined;
+  });
+
+  describe('against a real Postfix primary on virtual mailboxes', function () {
+    this.timeout(60_000);
+    let postfix: PostfixPrimary;
+    before(async () => {
+      postfix = await startPostfixPrimary(['real@d3.example', 'other@d3.example']);
+    });
+    after(() => postfix.remove());
+
+    it('refuses the unknown while it is up, uses its cache while it is down, and defers the uncached then', async () => {
+      mx = await startTestDaemon({ primaryPort: postfix.port, extra: 'relay: { probeInterval: 60 }' });
+      const up = await rcpts(mx.port, 's@remote.example', ['real@d3.example', 'nobody@d3.example']);
+      assert.equal(up[0].code, 250, up[0].lines.join(' '));
+      assert.deepEqual(pick(up[1]), [550, '5.1.1']);
+      assert.match(up[1].text, /User unknown in virtual mailbox table/);
+      await postfix.stop();
+      const down = await rcpts(mx.port, 's@remote.example', ['other@d3.example', 'real@d3.example', 'nobody@d3.example', 'new@d3.example']);
+      assert.deepEqual(pick(down[0]), [450, '4.1.1'], 'uncached, the primary gone: nobody can tell');
+      assert.equal(down[1].code, 250, 'the primary said yes once: kept for verify.positiveTtl');
+      assert.deepEqual(pick(down[2]), [550, '5.1.1'], 'the primary said no: kept for verify.negativeTtl');
+      assert.deepEqual(pick(down[3]), [450, '4.1.1']);
+      assert.match(down[3].text, /unverified address: the primary MX is down/);
+    });
+  });
+
+  describe('forged senders while the primary is down', () => {
+    let primary: TestPrimary;
+    let smarthost: TestPrimary;
+    beforeEach(async () => {
+      primary = new TestPrimary(await freePort());
+      smarthost = new TestPrimary(await freePort());
+      await smarthost.start();
+    });
+    afterEach(async () => {
+      await primary.stop();
+      await smarthost.stop();
+    });
+    const forged = (i: number) => `forged${i}@spam${i}.example`;
+    const dsnTo = `dsn: { relay: { host: 127.0.0.1, port: ${0} } }`;
+
+    it('defers every uncached address of a domain without a list (450 4.1.1): nothing accepted, no DSN', async () => {
+      mx = await startTestDaemon({ primaryPort: primary.port, extra: `relay: { probeInterval: 0.2 }\n${dsnTo.replace('0 }', `${smarthost.port} }`)}` });
+      for (let i = 0; i < 100; i++) {
+        const [reply] = await rcpts(mx.port, forged(i), [`victim${i}@d3.example`]);
+        assert.deepEqual(pick(reply), [450, '4.1.1'], `message ${i}: ${reply.text}`);
+      }
+      assert.deepEqual(queuedIds(mx.spoolDir), []);
+      for (let i = 0; i < 100; i++) primary.rcptReplies.set(`victim${i}@d3.example`, [550, '5.1.1 no such user']);
+      await primary.start();
+      await waitFor(() => mx!.logs.some((line) => line.event === 'primary_up'));
+      assert.equal(smarthost.received.length, 0);
+    });
+
+    it('with verify.unverifiable: accept, counts every DSN to an unauthenticated sender, and returns headers only', async () => {
+      mx = await startTestDaemon({
+        primaryPort: primary.port,
+        extra: `relay: { probeInterval: 0.2 }\nverify: { unverifiable: accept }\n${dsnTo.replace('0 }', `${smarthost.port} }`)}`,
+      });
+      const spam = message('buy now', 'SPAM BODY '.repeat(200));
+      for (let i = 0; i < 10; i++) {
+        const { client } = await SmtpClient.session(mx.port);
+        for (const line of [`MAIL FROM:<${forged(i)}> RET=FULL`, `RCPT TO:<victim${i}@d3.example>`, 'DATA']) await client.command(line);
+        assert.equal((await client.data(spam)).code, 250);
+        await client.quit();
+        primary.rcptReplies.set(`victim${i}@d3.example`, [550, '5.1.1 no such user']);
+      }
+      await primary.start();
+      await waitFor(() => smarthost.received.length === 10, 10_000);
+      for (const dsn of smarthost.received) {
+        const text = dsn.data.toString('latin1');
+        assert.match(text, /text\/rfc822-headers/);
+        assert.doesNotMatch(text, /SPAM BODY/, 'the spam is not carried back');
+      }
+      const metrics = await mx.daemon.metrics.registry.metrics();
+      assert.match(metrics, /^secondarymx_dsn_unauthenticated_total 10$/m);
+    });
+  });
+
+  describe('the probes', () => {
+    let primary: TestPrimary;
+    beforeEach(async () => {
+      primary = new TestPrimary(await freePort());
+      await primary.start();
+    });
+    afterEach(() => primary.stop());
+
+    it('go through verify.concurrency reused sessions, and one probe answers every client asking the same address', async () => {
+      mx = await startTestDaemon({
+        primaryPort: primary.port,
+        extra: 'verify: { concurrency: 2, maxPerSecond: 1000, perClientPerMinute: 1000 }\nlimits: { connectionsPerClient: 100 }',
+      });
+      const addresses = Array.from({ length: 50 }, (_, i) => `user${i}@d3.example`);
+      const sessions = await Promise.all(Array.from({ length: 10 }, () => rcpts(mx!.port, 's@remote.example', addresses)));
+      assert.ok(sessions.flat().every((reply) => reply.code === 250));
+      assert.ok(primary.peakConnections <= 2, `${primary.peakConnections} probe sessions at once`);
+      assert.ok(primary.connections <= 4, `${primary.connections} probe sessions opened in all (reused, RSET between probes)`);
+      assert.equal(new Set(primary.rcptCommands).size, 50);
+      assert.equal(primary.rcptCommands.length, 50, 'each address asked once');
+    });
+
+    it('past verify.perClientPerMinute, defers a client’s unknown addresses without a probe', async () => {
+      mx = await startTestDaemon({ primaryPort: primary.port, extra: 'verify: { perClientPerMinute: 5 }' });
+      const replies = await rcpts(
+        mx.port,
+        's@remote.example',
+        Array.from({ length: 8 }, (_, i) => `dict${i}@d3.example`),
+      );
+      assert.deepEqual(
+        replies.map((reply) => reply.code),
+        [250, 250, 250, 250, 250, 450, 450, 450],
+      );
+      assert.match(replies[5].text, /too many unverified addresses from your address/);
+      assert.equal(primary.rcptCommands.length, 5);
+    });
+  });
+});
