@@ -1,7 +1,7 @@
 /*
  * `npm run bench`: every benchmark on loopback against the built daemon; one line per
  * figure, and bench/last-run.json for comparison across commits.
- * BENCH_ONLY=inspect|accept|relay|sync|memory runs one group.
+ * BENCH_ONLY=inspect|accept|relay|sync|memory|verify runs one group.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { acceptBenchmarks } from './accept.js';
@@ -10,6 +10,7 @@ import { inspectBenchmarks } from './inspect.js';
 import { memoryBenchmarks } from './memory.js';
 import { relayBenchmarks } from './relay.js';
 import { syncBenchmarks } from './sync.js';
+import { verifyBenchmarks } from './verify.js';
 
 const groups: Record<string, (report: (figure: Figure) => void) => Promise<void>> = {
   inspect: inspectBenchmarks,
@@ -17,6 +18,7 @@ const groups: Record<string, (report: (figure: Figure) => void) => Promise<void>
   relay: relayBenchmarks,
   sync: syncBenchmarks,
   memory: memoryBenchmarks,
+  verify: verifyBenchmarks,
 };
 
 /*
