@@ -136,9 +136,7 @@ export async function verifyBenchmarks(report: Report): Promise<void> {
 
 /** A 100,000-entry cache (a log on disk) under 100 RCPT/s of new addresses for 10 s: the bytes the daemon writes per second. */
 async function cacheWriteCost(report: Report, primary: TestPrimary): Promise<void> {
-  const { dir, file } = writeTestConfig(
-    withPrimary(baseConfig(`verify: { maxPerSecond: 1000, perClientPerMinute: 100000 }\n${FLOOD_LIMITS}`), primary.port),
-  );
+  const { dir, file } = writeTestConfig(withPrimary(baseConfig(`verify: { maxPerSecond: 1000, perClientPerMinute: 100000 }\n${FLOOD_LIMITS}`), primary.port));
   removeAfterRun(dir);
   const until = Date.now() + 30 * 86400_000;
   const lines = Array.from({ length: 100_000 }, (_, i) => `${JSON.stringify({ k: `known${i}@d3.example`, u: until, v: { ok: true } })}\n`);
