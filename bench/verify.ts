@@ -125,6 +125,12 @@ export async function verifyBenchmarks(report: Report): Promise<void> {
     report({ name: "probe flood: another client's command round trip p50", value: percentile(roundTrips, 50), unit: 'ms', parameters });
     report({ name: "probe flood: another client's command round trip p99", value: percentile(roundTrips, 99), unit: 'ms', parameters });
     report({ name: "probe flood: another client's command round trip max", value: Math.max(...roundTrips), unit: 'ms', parameters });
+    report({
+      name: "probe flood: another client's commands over 100 ms",
+      value: roundTrips.filter((ms) => ms > 100).length,
+      unit: 'commands',
+      parameters: { ...parameters, of: roundTrips.length },
+    });
     for (const client of [...clients, legit]) client.close();
   } finally {
     daemon.child.kill('SIGTERM');
