@@ -81,12 +81,7 @@ function wchar(pid: number): number {
 export async function verifyBenchmarks(report: Report): Promise<void> {
   const primary = new TestPrimary(await freePort());
   await primary.start();
-  const probeTimes: number[] = [];
-  const original = primary.rcptCommands.push.bind(primary.rcptCommands);
-  primary.rcptCommands.push = (...items: string[]) => {
-    for (let i = 0; i < items.length; i++) probeTimes.push(Date.now());
-    return original(...items);
-  };
+  const probeTimes = primary.rcptTimes;
   const { dir, file } = writeTestConfig(withPrimary(baseConfig(FLOOD_LIMITS), primary.port));
   removeAfterRun(dir);
   const daemon = await spawnDaemon(file);

@@ -486,6 +486,7 @@ export class ReceiveServer {
     const sender = senderOf(session);
     let headers = '';
     let noBounce: Envelope['noBounce'];
+    let senderSpf: string | undefined;
     if (screens.auth) {
       const spf = admitted?.spf ?? (await screens.auth.checkSpf(sender, session.remoteAddress, helo));
       const checked = await screens.auth.checkMessage(inspector.unsignedHeader ?? (await message.readBack()), sender, spf);
@@ -495,6 +496,7 @@ export class ReceiveServer {
       if (checked.reply) return { refusal: checked.reply, reason: refusalReason(checked.reply.enhancedCode), report };
       headers += checked.headers;
       if (checked.spf === 'fail') noBounce = 'spf-fail';
+      senderSpf = checked.spf;
     }
     const rspamd = config.rspamd;
     if (rspamd) {
@@ -527,7 +529,6 @@ export class ReceiveServer {
         }
       }
     }
-    const senderSpf = typeof report.spf === 'string' ? report.spf : undefined;
     return { ...(headers ? { addedHeaders: headers } : {}), ...(noBounce ? { noBounce } : {}), ...(senderSpf ? { senderSpf } : {}), report };
   }
 

@@ -37,6 +37,8 @@ export class TestPrimary {
   connections = 0;
   /** Every RCPT address asked, in order (RCPT probes included). */
   readonly rcptCommands: string[] = [];
+  /** When each of them came (epoch ms). */
+  readonly rcptTimes: number[] = [];
   /** Most connections open at once. */
   peakConnections = 0;
   private open = 0;
@@ -74,6 +76,7 @@ export class TestPrimary {
       },
       onRcptTo: (address, _session, callback) => {
         this.rcptCommands.push(address.address);
+        this.rcptTimes.push(Date.now());
         const forced = this.rcptReplies.get(address.address.toLowerCase());
         callback(forced ? Object.assign(new Error(forced[1]), { responseCode: forced[0] }) : undefined);
       },
