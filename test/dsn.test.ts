@@ -285,8 +285,13 @@ describe('dsn: straight to the sender domain MX', () => {
 });
 
 describe('dsn: crash between queuing a DSN and settling the message', () => {
-  for (const dsnAlreadyWritten of [false, true]) {
-    it(`sends exactly one DSN after restart (${dsnAlreadyWritten ? 'DSN written, message not yet settled' : 'notice recorded, DSN not yet written'})`, async () => {
+  for (const [dsnAlreadyWritten, originalBusy] of [
+    [false, false],
+    [true, false],
+    [true, true],
+  ]) {
+    const state = dsnAlreadyWritten ? 'DSN written, message not yet settled' : 'notice recorded, DSN not yet written';
+    it(`sends exactly one DSN after restart (${state}${originalBusy ? ', the message busy meanwhile' : ''})`, async () => {
       const smarthost = new TestPrimary(await freePort());
       await smarthost.start();
       const { dir, file } = writeTestConfig(withPrimary(baseConfig(`dsn: { relay: { host: 127.0.0.1, port: ${smarthost.port} } }`), await freePort()));
@@ -306,8 +311,8 @@ describe('dsn: crash between queuing a DSN and settling the message', () => {
         envelope.recipients[0] = { ...envelope.recipients[0], state: 'failed', reply: '550 5.1.1 no such user' };
         envelope.notice = { id: noticeId, action: 'failed', recipients: ['alice@d1.example'] };
         writeFileSync(envelopeFile, JSON.stringify(envelope));
+        const spool = await Spool.forDelivery(spoolDir);
         if (dsnAlreadyWritten) {
-          const spool = await Spool.forDelivery(spoolDir);
           await spool.enqueue(noticeId, Buffer.from('Subject: the DSN written before the crash\r\n\r\nx\r\n'), {
             arrival: new Date().toISOString(),
             sender: '',
@@ -318,7 +323,15 @@ describe('dsn: crash between queuing a DSN and settling the message', () => {
             kind: 'dsn',
           });
         }
+        // Another process holds the original: its notice cannot be settled until that lets go. The DSN
+        // must wait too: sent and removed first, the notice would write it again (and send it twice).
+        if (originalBusy) assert.ok(await spool.locks.lock(id));
         const second = await spawnDaemon(file);
+        if (originalBusy) {
+          await waitFor(() => second.logs.some((line) => line.msg === 'relay: queue indexed'));
+          await waitFor(() => smarthost.received.length > 0, 1500).catch(() => undefined); // the DSN went out here before
+          await spool.locks.unlock(id);
+        }
         await waitFor(() => smarthost.received.length >= 1 && queuedIds(spoolDir).length === 0, 8000);
         await new Promise((resolve) => setTimeout(resolve, 500));
         second.child.kill('SIGTERM');
