@@ -125,6 +125,20 @@ describe('recipient verification: no backscatter, and a callahead that never ham
       assert.equal(primary.rcptCommands.length, 50, 'each address asked once');
     });
 
+    it('reach the primary at most verify.maxPerSecond in any second, however long a session takes to open', async () => {
+      mx = await startTestDaemon({
+        primaryPort: primary.port,
+        extra: 'verify: { concurrency: 2, maxPerSecond: 5, perClientPerMinute: 1000 }\nlimits: { connectionsPerClient: 100 }',
+      });
+      const sessions = await Promise.all(Array.from({ length: 8 }, (_, i) => rcpts(mx!.port, 's@remote.example', [`paced${i}@d3.example`])));
+      assert.ok(sessions.flat().every((reply) => reply.code === 250));
+      const times = primary.rcptTimes;
+      assert.equal(times.length, 8);
+      // Counted where they arrive; 10 ms of the window left for the loopback's own jitter.
+      const busiest = Math.max(...times.map((at) => times.filter((other) => other >= at && other < at + 990).length));
+      assert.ok(busiest <= 5, `${busiest} probes within a second at the primary: ${times.map((at) => at - times[0]).join(' ')}`);
+    });
+
     it('past verify.perClientPerMinute, defers a client’s unknown addresses without a probe', async () => {
       mx = await startTestDaemon({ primaryPort: primary.port, extra: 'verify: { perClientPerMinute: 5 }' });
       const replies = await rcpts(

@@ -14,7 +14,7 @@ export interface VerifyOptions {
   timeout: number;
   /** Probe sessions open to one primary at most. */
   concurrency: number;
-  /** Probes started per second to one primary at most. */
+  /** Probes sent per second to one primary at most. */
   maxPerSecond: number;
   /** Probes one client may cause per minute. */
   perClientPerMinute: number;
@@ -120,13 +120,14 @@ interface Job {
   deadline: number;
 }
 
-/** The probe sessions to one primary: at most `concurrency`, reused, started at most `maxPerSecond`. */
+/** The probe sessions to one primary: at most `concurrency`, reused, probes sent at most `maxPerSecond`. */
 export class ProbePool {
   private readonly idle: Array<{ session: SmtpSession; timer: NodeJS.Timeout }> = [];
   private readonly queue: Job[] = [];
   /** Sessions open or being opened. */
   private sessions = 0;
-  private nextStart = 0;
+  /** Epoch ms before which no probe is sent. */
+  private nextSend = 0;
   private wake: NodeJS.Timeout | undefined;
   private closed = false;
   /** Most sessions open at once (for the benchmark). */
@@ -166,11 +167,6 @@ export class ProbePool {
         job.resolve(undefined); // waited its whole timeout for a turn
         continue;
       }
-      if (now < this.nextStart) {
-        this.wake = setTimeout(() => this.pump(), this.nextStart - now);
-        return;
-      }
-      this.nextStart = Math.max(now, this.nextStart) + 1000 / this.options.maxPerSecond;
       this.queue.shift();
       this.run(job).catch((error: unknown) => job.reject(error)); // run() settles the job itself; this is for its own faults
     }
@@ -188,13 +184,13 @@ export class ProbePool {
       session ??= await SmtpSession.open(this.primary, this.sessionOptions);
       let verdict: { verdict: Verdict | undefined; clean: boolean };
       try {
-        verdict = await probeOn(session, job.address);
+        verdict = await this.paced(session, job);
       } catch (error) {
         if (!(error instanceof SessionLost) || !reused) throw error;
         // The primary closed a session that sat idle: one fresh session gets the question.
         reused = undefined;
         session = await SmtpSession.open(this.primary, this.sessionOptions);
-        verdict = await probeOn(session, job.address);
+        verdict = await this.paced(session, job);
       }
       job.resolve(verdict.verdict);
       if (verdict.clean && session.usable && !this.closed) return this.keep(session);
@@ -205,6 +201,20 @@ export class ProbePool {
     }
     this.sessions--;
     this.pump();
+  }
+
+  /**
+   * The probe on `session` once its turn comes: turns are spaced 1/maxPerSecond apart when
+   * the probe is sent, not when its session was asked for (a session's opening takes
+   * varying time, and two probes spaced at their start reached the primary 1 ms apart).
+   */
+  private async paced(session: SmtpSession, job: Job): Promise<{ verdict: Verdict | undefined; clean: boolean }> {
+    const now = Date.now();
+    const at = Math.max(now, this.nextSend);
+    if (at >= job.deadline) return { verdict: undefined, clean: true }; // its turn would come too late
+    this.nextSend = at + 1000 / this.options.maxPerSecond + 1; // 1 ms to spare: a ceiling, even with the loopback's jitter
+    if (at > now) await new Promise((resolve) => setTimeout(resolve, at - now));
+    return probeOn(session, job.address);
   }
 
   private keep(session: SmtpSession): void {
