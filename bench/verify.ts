@@ -119,7 +119,12 @@ export async function verifyBenchmarks(report: Report): Promise<void> {
     report({ name: 'probe flood: probes in all', value: probeTimes.length, unit: 'probes', parameters: { ...parameters, deferred, seconds } });
     report({ name: "probe flood: another client's command round trip p50", value: percentile(roundTrips, 50), unit: 'ms', parameters });
     report({ name: "probe flood: another client's command round trip p99", value: percentile(roundTrips, 99), unit: 'ms', parameters });
-    report({ name: "probe flood: another client's command round trip max", value: roundTrips.reduce((most, ms) => Math.max(most, ms), 0), unit: 'ms', parameters });
+    report({
+      name: "probe flood: another client's command round trip max",
+      value: roundTrips.reduce((most, ms) => Math.max(most, ms), 0),
+      unit: 'ms',
+      parameters,
+    });
     report({
       name: "probe flood: another client's commands over 100 ms",
       value: roundTrips.filter((ms) => ms > 100).length,
