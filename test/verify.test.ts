@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
-import { startPostfixPrimary, type PostfixPrimary } from './helpers/postfix.js';
+import { AlternCDatabase, TEST_MYSQL_URL } from './helpers/mysql.js';
+import { startAlternCPrimary, startPostfixPrimary, type PostfixPrimary } from './helpers/postfix.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
 import { message, pick, SmtpClient, type Reply } from './helpers/smtp-client.js';
 import { queuedIds } from './helpers/spool-files.js';
@@ -47,6 +48,70 @@ describe('recipient verification: no backscatter, and a callahead that never ham
       assert.deepEqual(pick(down[2]), [550, '5.1.1'], 'the primary said no: kept for verify.negativeTtl');
       assert.deepEqual(pick(down[3]), [450, '4.1.1']);
       assert.match(down[3].text, /unverified address: the primary MX is down/);
+    });
+  });
+
+  describe("against AlternC's primary: Postfix on AlternC's database and map files", function () {
+    this.timeout(60_000);
+    let db: AlternCDatabase;
+    let alternc: Awaited<ReturnType<typeof startAlternCPrimary>>;
+    before(async () => {
+      db = await AlternCDatabase.create({ mail: true });
+      const d3 = await db.domain('d3.example');
+      await db.address(d3, 'alice', { mailbox: true });
+      await db.address(d3, 'root', { recipients: 'ops@outside.example\nalice@d3.example' });
+      await db.address(d3, 'gone', { enabled: 0, recipients: 'gone@outside.example' });
+      const url = new URL(TEST_MYSQL_URL);
+      alternc = await startAlternCPrimary({
+        host: url.hostname,
+        port: Number(url.port || 3306),
+        user: decodeURIComponent(url.username),
+        password: decodeURIComponent(url.password),
+        name: db.name,
+      });
+    });
+    after(async () => {
+      await alternc?.remove();
+      await db?.drop();
+    });
+
+    it('asks it while it is up, answers from what it said while it is down, defers the rest, and delivers there once it is back', async () => {
+      // d3.example has no address list here (a domain-only entry, as an mxlist source gives).
+      mx = await startTestDaemon({ primaryPort: alternc.port, extra: 'relay: { probeInterval: 0.2 }' });
+      const up = await rcpts(mx.port, 's@remote.example', ['alice@d3.example', 'root@d3.example', 'gone@d3.example', 'nobody@d3.example']);
+      assert.deepEqual(
+        up.map((reply) => reply.code),
+        [250, 250, 550, 550],
+        up.map((reply) => reply.text).join(' | '),
+      );
+      assert.match(up[3].text, /5\.1\.1 .*User unknown/);
+      await alternc.stop();
+      const { client } = await SmtpClient.session(mx.port);
+      const down: Reply[] = [];
+      for (const line of [
+        'MAIL FROM:<s@remote.example>',
+        'RCPT TO:<root@d3.example>',
+        'RCPT TO:<alice@d3.example>',
+        'RCPT TO:<nobody@d3.example>',
+        'RCPT TO:<new@d3.example>',
+      ]) {
+        down.push(await client.command(line));
+      }
+      assert.deepEqual(down.slice(1).map(pick), [
+        [250, '2.1.5'],
+        [250, '2.1.5'],
+        [550, '5.1.1'],
+        [450, '4.1.1'],
+      ]);
+      assert.equal((await client.command('DATA')).code, 354);
+      assert.equal((await client.data(message('while the primary was down', 'hello'))).code, 250);
+      await client.quit();
+      await alternc.start();
+      await waitFor(() => queuedIds(mx!.spoolDir).length === 0, 20_000);
+      const queued = alternc.queue();
+      assert.equal(queued.length, 1, 'the message reached the primary once');
+      // root@ expanded by alias_view to its targets, beside alice@ itself (Postfix keeps both alice@: their original recipients differ).
+      assert.deepEqual(queued[0].recipients.map((recipient) => recipient.address).sort(), ['alice@d3.example', 'alice@d3.example', 'ops@outside.example']);
     });
   });
 

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createConnection, type Connection } from 'mysql2/promise';
 
 /** The server the MySQL tests use; they create and drop their own databases on it. */
@@ -17,11 +18,19 @@ export class AlternCDatabase {
     private readonly admin: Connection,
   ) {}
 
-  static async create(options: { domainColumn?: 64 | 255 } = {}): Promise<AlternCDatabase> {
+  /**
+   * `mail: true`: the whole of AlternC's mail schema (test/fixtures/alternc-mail.sql: also
+   * mailbox, recipient, alias_view), as the primary's Postfix reads it.
+   */
+  static async create(options: { domainColumn?: 64 | 255; mail?: boolean } = {}): Promise<AlternCDatabase> {
     const admin = await createConnection({ uri: TEST_MYSQL_URL, multipleStatements: true });
     const name = `secondarymx_test_${randomBytes(4).toString('hex')}`;
     await admin.query(`CREATE DATABASE ${name} CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci`);
     await admin.query(`USE ${name}`);
+    if (options.mail) {
+      await admin.query(readFileSync(new URL('../fixtures/alternc-mail.sql', import.meta.url), 'utf8'));
+      return new AlternCDatabase(name, admin);
+    }
     await admin.query(`
       CREATE TABLE domaines (
         id bigint(20) unsigned NOT NULL AUTO_INCREMENT,
@@ -70,14 +79,23 @@ export class AlternCDatabase {
     return (result as { insertId: number }).insertId;
   }
 
-  async address(domainId: number, local: string, fields: { enabled?: number; type?: string; mail_action?: string } = {}): Promise<void> {
-    await this.admin.query(`INSERT INTO ${this.name}.address (domain_id, address, type, enabled, mail_action) VALUES (?, ?, ?, ?, ?)`, [
+  /** An address row; with the mail schema, `mailbox` gives it a maildir and `recipients` (newline-separated) makes it an alias. */
+  async address(
+    domainId: number,
+    local: string,
+    fields: { enabled?: number; type?: string; mail_action?: string; mailbox?: boolean; recipients?: string } = {},
+  ): Promise<void> {
+    const [result] = await this.admin.query(`INSERT INTO ${this.name}.address (domain_id, address, type, enabled, mail_action) VALUES (?, ?, ?, ?, ?)`, [
       domainId,
       local,
       fields.type ?? '',
       fields.enabled ?? 1,
       fields.mail_action ?? 'OK',
     ]);
+    const id = (result as { insertId: number }).insertId;
+    if (fields.mailbox)
+      await this.admin.query(`INSERT INTO ${this.name}.mailbox (address_id, path, delivery) VALUES (?, ?, 'dovecot')`, [id, `/var/mail/${local}`]);
+    if (fields.recipients) await this.admin.query(`INSERT INTO ${this.name}.recipient (address_id, recipients) VALUES (?, ?)`, [id, fields.recipients]);
   }
 
   async execute(sql: string, values: unknown[] = []): Promise<void> {
