@@ -3,7 +3,8 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { Config } from './config/schema.js';
-import { EX_CONFIG, EX_USAGE } from './exit-codes.js';
+import { EX_CONFIG, EX_UNAVAILABLE, EX_USAGE } from './exit-codes.js';
+import { runtimeProblem, ServeSignals } from './signals.js';
 import type { QueueEdit } from './spool/edit.js';
 import type { QueueSelection } from './spool/select.js';
 
@@ -52,11 +53,15 @@ selection (queue list, summary, hold, release, delete; all conditions must hold)
   -h, --help         this help
   -v, --version      print the version
 
-exit codes: 0 ok, 1 runtime error, 64 usage error, 65 import-legacy: unusable file, 75 sync: some source kept its old data
-            or held removals / flush: the primary was unreachable or a message stayed busy, 78 configuration error`;
+exit codes: 0 ok, 1 runtime error, 64 usage error, 65 import-legacy: unusable file, 69 Node.js too old, 75 sync: some source
+            kept its old data or held removals / flush: the primary was unreachable or a message stayed busy, 78 configuration error`;
 
 class UsageError extends Error {
   readonly exitCode = EX_USAGE;
+}
+
+class RuntimeError extends Error {
+  readonly exitCode = EX_UNAVAILABLE;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -87,16 +92,19 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const [command, ...rest] = positionals;
+  const unusable = runtimeProblem(process.version);
+  if (unusable) throw new RuntimeError(unusable);
   const expectNoMore = (words: string[]) => {
     if (words.length > 0) throw new UsageError(`unexpected argument: ${words[0]}`);
   };
   switch (command) {
     case 'serve': {
       expectNoMore(rest);
+      const signals = new ServeSignals(); // before anything that takes time: a SIGHUP now must not kill it
       const loaded = await config(values.config);
       (await import('./config/tls-files.js')).checkTlsFiles(loaded.config);
       const [{ serve }, { createLogger }] = await Promise.all([import('./serve.js'), import('./log.js')]);
-      await serve(loaded, createLogger(loaded.config.log.level));
+      await serve(loaded, createLogger(loaded.config.log.level), signals);
       // Stopped cleanly; exit now rather than wait for a pretty-printing log worker (pino flushes it on exit).
       process.exit(0);
     }

@@ -18,6 +18,7 @@ import { PrimaryCapabilities, type Capabilities } from './relay/primary-capabili
 import { Relay } from './relay/relay.js';
 import { editMany, editQueued, type QueueEdit } from './spool/edit.js';
 import { assumeServiceIdentity, bindAsRoot, dropPrivileges, lookupIdentity } from './privileges.js';
+import type { ServeSignals } from './signals.js';
 import { Spool } from './spool/spool.js';
 import { SpoolWatch } from './spool/watch.js';
 
@@ -234,10 +235,13 @@ function warnIfSecretsExposed(file: string, config: Config, log: Logger): void {
   }
 }
 
-/** `secondarymx serve`: runs until SIGTERM or SIGINT, then stops gracefully; SIGHUP re-reads the config and the TLS files. */
-export async function serve(loaded: LoadedConfig, log: Logger): Promise<void> {
+/**
+ * `secondarymx serve`: runs until SIGTERM or SIGINT, then stops gracefully; SIGHUP re-reads
+ * the config and the TLS files (one that came while starting is applied once started).
+ */
+export async function serve(loaded: LoadedConfig, log: Logger, signals: ServeSignals): Promise<void> {
   const daemon = await startDaemon(loaded, log);
-  process.on('SIGHUP', () => {
+  const reload = () => {
     // A bad new config (or unreadable TLS files) is refused; the running one stays.
     let next: Config;
     try {
@@ -247,11 +251,12 @@ export async function serve(loaded: LoadedConfig, log: Logger): Promise<void> {
       return;
     }
     daemon.reload(next).catch((error: unknown) => log.error({ err: error }, 'SIGHUP: reload failed, the running config is kept'));
-  });
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGTERM', resolve);
-    process.once('SIGINT', resolve);
-  });
+  };
+  if (signals.onReload(reload)) {
+    log.info({ event: 'reload_held' }, 'SIGHUP came while starting: the config is re-read now');
+    reload();
+  }
+  const signal = await signals.stop;
   log.info({ signal, shutdownTimeout: loaded.config.limits.shutdownTimeout }, 'stopping: finishing sessions in DATA');
   await daemon.stop();
   log.info('stopped');

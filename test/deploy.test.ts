@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import { parseConfig } from '../src/config/load.js';
 import { Metrics } from '../src/control/metrics.js';
+import { runtimeProblem } from '../src/signals.js';
 import { CLI, runCli, spawnDaemon } from './helpers/cli.js';
 import { baseConfig, writeTestConfig } from './helpers/daemon.js';
 import { message, SmtpClient } from './helpers/smtp-client.js';
@@ -36,6 +37,28 @@ describe('deploy: the systemd unit', () => {
     const output = execFileSync('systemd-analyze', ['security', '--offline=true', join(dir, 'secondarymx.service')], { encoding: 'utf8' });
     const score = Number(/Overall exposure level for secondarymx\.service: ([\d.]+)/.exec(output)?.[1]);
     assert.ok(score <= 2.0, `exposure ${score}`);
+  });
+});
+
+describe('deploy: what systemd does not restart', () => {
+  const prevented = (/^RestartPreventExitStatus=(.*)$/m.exec(readFileSync(UNIT, 'utf8'))?.[1] ?? '').split(/\s+/).map(Number);
+
+  it('a config error exits with a status the unit does not restart (it would fail every 5 s forever)', async () => {
+    const { dir, file } = writeTestConfig('listen: [unclosed');
+    try {
+      const result = await runCli(['serve', '--config', file]);
+      assert.equal(result.status, 78, result.stderr);
+      assert.ok(prevented.includes(78), `RestartPreventExitStatus=${prevented.join(' ')}`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a Node.js older than 20 is named at start (exit 69, not restarted), before anything fails deep inside a library', () => {
+    assert.match(runtimeProblem('v18.19.0') ?? '', /needs Node\.js 20 or later, this is v18\.19\.0/);
+    assert.equal(runtimeProblem('v20.19.2'), undefined);
+    assert.equal(runtimeProblem('v24.11.1'), undefined);
+    assert.ok(prevented.includes(69));
   });
 });
 
@@ -139,6 +162,47 @@ async function exportedMetrics(): Promise<Set<string>> {
 }
 
 const deployFile = (name: string) => readFileSync(fileURLToPath(new URL(`../deploy/${name}`, import.meta.url)), 'utf8');
+
+/** Whether `pid` has a handler for `signal` (its bit in /proc/PID/status SigCgt). */
+function catches(pid: number, signal: number): boolean {
+  const mask = /^SigCgt:\s*([0-9a-f]+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? '0';
+  return ((BigInt(`0x${mask}`) >> BigInt(signal - 1)) & 1n) === 1n;
+}
+
+describe('deploy: signals while starting', () => {
+  it('a SIGHUP before the daemon is ready is held and applied once it is, not fatal', async () => {
+    const { dir, file } = writeTestConfig(baseConfig());
+    let sent = false;
+    const daemon = await spawnDaemon(file, {
+      onSpawn: (child) => {
+        // As soon as serve listens for SIGHUP (its first step, ~0.4 s before the daemon is ready): systemctl reload after a start.
+        const poll = setInterval(() => {
+          try {
+            if (!catches(child.pid!, 1)) return;
+          } catch {
+            return; // not exec'd yet, or gone
+          }
+          clearInterval(poll);
+          sent = child.kill('SIGHUP');
+        }, 1);
+        child.once('exit', () => clearInterval(poll));
+      },
+    });
+    try {
+      assert.ok(sent);
+      await waitFor(() => daemon.logs.some((line) => line.event === 'reload_held'));
+      const listening = daemon.logs.findIndex((line) => line.event === 'listening');
+      assert.ok(daemon.logs.findIndex((line) => line.event === 'reload_held') > listening, 'applied once started');
+      assert.equal(daemon.child.exitCode, null, 'still running');
+      const { client } = await SmtpClient.session(daemon.port);
+      await client.quit();
+    } finally {
+      daemon.child.kill('SIGTERM');
+      assert.deepEqual(await daemon.exited, { code: 0, signal: null });
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
 
 describe('deploy: Grafana dashboard', () => {
   it('has the panels an operator needs, and queries only metrics the daemon exports', async () => {
