@@ -1,10 +1,11 @@
+import { fstatSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { Writable } from 'node:stream';
 import { pino, type DestinationStream, type Logger } from 'pino';
 
 /**
- * pino JSON lines on stdout (journald-friendly); secrets are redacted wherever they
- * appear in a logged object. On a terminal, in development (pino-pretty installed,
+ * pino JSON lines on stdout; under systemd (stdout is the journal) each line starts with
+ * its syslog priority; secrets are redacted wherever they appear in a logged object. On a terminal, in development (pino-pretty installed,
  * NODE_ENV not production), lines are pretty-printed instead.
  *
  * stdout is written asynchronously: lines logged while a write is in progress go out
@@ -19,9 +20,33 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
       base: { pid: process.pid },
       timestamp: pino.stdTimeFunctions.isoTime,
       redact: { paths: ['password', '*.password', '*.*.password'], censor: '********' },
+      ...(destination === undefined && stdoutIsJournal() ? { hooks: { streamWrite: withSyslogPriority } } : {}),
     },
     destination ?? prettyOnTerminal() ?? pino.destination({ dest: 1, sync: false }),
   );
+}
+
+/** Syslog priorities of pino's levels: trace and debug 7, info 6, warn 4, error 3, fatal 2. */
+const SYSLOG_PRIORITY: Record<string, number> = { 10: 7, 20: 7, 30: 6, 40: 4, 50: 3, 60: 2 };
+
+/**
+ * A line as journald reads its priority (SyslogLevelPrefix=, on by default): "<4>{…}".
+ * Without it every line is priority 6 and `journalctl -p warning` shows none of ours.
+ */
+export function withSyslogPriority(line: string): string {
+  return `<${SYSLOG_PRIORITY[/"level":(\d+)/.exec(line)?.[1] ?? ''] ?? 6}>${line}`;
+}
+
+/** Whether stdout is systemd's journal stream (JOURNAL_STREAM names its device and inode). */
+function stdoutIsJournal(): boolean {
+  const stream = process.env.JOURNAL_STREAM;
+  if (!stream) return false;
+  try {
+    const stat = fstatSync(1);
+    return stream === `${stat.dev}:${stat.ino}`;
+  } catch {
+    return false;
+  }
 }
 
 function prettyOnTerminal(): DestinationStream | undefined {

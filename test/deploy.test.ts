@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, copyFileSync, fstatSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -276,6 +277,50 @@ describe('deploy: terminal niceties', () => {
       const pretty = await onTerminal(`node ${CLI} serve --config ${file}`, /listening/);
       assert.match(pretty, /INFO.*listening/);
       assert.doesNotMatch(pretty, /^\{"level"/m);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('under systemd (stdout is JOURNAL_STREAM), starts each line with its syslog priority, so journalctl -p warning shows our warnings', async () => {
+    const { dir, file } = writeTestConfig(baseConfig()); // the primary is a closed port: a warning once a message waits
+    await queueWaiting(join(dir, 'spool'), [{ subject: 'waiting' }]);
+    const run = async (journal: boolean) => {
+      const out = join(dir, journal ? 'journal.log' : 'plain.log');
+      const fd = openSync(out, 'w');
+      const stat = fstatSync(fd);
+      const child = spawn(process.execPath, [CLI, 'serve', '--config', file], {
+        stdio: ['ignore', fd, 'ignore'],
+        env: { ...process.env, JOURNAL_STREAM: journal ? `${stat.dev}:${stat.ino}` : '0:0' },
+      });
+      closeSync(fd);
+      try {
+        await waitFor(() => /primary is DOWN/.test(readFileSync(out, 'utf8')));
+      } finally {
+        child.kill('SIGTERM');
+        await once(child, 'exit');
+      }
+      return readFileSync(out, 'utf8').split('\n').filter(Boolean);
+    };
+    try {
+      const journal = await run(true);
+      assert.ok(
+        journal.every((line) => /^<[2-7]>\{"level":/.test(line)),
+        journal[0],
+      );
+      assert.match(
+        journal.find((line) => line.includes('primary is DOWN'))!,
+        /^<4>\{"level":40,/,
+      );
+      assert.match(
+        journal.find((line) => line.includes('"event":"listening"'))!,
+        /^<6>/,
+      );
+      const plain = await run(false); // JOURNAL_STREAM inherited, but stdout is not that stream (a pipe of its own)
+      assert.ok(
+        plain.every((line) => line.startsWith('{"level":')),
+        plain[0],
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
