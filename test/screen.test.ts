@@ -133,8 +133,8 @@ describe('screen: with a real primary', () => {
       dns.zones.set('_dmarc.signed.test', { txt: ['v=DMARC1; p=reject'] });
     });
     after(() => dns.stop());
-    const start = (extra = '') =>
-      startTestDaemon({ primaryPort: primary.port, extra: `dns: { servers: ["${dns.server}"] }\nrelay: { probeInterval: 0.2 }\n${extra}` });
+    const start = (extra = '', spoolDir?: string) =>
+      startTestDaemon({ primaryPort: primary.port, spoolDir, extra: `dns: { servers: ["${dns.server}"] }\nrelay: { probeInterval: 0.2 }\n${extra}` });
 
     it('refuses an SPF fail at MAIL FROM with 550 5.7.23, before any data', async () => {
       mx = await start();
@@ -211,20 +211,29 @@ describe('screen: with a real primary', () => {
       assert.match(await metric(mx, 'secondarymx_dsn_suppressed_total'), /reason="spf-fail"} 1/);
     });
 
-    it('sends at most dsn.maxPerDomainPerHour DSNs to one sender domain', async () => {
+    it('sends at most dsn.maxPerDomainPerHour DSNs to one sender domain, and a restart does not reset the count', async () => {
       primary.rcptReplies.set('alice@d1.example', [550, '5.1.1 no such user']);
       const smarthost = new TestPrimary(await freePort());
       await smarthost.start();
+      const spoolDir = mkdtempSync(join(tmpdir(), 'secondarymx-dsn-rate-'));
+      const limited = () => start(`dsn: { relay: { host: 127.0.0.1, port: ${smarthost.port} }, maxPerDomainPerHour: 1 }`, spoolDir);
       try {
-        mx = await start(`dsn: { relay: { host: 127.0.0.1, port: ${smarthost.port} }, maxPerDomainPerHour: 1 }`);
+        mx = await limited();
         for (const subject of ['one', 'two', 'three'])
           assert.equal((await attempt(mx.port, 'someone@spf-pass.test', ['alice@d1.example'], message(subject))).code, 250);
         await waitFor(() => mx!.logs.filter((line) => line.event === 'dsn_suppressed').length === 2);
         await waitFor(() => smarthost.received.length === 1);
         assert.equal(mx.logs.filter((line) => line.event === 'dsn_queued').length, 1);
         assert.match(await metric(mx, 'secondarymx_dsn_suppressed_total'), /reason="rate"} 2/);
+        await mx.stop();
+        mx = await limited();
+        assert.equal((await attempt(mx.port, 'someone@spf-pass.test', ['alice@d1.example'], message('after a restart'))).code, 250);
+        await waitFor(() => mx!.logs.some((line) => line.event === 'dsn_suppressed'));
+        assert.equal(mx.logs.find((line) => line.event === 'dsn_suppressed')?.reason, 'rate');
+        assert.equal(smarthost.received.length, 1);
       } finally {
         await smarthost.stop();
+        rmSync(spoolDir, { recursive: true, force: true });
       }
     });
   });

@@ -6,6 +6,7 @@ import type { Spool } from '../spool/spool.js';
 import type { Metrics } from '../control/metrics.js';
 import { domainOf, isAscii } from '../mail/address.js';
 import { WindowRate } from '../rate/window.js';
+import { ExpiringStore } from '../screen/expiring-store.js';
 import { composeNotice, type NoticeAction, type NoticeInput } from './compose.js';
 
 /**
@@ -15,7 +16,9 @@ import { composeNotice, type NoticeAction, type NoticeInput } from './compose.js
  * the envelope afterwards.
  */
 export class Notifier {
-  private readonly rate = new WindowRate(3600_000);
+  /** DSNs sent per sender domain in the last hour, kept in SPOOL/dsn-rate.json across restarts. */
+  private readonly sent: ExpiringStore<number[]>;
+  private readonly rate: WindowRate;
 
   constructor(
     private config: Config,
@@ -24,7 +27,15 @@ export class Notifier {
     private readonly queued: (envelope: Envelope) => void,
     private readonly remoteMta: (envelope: Envelope, recipient: Recipient) => string | undefined,
     private readonly metrics?: Metrics,
-  ) {}
+  ) {
+    this.sent = new ExpiringStore(spool.root, 'dsn-rate', log);
+    this.rate = new WindowRate(3600_000, this.sent);
+  }
+
+  /** Writes the DSN counts now (at stop). */
+  save(): Promise<void> {
+    return this.sent.save();
+  }
 
   updateConfig(config: Config): void {
     this.config = config;

@@ -387,6 +387,7 @@ export class Relay extends EventEmitter {
     clearTimeout(this.fault?.probe);
     for (const route of this.routes.all()) clearTimeout(route.probe);
     while ([...this.routes.all()].some((r) => r.workers > 0) || this.choresRunning > 0) await once(this, 'progress');
+    await this.notifier.save();
   }
 
   private matching(filter: FlushFilter): Scheduled[] {
