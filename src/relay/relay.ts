@@ -72,6 +72,12 @@ export class Relay extends EventEmitter {
   private fault: { reason: string; probe: NodeJS.Timeout | undefined } | undefined;
   /** Storage faults since the last attempt that could be recorded: the spool probe backs off with it. */
   private faultStreak = 0;
+  /**
+   * Final answers (delivered, failed) the spool could not record, by queue id: applied
+   * before the message is tried again, so a 250 whose removal failed is not sent twice.
+   * In memory, as the backoff of an unrecorded deferral is: a restart forgets them.
+   */
+  private readonly unrecorded = new Map<string, RecipientResult[]>();
 
   constructor(
     private config: Config,
@@ -508,7 +514,9 @@ export class Relay extends EventEmitter {
     const counts: AttemptOutcome = { id: entry.id, primary: route.key, delivered: 0, deferred: 0, failed: 0, unreachable: false, busy: false };
     let retryAt: number | undefined;
     let attempted: { envelope: Envelope; results: RecipientResult[]; attemptMs: number } | undefined;
+    const earlier = this.unrecorded.get(entry.id) ?? [];
     const outcome = await this.onMessage(entry, async (envelope, bytes) => {
+      this.applyUnrecorded(envelope, earlier);
       const recipients = envelope.recipients.filter((r) => r.state === 'pending' && this.routes.keyFor(envelope.kind, r) === route.key);
       if (envelope.held || recipients.length === 0) return this.settle(envelope);
       const started = Date.now();
@@ -520,7 +528,13 @@ export class Relay extends EventEmitter {
     });
     // Logged once the outcome is saved (or failed to be), so a status= line never runs ahead of the spool.
     if (attempted) this.logAttempt(attempted.envelope, route, attempted.results, attempted.attemptMs, outcome !== undefined);
-    if (!outcome && retryAt !== undefined) entry.due = Math.max(entry.due, retryAt); // not recorded (storage fault): keep the backoff in memory
+    if (outcome) this.unrecorded.delete(entry.id);
+    else {
+      // Not recorded (storage fault): keep the final answers and the backoff in memory.
+      const final = (attempted?.results ?? []).filter((result) => result.outcome !== 'deferred');
+      if (final.length > 0) this.unrecorded.set(entry.id, [...earlier, ...final]);
+      if (retryAt !== undefined) entry.due = Math.max(entry.due, retryAt);
+    }
     if (!outcome) return undefined;
     return outcome.kind === 'busy' ? { ...counts, busy: true } : counts;
   }
@@ -536,6 +550,17 @@ export class Relay extends EventEmitter {
       envid: envelope.dsn?.envid,
       body: () => this.spool.openMessage(envelope, bytes),
     };
+  }
+
+  /** The final answers an earlier attempt got but could not record, on the recipients still pending. */
+  private applyUnrecorded(envelope: Envelope, results: RecipientResult[]): void {
+    for (const result of results) {
+      const recipient = envelope.recipients.find((r) => r.address === result.address && r.state === 'pending');
+      if (!recipient) continue;
+      recipient.state = result.outcome === 'delivered' ? 'delivered' : 'failed';
+      recipient.reply = result.reply;
+      if (result.remoteMta) recipient.remoteMta = result.remoteMta;
+    }
   }
 
   /** Applies the results to the recipients, and the backoff when any was deferred. */
