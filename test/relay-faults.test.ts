@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseConfig } from '../src/config/load.js';
@@ -226,11 +226,7 @@ describe('relay: the spool cannot record outcomes', () => {
       const counts = new Map<string, number>();
       for (const id of primary.messageIds()) counts.set(id, (counts.get(id) ?? 0) + 1);
       assert.equal(counts.size, 10, 'every message delivered');
-      assert.deepEqual(
-        [...counts.values()],
-        Array(10).fill(1),
-        'a message delivered while its removal failed is not sent again once the spool is writable',
-      );
+      assert.deepEqual([...counts.values()], Array(10).fill(1), 'a message delivered while its removal failed is not sent again once the spool is writable');
       assert.equal((await fetch(`http://127.0.0.1:${mx.daemon.monitoringPort}/healthz`)).status, 200);
     } finally {
       await mx.stop();
@@ -346,4 +342,47 @@ describe('relay: reload and size', () => {
       await primary.stop();
     }
   });
+});
+
+describe('relay: a step of the wall clock', () => {
+  const libfaketime = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
+  let primary: TestPrimary;
+  let dir: string;
+  beforeEach(async function () {
+    if (!existsSync(libfaketime)) this.skip(); // Debian's faketime package (.ci/run installs it)
+    primary = new TestPrimary(await freePort());
+    await primary.start();
+    dir = mkdtempSync(join(tmpdir(), 'secondarymx-clock-'));
+  });
+  afterEach(async () => {
+    await primary?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  for (const [name, before, after] of [
+    ['an hour back after a deferral', '+0', '-3600'],
+    ['back from two days ahead, where the deferral was written', '+172800', '+0'],
+  ] as const) {
+    it(`delays no retry: the wall clock stepped ${name}`, async () => {
+      const clock = join(dir, 'faketime');
+      writeFileSync(clock, `${before}\n`);
+      const { dir: configDir, file } = writeTestConfig(withPrimary(baseConfig('relay: { minBackoff: 2, probeInterval: 0.2 }'), primary.port));
+      // libfaketime moves the wall clock only, as settimeofday or NTP does: CLOCK_MONOTONIC (timers) goes on.
+      const env = [`LD_PRELOAD=${libfaketime}`, `FAKETIME_TIMESTAMP_FILE=${clock}`, 'FAKETIME_NO_CACHE=1', 'FAKETIME_DONT_FAKE_MONOTONIC=1'];
+      const daemon = await spawnDaemon(file, { prefix: ['env', ...env] });
+      try {
+        primary.rcptReplies.set('alice@d1.example', [451, '4.3.0 try again later']);
+        const id = await sendWith(daemon.port, 'sender@remote.example', ['RCPT TO:<alice@d1.example>'], message('stepped'));
+        await waitFor(() => daemon.logs.some((line) => line.event === 'delivery' && line.status === 'deferred' && line.queueId === id));
+        writeFileSync(clock, `${after}\n`);
+        primary.rcptReplies.delete('alice@d1.example');
+        await waitFor(() => daemon.logs.some((line) => line.event === 'delivery' && line.status === 'sent' && line.queueId === id), 15_000);
+        assert.equal(primary.messageIds().length, 1);
+      } finally {
+        daemon.child.kill('SIGTERM');
+        await daemon.exited;
+        rmSync(configDir, { recursive: true, force: true });
+      }
+    });
+  }
 });

@@ -78,6 +78,12 @@ export class Relay extends EventEmitter {
    * In memory, as the backoff of an unrecorded deferral is: a restart forgets them.
    */
   private readonly unrecorded = new Map<string, RecipientResult[]>();
+  /**
+   * The schedule's clock: the wall clock at start, advanced by the monotonic one. A step of
+   * the wall clock (NTP, an admin, a VM resumed) moves no retry; wall time is for what is
+   * shown and stored (arrival, nextAttempt), converted when an envelope is indexed.
+   */
+  private readonly clock = () => performance.timeOrigin + performance.now();
 
   constructor(
     private config: Config,
@@ -110,23 +116,23 @@ export class Relay extends EventEmitter {
     const recovered = this.spool.takeRecovered();
     const { envelopes, unreadable } = recovered ? { envelopes: recovered, unreadable: [] } : await this.spool.list();
     for (const { id, reason } of unreadable) this.log.error({ queueId: id, reason }, 'unreadable envelope, not delivered');
-    const now = Date.now();
+    const now = this.clock();
     const unsettledNotices = new Set(envelopes.flatMap((envelope) => (envelope.notice ? [envelope.notice.id] : [])));
-    for (const envelope of envelopes) if (!unsettledNotices.has(envelope.id)) this.schedule.index(envelope, now);
+    for (const envelope of envelopes) if (!unsettledNotices.has(envelope.id)) this.schedule.index(envelope, now, Date.now());
     this.log.info({ messages: this.schedule.size }, 'relay: queue indexed');
     this.watchPrimaries();
   }
 
   /** A message the receiver just queued: due now. */
   add(envelope: Envelope): void {
-    this.schedule.index(envelope, Date.now());
+    this.schedule.index(envelope, this.clock(), Date.now());
     this.kick();
   }
 
   /** Fires the timers that are due, starts chores and workers, arms the next wake-up. */
   kick(): void {
     if (this.stopped) return;
-    this.schedule.advance(Date.now());
+    this.schedule.advance(this.clock());
     if (!this.fault) {
       this.startChores();
       for (const key of this.schedule.readyRoutes()) {
@@ -157,7 +163,7 @@ export class Relay extends EventEmitter {
           this.wakeAt = Infinity;
           this.kick();
         },
-        Math.min(Math.max(0, next - Date.now()) + 10, 2 ** 31 - 1),
+        Math.min(Math.max(0, next - this.clock()) + 10, 2 ** 31 - 1),
       );
     }
   }
@@ -173,7 +179,7 @@ export class Relay extends EventEmitter {
         .catch((error: unknown) => this.log.error({ err: error, queueId: next.entry.id, chore: next.chore }, 'queue chore failed'))
         .finally(() => {
           this.choresRunning--;
-          this.schedule.finish(next.entry, Date.now());
+          this.schedule.finish(next.entry, this.clock());
           this.emit('progress');
           this.kick();
         });
@@ -213,9 +219,9 @@ export class Relay extends EventEmitter {
         if (envelope.notice) await this.notifier.resume(envelope); // finish what a crash or a fault interrupted first
         return change(envelope, bytes);
       });
-      if (outcome.kind === 'busy') entry.blockedUntil = Date.now() + 1000;
+      if (outcome.kind === 'busy') entry.blockedUntil = this.clock() + 1000;
       else if (outcome.kind === 'gone') this.schedule.delete(entry.id);
-      else this.schedule.index(outcome.value, Date.now()); // only once saved: a change that could not be saved is not taken for done
+      else this.schedule.index(outcome.value, this.clock(), Date.now()); // only once saved: a change that could not be saved is not taken for done
       this.faultStreak = 0;
       return outcome;
     } catch (error) {
@@ -264,9 +270,9 @@ export class Relay extends EventEmitter {
         envelope.heldReason = reason;
         return { save: 'update', value: envelope };
       });
-      if (outcome.kind === 'busy') entry.blockedUntil = Date.now() + 1000;
+      if (outcome.kind === 'busy') entry.blockedUntil = this.clock() + 1000;
       if (outcome.kind !== 'done') return;
-      this.schedule.index(outcome.value, Date.now());
+      this.schedule.index(outcome.value, this.clock(), Date.now());
       this.metrics?.relayHeld.inc();
       this.log.error(
         { event: 'message_held', queueId: entry.id, err: error },
@@ -332,10 +338,10 @@ export class Relay extends EventEmitter {
     const matching = this.matching(filter);
     const waiting = new Set(matching.map((entry) => entry.id));
     const report: FlushReport = { messages: waiting.size, delivered: 0, deferred: 0, failed: 0, unreachable: 0, busy: 0 };
-    const started = Date.now();
+    const started = this.clock();
     const onAttempt = (outcome: AttemptOutcome) => {
       // Another process has it (a second flush delivering it): look again in a second, a few times, before calling it busy.
-      if (outcome.busy && Date.now() - started < BUSY_PATIENCE_MS) return;
+      if (outcome.busy && this.clock() - started < BUSY_PATIENCE_MS) return;
       if (!waiting.delete(outcome.id)) return;
       if (outcome.unreachable) report.unreachable++;
       else if (outcome.busy) report.busy++;
@@ -347,7 +353,7 @@ export class Relay extends EventEmitter {
     };
     this.on('attempt', onAttempt);
     try {
-      const now = Date.now();
+      const now = this.clock();
       for (const entry of matching) {
         entry.due = 0;
         entry.blockedUntil = 0;
@@ -414,14 +420,14 @@ export class Relay extends EventEmitter {
     this.config = config;
     this.notifier.updateConfig(config);
     this.routes.updateConfig(config);
-    this.schedule.reconfigure(config.relay, (kind, recipient) => this.routes.keyFor(kind, recipient), Date.now());
+    this.schedule.reconfigure(config.relay, (kind, recipient) => this.routes.keyFor(kind, recipient), this.clock());
     this.watchPrimaries();
     this.kick();
   }
 
   /** Reflects a message edited outside the relay (hold, release, delete). */
   refresh(id: string, envelope: Envelope | undefined): void {
-    if (envelope) this.schedule.index(envelope, Date.now());
+    if (envelope) this.schedule.index(envelope, this.clock(), Date.now());
     else this.schedule.delete(id);
     this.kick();
   }
@@ -430,7 +436,7 @@ export class Relay extends EventEmitter {
     let session: SmtpSession | undefined;
     try {
       while (route.up && !this.stopped && !this.fault) {
-        const entry = this.schedule.next(route.key, Date.now());
+        const entry = this.schedule.next(route.key, this.clock());
         if (!entry) break;
         this.schedule.take(entry);
         try {
@@ -451,7 +457,7 @@ export class Relay extends EventEmitter {
           this.emit('attempt', { id: entry.id, primary: route.key, delivered: 0, deferred: 0, failed: 0, unreachable: true, busy: false });
           this.markDown(route, error.message);
         } finally {
-          this.schedule.finish(entry, Date.now());
+          this.schedule.finish(entry, this.clock());
           this.kick();
         }
       }
@@ -519,11 +525,11 @@ export class Relay extends EventEmitter {
       this.applyUnrecorded(envelope, earlier);
       const recipients = envelope.recipients.filter((r) => r.state === 'pending' && this.routes.keyFor(envelope.kind, r) === route.key);
       if (envelope.held || recipients.length === 0) return this.settle(envelope);
-      const started = Date.now();
+      const started = this.clock();
       const results = await deliver(recipients, envelope, bytes);
-      attempted = { envelope, results, attemptMs: Date.now() - started };
+      attempted = { envelope, results, attemptMs: this.clock() - started };
       this.record(envelope, recipients, results, counts);
-      retryAt = envelope.nextAttempt === undefined ? undefined : Date.parse(envelope.nextAttempt);
+      retryAt = envelope.nextAttempt === undefined ? undefined : this.clock() + Date.parse(envelope.nextAttempt) - Date.now();
       return this.settle(envelope);
     });
     // Logged once the outcome is saved (or failed to be), so a status= line never runs ahead of the spool.
@@ -610,7 +616,7 @@ export class Relay extends EventEmitter {
   /** The primary of a source as the SMTP side sees it: known down, and for how long sessions have opened (ms). */
   primaryState(source: string): PrimaryState {
     const route = this.routes.primaryOf(source);
-    return { address: route.address, down: !route.up, upForMs: route.up && route.seenUpSince !== undefined ? Date.now() - route.seenUpSince : 0 };
+    return { address: route.address, down: !route.up, upForMs: route.up && route.seenUpSince !== undefined ? this.clock() - route.seenUpSince : 0 };
   }
 
   /** The SMTP side could not open a session to a source's primary (an RCPT probe): down, as if a delivery had failed to connect. */
@@ -637,7 +643,7 @@ export class Relay extends EventEmitter {
 
   /** What a primary announced in its EHLO (the SMTP side promises no more: SIZE, SMTPUTF8). */
   private seen(route: Route, session: SmtpSession): void {
-    route.seenUpSince ??= Date.now();
+    route.seenUpSince ??= this.clock();
     this.emit('primary-capabilities', route.key, { size: session.sizeLimit ?? null, smtpUtf8: session.offers('SMTPUTF8') });
   }
 

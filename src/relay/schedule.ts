@@ -10,6 +10,8 @@ export interface SchedulePolicy {
   queueLifetime: number;
   /** Seconds before the one delay notice; 0: none. */
   delayWarning: number;
+  /** Seconds a retry waits at most: a stored next attempt further away (written while the wall clock was ahead) is brought back to it. */
+  maxBackoff: number;
 }
 
 /** What the scheduler knows of one queued message: enough to decide when and where, nothing to deliver with. */
@@ -17,7 +19,10 @@ export interface Scheduled {
   readonly id: string;
   /** Epoch ms before which it is not attempted (backoff). */
   due: number;
+  /** Epoch ms of its arrival, by the wall clock (shown: the oldest message's age). */
   readonly arrival: number;
+  /** Its arrival on the schedule's clock, which lifetimes count from. */
+  readonly since: number;
   /** Epoch ms at which its pending recipients expire. */
   expires: number;
   /** Epoch ms of its delay notice; Infinity when none is owed. */
@@ -80,19 +85,25 @@ export class Schedule {
     return this.entries.values();
   }
 
-  /** (Re)indexes a message from its envelope; one with nothing pending leaves the index. */
-  index(envelope: Envelope, now: number): Scheduled | undefined {
+  /**
+   * (Re)indexes a message from its envelope; one with nothing pending leaves the index.
+   * `now` is the schedule's clock, `wallNow` the wall clock the envelope's times were
+   * written by (they differ once the wall clock was stepped).
+   */
+  index(envelope: Envelope, now: number, wallNow = now): Scheduled | undefined {
     const pending = envelope.recipients.filter((r) => r.state === 'pending');
     this.delete(envelope.id);
     if (pending.length === 0 && !envelope.notice) return undefined;
     const arrival = Date.parse(envelope.arrival);
-    const { queueLifetime, delayWarning } = this.policy;
+    const since = arrival + now - wallNow;
+    const { queueLifetime, delayWarning, maxBackoff } = this.policy;
     const entry: Scheduled = {
       id: envelope.id,
-      due: envelope.nextAttempt ? Date.parse(envelope.nextAttempt) : 0,
+      due: envelope.nextAttempt ? Math.min(Date.parse(envelope.nextAttempt) + now - wallNow, now + maxBackoff * 1000) : 0,
       arrival,
-      expires: arrival + queueLifetime * 1000,
-      warnAt: delayWarning > 0 && !envelope.delayWarned && envelope.kind !== 'dsn' ? arrival + delayWarning * 1000 : Infinity,
+      since,
+      expires: since + queueLifetime * 1000,
+      warnAt: delayWarning > 0 && !envelope.delayWarned && envelope.kind !== 'dsn' ? since + delayWarning * 1000 : Infinity,
       noticePending: Boolean(envelope.notice),
       held: Boolean(envelope.held),
       kind: envelope.kind,
@@ -137,8 +148,8 @@ export class Schedule {
     this.users.clear();
     for (const entry of this.entries.values()) {
       const { queueLifetime, delayWarning } = policy;
-      entry.expires = entry.arrival + queueLifetime * 1000;
-      if (entry.warnAt !== Infinity) entry.warnAt = delayWarning > 0 ? entry.arrival + delayWarning * 1000 : Infinity;
+      entry.expires = entry.since + queueLifetime * 1000;
+      if (entry.warnAt !== Infinity) entry.warnAt = delayWarning > 0 ? entry.since + delayWarning * 1000 : Infinity;
       entry.routes = new Set(entry.pending.map((r) => routeOf(entry.kind, r)));
       this.count(entry, 1);
       entry.readyFor.clear();

@@ -25,7 +25,7 @@ function envelope(fields: Partial<Envelope> & { at?: number; to?: string[] } = {
 }
 
 /** The default route of every recipient is "primary"; a DSN goes to "mx:<domain>". */
-const schedule = (policy = { queueLifetime: 5 * 86400, delayWarning: 0 }) =>
+const schedule = (policy = { queueLifetime: 5 * 86400, delayWarning: 0, maxBackoff: 4000 }) =>
   new Schedule(policy, (kind, recipient) => (kind === 'dsn' ? `mx:${recipient.address.split('@')[1]}` : recipient.source === 'b' ? 'primary-b' : 'primary'));
 
 /** Everything ready on a route at `now`, in the order workers would get it (each taken, then finished). */
@@ -86,7 +86,7 @@ describe('relay schedule (injected time, no I/O)', () => {
   });
 
   it('turns expiry, the delay notice and an interrupted notice into chores, at their time', () => {
-    const s = schedule({ queueLifetime: 3600, delayWarning: 600 });
+    const s = schedule({ queueLifetime: 3600, delayWarning: 600, maxBackoff: 86400 });
     const e = envelope({ nextAttempt: new Date(T0 + 2 * 3600_000).toISOString() });
     const interrupted = envelope({ at: T0 + 1, notice: { id: newQueueId(), action: 'failed', recipients: ['alice@d1.example'] } });
     s.index(e, T0);
@@ -118,11 +118,27 @@ describe('relay schedule (injected time, no I/O)', () => {
     assert.deepEqual(drain(s, 'primary', T0 + 1000), [entry.id]);
   });
 
+  it('reads stored wall-clock times on its own clock: a step of the wall clock moves neither a retry nor an expiry', () => {
+    const s = schedule();
+    const stepBack = 3600_000; // the wall clock is an hour behind the schedule's clock now
+    const e = envelope({ arrival: new Date(T0 - stepBack).toISOString(), nextAttempt: new Date(T0 - stepBack + 300_000).toISOString() });
+    const entry = s.index(e, T0, T0 - stepBack)!;
+    assert.equal(entry.due, T0 + 300_000, 'due in 5 minutes, as written, not in 65');
+    assert.equal(entry.expires, T0 + 5 * 86400_000);
+    assert.equal(entry.arrival, T0 - stepBack, 'the arrival shown stays the wall clock’s');
+  });
+
+  it('brings a stored next attempt further away than relay.maxBackoff back to it (written while the wall clock was days ahead)', () => {
+    const s = schedule();
+    const entry = s.index(envelope({ nextAttempt: new Date(T0 + 2 * 86400_000).toISOString() }), T0)!;
+    assert.equal(entry.due, T0 + 4000_000);
+  });
+
   it('re-routes every indexed message on a new config, without a spool scan', () => {
     const s = schedule();
     const e = envelope();
     s.index(e, T0);
-    s.reconfigure({ queueLifetime: 60, delayWarning: 0 }, () => 'new-primary', T0);
+    s.reconfigure({ queueLifetime: 60, delayWarning: 0, maxBackoff: 4000 }, () => 'new-primary', T0);
     s.advance(T0);
     assert.deepEqual(drain(s, 'primary', T0), []);
     assert.deepEqual(drain(s, 'new-primary', T0), [e.id]);
