@@ -78,6 +78,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     cleanups.push(() => relay.stop());
     watch.on('change', (condition) => {
       if (condition === 'gone') relay.suspend(watch.problem!);
+      if (condition === 'ok') spool.reserve.ensure().catch((error: unknown) => log.warn({ err: error }, 'cannot write SPOOL/space.reserve'));
     });
     const screens = new EdgeScreens(config, config.spool, log, metrics);
     cleanups.push(() => screens.save());

@@ -231,8 +231,8 @@ describe('spool: message locks', () => {
   it('takes over the locks of a process that is gone or whose pid is reused, refuses those of a live one, and cleans the dead holder file', async () => {
     const root = mkdtempSync(join(tmpdir(), 'secondarymx-locks-'));
     try {
-      const spool = await Spool.forDelivery(root);
       const locks = join(root, 'locks');
+      mkdirSync(locks);
       const gone = Number(execFileSync(process.execPath, ['-p', 'process.pid'], { encoding: 'utf8' }));
       const [stale, reused, mine, live] = [newQueueId(), newQueueId(), newQueueId(), newQueueId()];
       writeFileSync(join(locks, `.holder.${gone}`), `${gone}\n`);
@@ -240,6 +240,7 @@ describe('spool: message locks', () => {
       writeFileSync(join(locks, reused), '1 12345 x\n'); // pid 1 runs, but it is not the process that wrote this
       writeFileSync(join(locks, mine), `${process.pid}\n`); // an older lock naming this very pid: not ours to honour
       writeFileSync(join(locks, live), '1\n'); // an older lock of a live process (init): honoured
+      const spool = await Spool.forDelivery(root); // makes its token, and cleans the dead holder's
 
       for (const id of [stale, reused, mine]) assert.equal(await spool.locks.lock(id), true, id);
       const me = readFileSync(join(locks, stale), 'utf8');

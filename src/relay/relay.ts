@@ -78,6 +78,8 @@ export class Relay extends EventEmitter {
    * In memory, as the backoff of an unrecorded deferral is: a restart forgets them.
    */
   private readonly unrecorded = new Map<string, RecipientResult[]>();
+  /** The spool's file system was found full (ENOSPC) and nothing could be written since. */
+  private full = false;
   /**
    * The schedule's clock: the wall clock at start, advanced by the monotonic one. A step of
    * the wall clock (NTP, an admin, a VM resumed) moves no retry; wall time is for what is
@@ -222,6 +224,10 @@ export class Relay extends EventEmitter {
       if (outcome.kind === 'busy') entry.blockedUntil = this.clock() + 1000;
       else if (outcome.kind === 'gone') this.schedule.delete(entry.id);
       else this.schedule.index(outcome.value, this.clock(), Date.now()); // only once saved: a change that could not be saved is not taken for done
+      if (this.full && outcome.kind === 'done' && outcome.value.recipients.length > 0) {
+        this.full = false; // an envelope was written: there is room again
+        this.log.info({ event: 'spool_full_cleared', queueId: entry.id }, 'spool has room again');
+      }
       this.faultStreak = 0;
       return outcome;
     } catch (error) {
@@ -258,7 +264,7 @@ export class Relay extends EventEmitter {
 
   /** A job on a message threw: our storage (stop delivery until it works), a corrupt envelope, or a message we cannot process (hold it). */
   private async failed(entry: Scheduled, error: unknown): Promise<void> {
-    if (isStorageError(error)) return this.storageFault(error, entry.id);
+    if (isStorageError(error)) return this.storageFault(error, entry);
     try {
       if (error instanceof CorruptEnvelopeError) {
         this.schedule.delete(entry.id);
@@ -279,7 +285,7 @@ export class Relay extends EventEmitter {
         'message held: the relay cannot process it (release it with "queue release" once fixed)',
       );
     } catch (second) {
-      if (isStorageError(second)) return this.storageFault(second, entry.id);
+      if (isStorageError(second)) return this.storageFault(second, entry);
       this.schedule.delete(entry.id);
       this.log.error({ event: 'message_set_aside', queueId: entry.id, err: error }, 'message set aside until restart: it can be neither processed nor held');
     }
@@ -290,9 +296,20 @@ export class Relay extends EventEmitter {
    * and again (a 250 we cannot record) or hammer the primary (a 4xx we cannot back
    * off): everything stops, and a probe of the spool resumes delivery once it works.
    */
-  private storageFault(error: NodeJS.ErrnoException, queueId: string): void {
+  private storageFault(error: NodeJS.ErrnoException, entry: Scheduled): void {
     const { code, syscall, path } = error;
-    this.suspend(`${code} on ${syscall}${path ? ` ${path}` : ''}`, { queueId, err: error });
+    const reason = `${code} on ${syscall}${path ? ` ${path}` : ''}`;
+    if (code !== 'ENOSPC') return this.suspend(reason, { queueId: entry.id, err: error });
+    // A full disk is the exception: delivering is what frees space (a delivered message is
+    // removed, which needs none), so delivery goes on. What could not be written (an update,
+    // a notice) waits in memory as above; this message is looked at again after a probe interval.
+    entry.due = Math.max(entry.due, this.clock() + this.config.relay.probeInterval * 1000);
+    if (this.full) return;
+    this.full = true;
+    this.log.warn(
+      { event: 'spool_full', queueId: entry.id, reason },
+      'spool full: delivery goes on (each delivered message frees space), outcomes that need writing wait in memory',
+    );
   }
 
   /** Stops delivery until a probe of the spool succeeds (also when the spool's folder was replaced under the daemon). */

@@ -125,6 +125,11 @@ export class MessageLocks {
     return cleared;
   }
 
+  /** Creates this process's lock token now (at start: not at the first delivery, when the disk may be full). */
+  async prepare(): Promise<void> {
+    await this.lockToken();
+  }
+
   /** This process's lock token, created once; a new file, so no stale lock ever shares its inode. */
   private lockToken(): Promise<string> {
     this.token ??= (async () => {

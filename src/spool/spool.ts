@@ -8,6 +8,7 @@ import { parseEnvelope, type Envelope } from './envelope.js';
 import { MessageLocks, releaseDaemonLock, takeDaemonLock, unlinkIfAny } from './locks.js';
 import { newQueueId } from './queue-id.js';
 import { recoverSpool } from './recovery.js';
+import { SpaceReserve } from './reserve.js';
 import { envelopeTrailer, readQueuedFile, readTrailer } from './trailer.js';
 
 /*
@@ -30,6 +31,8 @@ export class Spool {
   readonly corruptDir: string;
   readonly locksDir: string;
   readonly locks: MessageLocks;
+  /** Room for serve.pid and the lock token on a full disk (the daemon writes it again once there is room). */
+  readonly reserve: SpaceReserve;
   private readonly queueSync: DirectorySync;
   private recovered: Envelope[] | undefined;
   /** device:inode of the folders, taken when the daemon locked the spool. */
@@ -41,6 +44,7 @@ export class Spool {
     this.corruptDir = join(root, 'corrupt');
     this.locksDir = join(root, 'locks');
     this.locks = new MessageLocks(this.locksDir);
+    this.reserve = new SpaceReserve(join(root, 'space.reserve'));
     this.queueSync = new DirectorySync(this.queueDir);
   }
 
@@ -53,6 +57,7 @@ export class Spool {
   static async forDelivery(root: string): Promise<Spool> {
     const spool = new Spool(root);
     await spool.createLayout();
+    await spool.reserve.spend(() => spool.locks.prepare());
     return spool;
   }
 
@@ -60,10 +65,13 @@ export class Spool {
   static async openForServing(root: string, log: Logger): Promise<Spool> {
     const spool = new Spool(root);
     await spool.createLayout();
-    await takeDaemonLock(root);
+    await spool.reserve.spend(() => takeDaemonLock(root));
     spool.identity = new Map([spool.root, spool.tmpDir, spool.queueDir].map((path) => [path, identityOf(statSync(path))]));
     const stale = await spool.locks.clearStale();
     if (stale > 0) log.info({ event: 'stale_locks_removed', locks: stale }, 'stale message locks removed (their holders are gone)');
+    // The lock token now, not at the first delivery: on a full disk that is when it finds no room.
+    await spool.reserve.spend(() => spool.locks.prepare());
+    if (!(await spool.reserve.ensure())) log.warn({ event: 'spool_full', reason: 'no room for SPOOL/space.reserve' }, 'spool full at start');
     spool.recovered = await recoverSpool(spool, log);
     return spool;
   }
