@@ -93,6 +93,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
       primaryUnreachable: (source, reason) => relay.primaryUnreachable(source, reason),
       onQueued: (envelope) => relay.add(envelope),
       spoolCondition: () => watch.state,
+      space: watch,
       onEtrn: (domain) => relay.flushInBackground({ domain }),
     });
     cleanups.push(() => server.close());

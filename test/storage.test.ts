@@ -51,6 +51,43 @@ describe('storage: what /healthz says is what MAIL meets', () => {
     }
   });
 
+  it('counts the messages in flight: ten senders at once never take the spool below its free-space guard', async function () {
+    if (!isRoot) this.skip();
+    const mountPoint = mkdtempSync(join(tmpdir(), 'secondarymx-inflight-'));
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m,mode=0700', 'tmpfs', mountPoint]);
+    const messageSize = 200_000;
+    const mx = await startTestDaemon({ spoolDir: mountPoint, extra: `limits: { messageSize: ${messageSize} }` });
+    try {
+      const sessions = await Promise.all(Array.from({ length: 10 }, () => SmtpClient.session(mx.port)));
+      // Every MAIL first, then every DATA: each sender saw the room the free space showed then.
+      const mail = await Promise.all(sessions.map(({ client }) => client.command('MAIL FROM:<s@remote.example>')));
+      const body = message('big', 'x'.repeat(180_000));
+      const data = await Promise.all(
+        sessions.map(async ({ client }, i) => {
+          if (mail[i].code !== 250) return mail[i];
+          await client.command('RCPT TO:<alice@d1.example>');
+          await client.command('DATA');
+          return client.data(body);
+        }),
+      );
+      for (const { client } of sessions) await client.quit();
+      const taken = mail.filter((reply) => reply.code === 250).length;
+      assert.ok(taken > 0 && taken < 10, `${taken} of 10 taken at MAIL`);
+      assert.deepEqual(mail.filter((reply) => reply.code !== 250).map(pick), Array(10 - taken).fill([452, '4.3.1']));
+      assert.deepEqual(
+        data.filter((reply) => reply.code !== 452).map((reply) => reply.code),
+        Array(taken).fill(250),
+        'a transaction taken at MAIL had room for its message',
+      );
+      const left = statfsSync(mountPoint);
+      assert.ok(left.bavail * left.bsize >= messageSize, `${left.bavail * left.bsize} bytes free at the end`);
+    } finally {
+      await mx.stop();
+      execFileSync('umount', [mountPoint]);
+      rmSync(mountPoint, { recursive: true, force: true });
+    }
+  });
+
   it('refuses mail (451 4.3.0), stops delivery and says so when the spool folder is deleted under it, even once a new one is made', async () => {
     const mx = await startTestDaemon();
     try {

@@ -6,7 +6,7 @@ import { parseListenAddress, type Config } from '../config/schema.js';
 import type { Directory } from '../directory/directory.js';
 import { deliveredSize, type Envelope } from '../spool/envelope.js';
 import type { IncomingMessage, Spool } from '../spool/spool.js';
-import type { SpoolCondition } from '../spool/watch.js';
+import type { SpaceReservations, SpoolCondition } from '../spool/watch.js';
 import { clientKey } from './client-key.js';
 import { MessageInspector } from './inspect.js';
 import { fieldNames, untrustedHeaders } from './trust-headers.js';
@@ -37,6 +37,8 @@ export interface ReceiveOptions {
   onEtrn?: (domain: string) => number;
   /** Whether the spool can take mail now (spool/watch.ts); absent: always. */
   spoolCondition?: () => SpoolCondition;
+  /** Room promised to each transaction from MAIL to the end of DATA (spool/watch.ts); absent: none counted. */
+  space?: SpaceReservations;
   /** DNS lists, greeting pass, sender authentication, recipient verification (screen/); absent: none. */
   screens?: EdgeScreens;
   /** The primary that gets a source's mail: whether the relay knows it down, and how long probes have seen it up (ms; 0: not seen). */
@@ -208,7 +210,8 @@ export class ReceiveServer {
       onEtrn: (node, session, reply) => this.etrn(node, session, reply),
       onClose: (session) => this.release(session),
       onMailFrom: (address, session, callback) => {
-        this.sender(address.address, session).then(callback, (error: unknown) => callback(this.internalError(error, session)));
+        const declared = address.args ? Number(address.args.SIZE) || undefined : undefined;
+        this.sender(address.address, session, declared).then(callback, (error: unknown) => callback(this.internalError(error, session)));
       },
       onRcptTo: (address, session, callback) => {
         this.recipient(address.address, session).then(callback, (error: unknown) => callback(this.internalError(error, session)));
@@ -299,6 +302,7 @@ export class ReceiveServer {
   }
 
   private release(session: SMTPServerSession): void {
+    this.options.space?.release(session.id);
     const admitted = this.sessions.get(session.id);
     if (admitted === undefined) return; // refused at connect
     const { client, timer } = admitted;
@@ -332,8 +336,8 @@ export class ReceiveServer {
   }
 
   /** MAIL FROM: the spool and session limits, then SPF (auth.spf); a client that got here earned its greeting pass. */
-  private async sender(address: string, session: SMTPServerSession): Promise<SmtpReply | null> {
-    const refusal = this.senderAllowed(address, session);
+  private async sender(address: string, session: SMTPServerSession, declaredSize?: number): Promise<SmtpReply | null> {
+    const refusal = this.senderAllowed(address, session) ?? this.roomFor(session, declaredSize);
     const screens = this.options.screens;
     const admitted = this.sessions.get(session.id);
     if (admitted) admitted.rcptAccepted = 0;
@@ -351,6 +355,14 @@ export class ReceiveServer {
     }
     this.screened('spf', decision, { client: session.remoteAddress, from: address, result: checked.result });
     return this.refuse(checked.reply, 'spf');
+  }
+
+  /** Room in the spool for this transaction: what it declared (SIZE), else the size limit, promised until its DATA ends. */
+  private roomFor(session: SMTPServerSession, declaredSize: number | undefined): SmtpReply | null {
+    const space = this.options.space;
+    if (!space || space.reserve(session.id, Math.min(declaredSize ?? Infinity, this.messageSize))) return null;
+    this.options.log.info({ event: 'spool_no_room', client: session.remoteAddress }, 'MAIL deferred: the spool has no room for another message now');
+    return STORAGE_FAILURE();
   }
 
   private senderAllowed(address: string, session: SMTPServerSession): SmtpReply | null {
@@ -567,6 +579,7 @@ export class ReceiveServer {
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         inspector.inspect(chunk);
         countDataBytes(chunk.length);
+        this.options.space?.grow(session.id, inspector.size);
         if (!message) continue; // refused already: read on to the final dot, keep nothing
         if (inspector.problem) await dropMessage();
         else await message.write(chunk).catch(dropMessage);
@@ -609,6 +622,7 @@ export class ReceiveServer {
         'message refused',
       );
       this.options.metrics?.refused.inc({ reason: screened.reason ?? refusalReason(refusal!.enhancedCode) });
+      this.options.space?.release(session.id);
       throw refusal;
     }
     const queued = message;
@@ -654,6 +668,7 @@ export class ReceiveServer {
       'queued',
     );
     this.options.metrics?.accepted.inc();
+    this.options.space?.release(session.id, inspector.size); // in the spool now: the next look at the free space shows it
     this.options.onQueued?.(envelope);
     return `2.0.0 Ok: queued as ${envelope.id}`;
   }
