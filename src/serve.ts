@@ -64,10 +64,8 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     const syncer = await Syncer.open(config, store, log, (snapshot) => directory.replace(snapshot));
     cleanups.push(() => syncer.settled());
     const metrics: Metrics = new Metrics({
-      spool: async (): Promise<{ messages: number; bytes: number; oldestArrival: number | undefined }> => ({
-        ...(await spool.summary()),
-        oldestArrival: relay.summary().oldestArrival,
-      }),
+      // The relay's own counts: a scrape during a long outage allocates nothing per message.
+      spool: async (): Promise<{ messages: number; bytes: number; oldestArrival: number | undefined }> => spoolCounts(relay),
       primaries: () => relay.summary().primaries,
       sources: () => syncer.sourceStates(),
       sessions: () => server.openSessions, // read at scrape time, once everything runs
@@ -128,7 +126,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
           conflicts: snapshot.conflicts,
         },
         sources: syncer.sourceStates(),
-        spool: await spool.summary(),
+        spool: spoolCounts(relay),
         primaries: relay.summary().primaries,
         ...(relay.storageProblem ? { delivery: `stopped: the spool cannot record outcomes (${relay.storageProblem})` } : {}),
       };
@@ -225,6 +223,12 @@ async function health(spoolRoot: string, directory: Directory, server: ReceiveSe
 }
 
 /** Free space the spool needs to take a message: 1.5 × the size limit, as Postfix's smtpd asks of its queue. */
+/** The queued messages and their bytes, as the relay indexed them (a running count, no spool scan). */
+function spoolCounts(relay: Relay): { messages: number; bytes: number; oldestArrival: number | undefined } {
+  const { indexed, bytes, oldestArrival } = relay.summary();
+  return { messages: indexed, bytes, oldestArrival };
+}
+
 function minFree(config: Config): number {
   return 1.5 * config.limits.messageSize;
 }

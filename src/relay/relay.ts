@@ -426,10 +426,10 @@ export class Relay extends EventEmitter {
   }
 
   /** Primary states and queue counts, for `status` and metrics. */
-  summary(): { primaries: Array<{ primary: string; up: boolean }>; indexed: number; oldestArrival: number | undefined } {
+  summary(): { primaries: Array<{ primary: string; up: boolean }>; indexed: number; bytes: number; oldestArrival: number | undefined } {
     let oldestArrival: number | undefined;
     for (const entry of this.schedule.values()) oldestArrival = Math.min(oldestArrival ?? Infinity, entry.arrival);
-    return { primaries: this.routes.primaries(), indexed: this.schedule.size, oldestArrival };
+    return { primaries: this.routes.primaries(), indexed: this.schedule.size, bytes: this.schedule.bytes, oldestArrival };
   }
 
   /** A reloaded config (SIGHUP): concurrency, backoff, lifetimes, primaries apply from now on. */

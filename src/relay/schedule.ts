@@ -23,6 +23,8 @@ export interface Scheduled {
   readonly arrival: number;
   /** Its arrival on the schedule's clock, which lifetimes count from. */
   readonly since: number;
+  /** Bytes of its message file. */
+  readonly size: number;
   /** Epoch ms at which its pending recipients expire. */
   expires: number;
   /** Epoch ms of its delay notice; Infinity when none is owed. */
@@ -67,6 +69,7 @@ export class Schedule {
   private readonly chores: Array<{ chore: Chore; entry: Scheduled }> = [];
   /** Indexed messages per route. */
   private readonly users = new Map<string, number>();
+  private totalBytes = 0;
 
   constructor(
     private policy: SchedulePolicy,
@@ -75,6 +78,11 @@ export class Schedule {
 
   get size(): number {
     return this.entries.size;
+  }
+
+  /** Bytes of the indexed messages' files (`status`, metrics: counted as they come and go, no scan). */
+  get bytes(): number {
+    return this.totalBytes;
   }
 
   get(id: string): Scheduled | undefined {
@@ -102,6 +110,7 @@ export class Schedule {
       due: envelope.nextAttempt ? Math.min(Date.parse(envelope.nextAttempt) + now - wallNow, now + maxBackoff * 1000) : 0,
       arrival,
       since,
+      size: envelope.size,
       expires: since + queueLifetime * 1000,
       warnAt: delayWarning > 0 && !envelope.delayWarned && envelope.kind !== 'dsn' ? since + delayWarning * 1000 : Infinity,
       noticePending: Boolean(envelope.notice),
@@ -134,6 +143,7 @@ export class Schedule {
   }
 
   private count(entry: Scheduled, delta: 1 | -1): void {
+    this.totalBytes += delta * entry.size;
     for (const key of entry.routes) {
       const users = (this.users.get(key) ?? 0) + delta;
       if (users > 0) this.users.set(key, users);
@@ -146,6 +156,7 @@ export class Schedule {
     this.policy = policy;
     this.routeOf = routeOf;
     this.users.clear();
+    this.totalBytes = 0; // counted again below
     for (const entry of this.entries.values()) {
       const { queueLifetime, delayWarning } = policy;
       entry.expires = entry.since + queueLifetime * 1000;
