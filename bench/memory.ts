@@ -1,12 +1,14 @@
 /*
  * Memory and start-up benchmarks (the issue-8 targets): RSS growth while receiving a
  * 50 MB message, RSS with 1,000 idle sessions open, and the start-up (recovery scan and
- * relay index) of a spool of 100,000 messages (BENCH_SPOOL_MESSAGES).
+ * relay index) of a spool of 100,000 messages (BENCH_SPOOL_MESSAGES), then what `status`,
+ * `queue list` and `queue summary` cost with that spool.
  */
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { spawnDaemon } from '../test/helpers/cli.js';
+import { CLI, spawnDaemon } from '../test/helpers/cli.js';
 import { baseConfig, writeTestConfig } from '../test/helpers/daemon.js';
 import { SmtpClient } from '../test/helpers/smtp-client.js';
 import type { Envelope } from '../src/spool/envelope.js';
@@ -90,9 +92,35 @@ export async function memoryBenchmarks(report: Report): Promise<void> {
         wall: `${((Date.now() - started) / 1000).toFixed(1)}s`,
       },
     });
+    await queueTools(report, daemon.child.pid!, file, count);
   } finally {
     daemon.child.kill('SIGTERM');
     await daemon.exited;
     removeAfterRun(dir);
   }
+}
+
+/**
+ * What an operator runs during a long outage, against the daemon holding `count` messages:
+ * `status` (the daemon's RSS before and its peak while answering: it must not grow with
+ * the queue), `queue list` and `queue summary` (wall time, output to /dev/null).
+ */
+async function queueTools(report: Report, pid: number, file: string, count: number): Promise<void> {
+  writeFileSync(`/proc/${pid}/clear_refs`, '5'); // resets VmHWM: the peak from here on
+  const before = rssMb(pid);
+  const run = (args: string[]) => {
+    const started = process.hrtime.bigint();
+    const result = spawnSync(process.execPath, [CLI, ...args, '--config', file], { stdio: ['ignore', 'ignore', 'inherit'] });
+    if (result.status !== 0) throw new Error(`${args.join(' ')}: exit ${result.status}`);
+    return Number(process.hrtime.bigint() - started) / 1e9;
+  };
+  const statusSeconds = run(['status']);
+  report({
+    name: 'status with a full spool: daemon peak RSS',
+    value: peakRssMb(pid),
+    unit: 'MB',
+    parameters: { messages: count, before: `${before.toFixed(0)}MB`, seconds: statusSeconds.toFixed(2) },
+  });
+  report({ name: 'queue list with a full spool', value: run(['queue', 'list']), unit: 's', parameters: { messages: count } });
+  report({ name: 'queue summary with a full spool', value: run(['queue', 'summary']), unit: 's', parameters: { messages: count } });
 }

@@ -10,7 +10,7 @@ import type { Spool } from '../spool/spool.js';
 import { onQueuedMessage, type Change, type QueuedOutcome } from '../spool/transaction.js';
 import { isInternalAddress, mailHosts, NoMailDomain } from './mx.js';
 import { Routes, type Route } from './routes.js';
-import { backoff, Schedule, type Chore, type Scheduled } from './schedule.js';
+import { backoff, hasPendingIn, Schedule, type Chore, type Scheduled } from './schedule.js';
 import { PrimaryUnreachable, SmtpSession } from './session.js';
 import { sendMessage, type OutgoingMessage, type RecipientResult } from './transaction.js';
 
@@ -376,7 +376,7 @@ export class Relay extends EventEmitter {
         entry.blockedUntil = 0;
         this.schedule.touch(entry, now);
       }
-      const keys = new Set(matching.flatMap((entry) => [...entry.routes]));
+      const keys = new Set(matching.flatMap((entry) => entry.routes));
       const down = [...keys].map((key) => this.routes.get(key)).filter((route): route is Route => Boolean(route && !route.up && !route.mxDomain));
       await Promise.all(down.map((route) => this.probe(route)));
       this.kick();
@@ -385,7 +385,7 @@ export class Relay extends EventEmitter {
         for (const id of waiting) {
           if (this.schedule.isBusy(id)) continue; // its outcome is on the way
           const entry = this.schedule.get(id);
-          const reachable = entry && [...entry.routes].some((key) => this.routes.get(key)?.up);
+          const reachable = entry && entry.routes.some((key) => this.routes.get(key)?.up);
           if (!entry || !reachable || entry.held) {
             if (entry && !reachable && !entry.held) report.unreachable++;
             waiting.delete(id);
@@ -421,7 +421,7 @@ export class Relay extends EventEmitter {
 
   private matching(filter: FlushFilter): Scheduled[] {
     return [...this.schedule.values()].filter(
-      (entry) => !entry.held && (!filter.id || entry.id === filter.id) && (!filter.domain || entry.domains.has(filter.domain.toLowerCase())),
+      (entry) => !entry.held && (!filter.id || entry.id === filter.id) && (!filter.domain || hasPendingIn(entry, filter.domain.toLowerCase())),
     );
   }
 

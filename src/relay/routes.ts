@@ -34,12 +34,12 @@ export class Routes {
   }
 
   /** The route key of a pending recipient: its source's primary (else the global one); a DSN goes to dsn.relay or the MX. */
-  keyFor(kind: Envelope['kind'], recipient: Recipient): string {
+  keyFor(kind: Envelope['kind'], recipient: Pick<Recipient, 'address' | 'source'>): string {
     return this.resolve(kind, recipient).key;
   }
 
   /** The route of a pending recipient, made if it is new. */
-  resolve(kind: Envelope['kind'], recipient: Recipient): Route {
+  resolve(kind: Envelope['kind'], recipient: Pick<Recipient, 'address' | 'source'>): Route {
     if (kind === 'dsn' && !this.config.dsn.relay) {
       const domain = domainOf(recipient.address);
       return this.make(`mx:${domain}`, { host: domain, port: this.config.dsn.port }, domain);

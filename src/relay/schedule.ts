@@ -3,7 +3,27 @@ import type { Envelope, Recipient } from '../spool/envelope.js';
 import { MinHeap } from './heap.js';
 
 /** Where a pending recipient goes: a route key ("host:port", or "mx:domain" for a DSN). */
-export type RouteOf = (kind: Envelope['kind'], recipient: Recipient) => string;
+export type RouteOf = (kind: Envelope['kind'], recipient: Pick<Recipient, 'address' | 'source'>) => string;
+
+/**
+ * One shared array per set of route keys: 200,000 messages to one primary hold one array
+ * between them, not one each (an array grown by push reserves 17 slots).
+ */
+const keyLists = new Map<string, readonly string[]>();
+function keyList(keys: readonly string[]): readonly string[] {
+  const unique = keys.length < 2 ? keys : [...new Set(keys)];
+  const name = unique.join('\n');
+  let list = keyLists.get(name);
+  if (list) return list;
+  if (keyLists.size >= 10_000) keyLists.clear(); // DSN routes name sender domains: bounded; the lists in use stay valid
+  keyLists.set(name, (list = Object.freeze([...unique])));
+  return list;
+}
+
+/** Whether the message still has a pending recipient in `domain` (a flush --domain). */
+export function hasPendingIn(entry: Scheduled, domain: string): boolean {
+  return entry.pending.some((r) => domainOf(r.address) === domain);
+}
 
 export interface SchedulePolicy {
   /** Seconds a message may wait before its pending recipients expire. */
@@ -33,16 +53,16 @@ export interface Scheduled {
   readonly noticePending: boolean;
   readonly held: boolean;
   readonly kind: Envelope['kind'];
-  readonly pending: readonly Recipient[];
-  /** Route keys that still have pending recipients of it. */
-  routes: Set<string>;
-  readonly domains: ReadonlySet<string>;
+  /** What routing needs of its pending recipients (not their replies: 200,000 queued messages are held here). */
+  readonly pending: readonly Pick<Recipient, 'address' | 'source'>[];
+  /** Route keys that still have pending recipients of it (arrays, not Sets: a message has one or two). */
+  routes: readonly string[];
   /** Epoch ms before which nothing is tried on it: another process held it (a concurrent flush or queue edit). */
   blockedUntil: number;
   /** When its timer fires; Infinity when none is set. */
   timerAt: number;
   /** Routes whose ready queue holds it. */
-  readyFor: Set<string>;
+  readyFor: readonly string[];
 }
 
 /** Work on a message other than a delivery attempt, under its lock. */
@@ -116,12 +136,11 @@ export class Schedule {
       noticePending: Boolean(envelope.notice),
       held: Boolean(envelope.held),
       kind: envelope.kind,
-      pending,
-      routes: new Set(pending.map((r) => this.routeOf(envelope.kind, r))),
-      domains: new Set(pending.map((r) => domainOf(r.address))),
+      pending: pending.map(({ address, source }) => (source === undefined ? { address } : { address, source })),
+      routes: keyList(pending.map((r) => this.routeOf(envelope.kind, r))),
       blockedUntil: 0,
       timerAt: Infinity,
-      readyFor: new Set(),
+      readyFor: keyList([]),
     };
     this.entries.set(envelope.id, entry);
     this.count(entry, 1);
@@ -161,9 +180,9 @@ export class Schedule {
       const { queueLifetime, delayWarning } = policy;
       entry.expires = entry.since + queueLifetime * 1000;
       if (entry.warnAt !== Infinity) entry.warnAt = delayWarning > 0 ? entry.since + delayWarning * 1000 : Infinity;
-      entry.routes = new Set(entry.pending.map((r) => routeOf(entry.kind, r)));
+      entry.routes = keyList(entry.pending.map((r) => routeOf(entry.kind, r)));
       this.count(entry, 1);
-      entry.readyFor.clear();
+      entry.readyFor = keyList([]);
       entry.timerAt = Infinity;
       this.setTimer(entry, now, now);
     }
@@ -223,8 +242,8 @@ export class Schedule {
   next(route: string, now: number): Scheduled | undefined {
     const queue = this.ready.get(route);
     for (let entry = queue?.pop(); entry; entry = queue?.pop()) {
-      entry.readyFor.delete(route);
-      if (this.entries.get(entry.id) !== entry || !entry.routes.has(route)) continue;
+      entry.readyFor = keyList(entry.readyFor.filter((key) => key !== route));
+      if (this.entries.get(entry.id) !== entry || !entry.routes.includes(route)) continue;
       if (entry.held || entry.due > now || entry.blockedUntil > now || this.busy.has(entry.id)) continue; // its timer or job brings it back
       return entry;
     }
@@ -246,8 +265,8 @@ export class Schedule {
     if (entry.due > now) return this.setTimer(entry, Math.min(entry.due, entry.warnAt, entry.expires), now);
     this.setTimer(entry, Math.min(entry.warnAt, entry.expires), now); // it may wait for a down route that long
     for (const key of entry.routes) {
-      if (entry.readyFor.has(key)) continue;
-      entry.readyFor.add(key);
+      if (entry.readyFor.includes(key)) continue;
+      entry.readyFor = keyList([...entry.readyFor, key]);
       let queue = this.ready.get(key);
       if (!queue) this.ready.set(key, (queue = new MinHeap<Scheduled>((a, b) => a.id < b.id))); // ids sort by arrival
       queue.push(entry);

@@ -65,15 +65,27 @@ export async function readQueuedFile(path: string, id: string): Promise<{ envelo
   }
 }
 
-/** readTrailer, synchronously: for start-up recovery, where nothing else runs yet. */
+/** Start-up's one buffer for every file it reads (200,000 files: no 4 KB allocation each). */
+const scratch = Buffer.allocUnsafe(WHOLE_FILE + 1);
+
+/**
+ * readTrailer, synchronously: for start-up recovery, where nothing else runs yet. A small
+ * file is read whole into `scratch` by one read (no stat); only a bigger one is stat'd.
+ */
 export function readTrailerSync(path: string, id: string): Envelope {
   const fd = openSync(path, 'r');
   try {
-    const reads = trailerReads(fstatSync(fd).size, id);
+    const bytesRead = readSync(fd, scratch, 0, scratch.length, 0);
+    const small = bytesRead <= WHOLE_FILE;
+    const reads = trailerReads(small ? bytesRead : fstatSync(fd).size, id);
     for (let next = reads.next(); ;) {
       if (next.done) return next.value;
-      const buffer = Buffer.alloc(next.value.length);
-      next = reads.next(buffer.subarray(0, readSync(fd, buffer, 0, buffer.length, next.value.position)));
+      const { position, length } = next.value;
+      if (small) next = reads.next(scratch.subarray(position, position + length));
+      else {
+        const buffer = Buffer.alloc(length);
+        next = reads.next(buffer.subarray(0, readSync(fd, buffer, 0, length, position)));
+      }
     }
   } finally {
     closeSync(fd);
