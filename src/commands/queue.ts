@@ -10,59 +10,69 @@ import { deliveredSize, messageState, type Envelope } from '../spool/envelope.js
 import { QUEUE_ID } from '../spool/queue-id.js';
 import { Spool } from '../spool/spool.js';
 
-/** The queued messages a selection picks (all of them without one), read from the spool directly: with or without the daemon. */
-async function selected(spoolRoot: string, selection: QueueSelection): Promise<Envelope[]> {
+/**
+ * The queued messages a selection picks (all of them without one), oldest first, read from
+ * the spool directly, with or without the daemon: streamed, so that a 200,000-message
+ * queue is never held whole.
+ */
+async function* selected(spoolRoot: string, selection: QueueSelection): AsyncGenerator<Envelope> {
   if (!existsSync(spoolRoot)) throw new Error(`spool ${spoolRoot} does not exist (check "spool:" in the config)`);
   const spool = Spool.forReading(spoolRoot);
-  const { envelopes, unreadable } = existsSync(spool.queueDir) ? await spool.list() : { envelopes: [], unreadable: [] };
-  for (const { id, reason } of unreadable) process.stderr.write(`secondarymx: ${id}: unreadable envelope: ${reason}\n`);
+  if (!existsSync(spool.queueDir)) return;
   const now = Date.now();
-  return envelopes.filter((envelope) => selects(selection, envelope, now)).sort((a, b) => a.arrival.localeCompare(b.arrival));
+  for await (const item of spool.each()) {
+    if (!('envelope' in item)) process.stderr.write(`secondarymx: ${item.id}: unreadable envelope: ${item.reason}\n`);
+    else if (selects(selection, item.envelope, now)) yield item.envelope;
+  }
 }
 
-/** `secondarymx queue list [selection]`. */
+/** Writes to stdout, waiting when the reader is slower (a listing piped to less). */
+async function out(text: string): Promise<void> {
+  if (!process.stdout.write(text)) await new Promise((resolve) => process.stdout.once('drain', resolve));
+}
+
+/** `secondarymx queue list [selection]`: one block (or JSON object) per message as it is read. */
 export async function printQueue(spoolRoot: string, json: boolean, selection: QueueSelection = {}): Promise<number> {
-  const envelopes = await selected(spoolRoot, selection);
-  if (json) {
-    const rows = envelopes.map((e) => ({
-      id: e.id,
-      arrival: e.arrival,
-      size: deliveredSize(e),
-      sender: e.sender,
-      state: messageState(e),
-      ...(e.heldReason ? { heldReason: e.heldReason } : {}),
-      recipients: e.recipients,
-    }));
-    process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
-    return 0;
+  let count = 0;
+  let bytes = 0;
+  for await (const envelope of selected(spoolRoot, selection)) {
+    if (json) {
+      const row = {
+        id: envelope.id,
+        arrival: envelope.arrival,
+        size: deliveredSize(envelope),
+        sender: envelope.sender,
+        state: messageState(envelope),
+        ...(envelope.heldReason ? { heldReason: envelope.heldReason } : {}),
+        recipients: envelope.recipients,
+      };
+      // The same text as JSON.stringify(rows, null, 2), one row at a time.
+      await out(`${count === 0 ? '[\n' : ',\n'}${JSON.stringify(row, null, 2).replace(/^/gm, '  ')}`);
+    } else await out(printable(`${count === 0 ? `${QUEUE_HEADER}\n` : ''}${queueBlock(envelope)}`)); // line feeds and tabs are not escaped
+    count++;
+    bytes += deliveredSize(envelope);
   }
-  process.stdout.write(printable(formatQueue(envelopes))); // line feeds and tabs are not escaped
+  if (json) await out(count === 0 ? '[]\n' : '\n]\n');
+  else await out(count === 0 ? 'Mail queue is empty\n' : `-- ${Math.ceil(bytes / 1024)} Kbytes in ${count} ${count === 1 ? 'message' : 'messages'}.\n`);
   return 0;
 }
 
+const QUEUE_HEADER = '-Queue ID-          --Size-- ----Arrival Time---- -State-- -Sender/Recipient-------';
+
 /** postqueue -p style: one block per message, recipients indented under the sender. */
-export function formatQueue(envelopes: readonly Envelope[]): string {
-  if (envelopes.length === 0) return 'Mail queue is empty\n';
-  const lines = ['-Queue ID-          --Size-- ----Arrival Time---- -State-- -Sender/Recipient-------'];
-  let bytes = 0;
-  for (const envelope of envelopes) {
-    bytes += deliveredSize(envelope);
-    const arrival = envelope.arrival.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
-    lines.push(
-      `${envelope.id} ${String(deliveredSize(envelope)).padStart(8)} ${arrival.padEnd(20)} ${messageState(envelope).padEnd(8)} ${envelope.sender || '<>'}`,
-    );
-    if (envelope.heldReason) lines.push(`${' '.repeat(20)}held by the relay: ${envelope.heldReason}`);
-    for (const recipient of envelope.recipients) lines.push(`${' '.repeat(60)}${recipient.address} (${recipient.state})`);
-    lines.push('');
-  }
-  const count = envelopes.length;
-  lines.push(`-- ${Math.ceil(bytes / 1024)} Kbytes in ${count} ${count === 1 ? 'message' : 'messages'}.`);
-  return `${lines.join('\n')}\n`;
+function queueBlock(envelope: Envelope): string {
+  const arrival = envelope.arrival.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
+  const lines = [
+    `${envelope.id} ${String(deliveredSize(envelope)).padStart(8)} ${arrival.padEnd(20)} ${messageState(envelope).padEnd(8)} ${envelope.sender || '<>'}`,
+  ];
+  if (envelope.heldReason) lines.push(`${' '.repeat(20)}held by the relay: ${envelope.heldReason}`);
+  for (const recipient of envelope.recipients) lines.push(`${' '.repeat(60)}${recipient.address} (${recipient.state})`);
+  return `${lines.join('\n')}\n\n`;
 }
 
 /** `queue summary [selection]`: Postfix's qshape, recipient domains by age. */
 export async function summaryCommand(spoolRoot: string, json: boolean, selection: QueueSelection = {}): Promise<number> {
-  const shape = queueShape(await selected(spoolRoot, selection));
+  const shape = await queueShape(selected(spoolRoot, selection));
   process.stdout.write(json ? `${JSON.stringify(shape, null, 2)}\n` : printable(formatShape(shape)));
   return 0;
 }
@@ -78,7 +88,8 @@ export class ConfirmationNeeded extends Error {
  * edits each under its lock, through the daemon when it runs.
  */
 export async function bulkEditCommand(config: Config, edit: QueueEdit, selection: QueueSelection, yes: boolean): Promise<number> {
-  const ids = (await selected(config.spool, selection)).map((envelope) => envelope.id);
+  const ids: string[] = [];
+  for await (const envelope of selected(config.spool, selection)) ids.push(envelope.id);
   process.stdout.write(`${ids.length} ${ids.length === 1 ? 'message matches' : 'messages match'}\n`);
   if (ids.length === 0) return 0;
   if (!yes) {

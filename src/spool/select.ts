@@ -52,10 +52,10 @@ export interface QueueShape {
  * Postfix's qshape view: messages with pending recipients per recipient domain (a message
  * counts once per domain it still has recipients in) and per age bucket.
  */
-export function queueShape(envelopes: readonly Envelope[], now = Date.now()): QueueShape {
+export async function queueShape(envelopes: Iterable<Envelope> | AsyncIterable<Envelope>, now = Date.now()): Promise<QueueShape> {
   const byDomain = new Map<string, number[]>();
   const total = new Array<number>(AGE_BUCKETS.length + 1).fill(0);
-  for (const envelope of envelopes) {
+  for await (const envelope of envelopes) {
     const domains = new Set(envelope.recipients.filter((r) => r.state === 'pending').map((r) => domainOf(r.address)));
     if (domains.size === 0) continue;
     const minutes = (now - Date.parse(envelope.arrival)) / 60_000;

@@ -52,10 +52,11 @@ export async function queueWaiting(
   const spool = await Spool.forDelivery(spoolDir);
   const ids: string[] = [];
   for (const { subject, sender = 's@remote.example', recipients = ['alice@d1.example'], minutesAgo = 0, delivered = false } of messages) {
-    const id = newQueueId();
+    const arrival = Date.now() - minutesAgo * 60_000;
+    const id = newQueueId(arrival); // as the receiver mints them: ids sort by arrival
     ids.push(id);
     await spool.enqueue(id, Buffer.from(message(subject)), {
-      arrival: new Date(Date.now() - minutesAgo * 60_000).toISOString(),
+      arrival: new Date(arrival).toISOString(),
       sender,
       recipients: recipients.map((address) => ({ address, state: delivered ? ('delivered' as const) : ('pending' as const) })),
       bodyType: '7bit',
