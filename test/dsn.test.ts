@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { simpleParser, type ParsedMail } from 'mailparser';
 import { newQueueId } from '../src/spool/queue-id.js';
@@ -281,6 +281,33 @@ describe('dsn: straight to the sender domain MX', () => {
     const [held] = queuedIds(mx!.spoolDir);
     await waitFor(() => queuedEnvelope(mx!.spoolDir, held).held === true);
     assert.match(queuedEnvelope(mx!.spoolDir, held).heldReason!, /5\.1\.2 nowhere\.example: no such domain/);
+  });
+});
+
+describe('dsn: a DSN leaves only once its original is settled on disk', () => {
+  it('reaches the smarthost after the original no longer records its notice (a crash in between cannot send it twice)', async () => {
+    const primary = new TestPrimary(await freePort());
+    const smarthost = new TestPrimary(await freePort());
+    await primary.start();
+    await smarthost.start();
+    primary.rcptReplies.set('alice@d1.example', [550, '5.1.1 no such user']);
+    primary.rcptReplies.set('ok@d2.example', [451, '4.3.0 later']); // the original stays, with an envelope to save
+    const mx = await startTestDaemon({ primaryPort: primary.port, extra: `dsn: { relay: { host: 127.0.0.1, port: ${smarthost.port} } }` });
+    try {
+      const seen: string[] = [];
+      let id = '';
+      smarthost.onRcpt = () => {
+        const file = join(mx.spoolDir, 'queue', `${id}.env`);
+        seen.push(existsSync(file) && readFileSync(file, 'utf8').includes('"notice"') ? 'notice still recorded' : 'settled');
+      };
+      id = await sendRaw(mx.port, ['MAIL FROM:<sender@remote.example>', 'RCPT TO:<alice@d1.example>', 'RCPT TO:<ok@d2.example>', 'DATA'], message('two'));
+      await waitFor(() => smarthost.received.length === 1);
+      assert.deepEqual(seen, ['settled']);
+    } finally {
+      await mx.stop();
+      await primary.stop();
+      await smarthost.stop();
+    }
   });
 });
 

@@ -24,7 +24,8 @@ export class Notifier {
     private config: Config,
     private readonly spool: Spool,
     private readonly log: Logger,
-    private readonly queued: (envelope: Envelope) => void,
+    /** A DSN is in the spool, written for `original` (whose transaction has not saved it yet). */
+    private readonly queued: (dsn: Envelope, original: Envelope) => void,
     private readonly remoteMta: (envelope: Envelope, recipient: Recipient) => string | undefined,
     private readonly metrics?: Metrics,
   ) {
@@ -145,6 +146,6 @@ export class Notifier {
       { event: 'dsn_queued', queueId: envelope.id, dsnId: dsn.id, action: notice.action, to: envelope.sender, recipients: notice.recipients },
       `DSN queued (${notice.action})`,
     );
-    this.queued(dsn);
+    this.queued(dsn, envelope);
   }
 }

@@ -78,6 +78,12 @@ export class Relay extends EventEmitter {
    * In memory, as the backoff of an unrecorded deferral is: a restart forgets them.
    */
   private readonly unrecorded = new Map<string, RecipientResult[]>();
+  /**
+   * DSNs written in a transaction on their original, indexed once that transaction saved it
+   * (settled, its notice cleared): delivered and removed before, a crash would leave the
+   * notice recorded and no DSN in the spool, and the restart would send it again.
+   */
+  private readonly noticesOf = new Map<string, Envelope[]>();
   /** The spool's file system was found full (ENOSPC) and nothing could be written since. */
   private full = false;
   /**
@@ -102,7 +108,7 @@ export class Relay extends EventEmitter {
       config,
       spool,
       log,
-      (dsn) => this.add(dsn),
+      (dsn, original) => this.noticesOf.set(original.id, [...(this.noticesOf.get(original.id) ?? []), dsn]),
       (envelope, recipient) => this.routes.resolve(envelope.kind, recipient).address.host,
       metrics,
     );
@@ -224,6 +230,8 @@ export class Relay extends EventEmitter {
       if (outcome.kind === 'busy') entry.blockedUntil = this.clock() + 1000;
       else if (outcome.kind === 'gone') this.schedule.delete(entry.id);
       else this.schedule.index(outcome.value, this.clock(), Date.now()); // only once saved: a change that could not be saved is not taken for done
+      for (const dsn of this.noticesOf.get(entry.id) ?? []) this.add(dsn); // its original is saved: the DSN may go
+      this.noticesOf.delete(entry.id);
       if (this.full && outcome.kind === 'done' && outcome.value.recipients.length > 0) {
         this.full = false; // an envelope was written: there is room again
         this.log.info({ event: 'spool_full_cleared', queueId: entry.id }, 'spool has room again');
@@ -231,6 +239,7 @@ export class Relay extends EventEmitter {
       this.faultStreak = 0;
       return outcome;
     } catch (error) {
+      this.noticesOf.delete(entry.id); // not saved: its notice is still recorded, and finishing it queues its DSN again
       await this.failed(entry, error);
       return undefined;
     }

@@ -41,6 +41,8 @@ export class TestPrimary {
   readonly rcptTimes: number[] = [];
   /** Most connections open at once. */
   peakConnections = 0;
+  /** Called at each RCPT, before it is answered: a test looks at the sender's state at that moment. */
+  onRcpt: ((address: string) => void) | undefined;
   private open = 0;
   private server: SMTPServer | undefined;
 
@@ -77,6 +79,7 @@ export class TestPrimary {
       onRcptTo: (address, _session, callback) => {
         this.rcptCommands.push(address.address);
         this.rcptTimes.push(Date.now());
+        this.onRcpt?.(address.address);
         const forced = this.rcptReplies.get(address.address.toLowerCase());
         callback(forced ? Object.assign(new Error(forced[1]), { responseCode: forced[0] }) : undefined);
       },
