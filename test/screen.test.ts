@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -169,6 +169,66 @@ describe('screen: with a real primary', () => {
       assert.match(envelope.addedHeaders!, / spf=pass /);
       assert.match(envelope.addedHeaders!, / dkim=pass header\.i=@signed\.test /); // the whole body was hashed
       assert.ok(envelope.size > 300_000);
+    });
+
+    describe('bounded DKIM work per message', () => {
+      const txtOf = (key: KeyObject) => `v=DKIM1; k=rsa; p=${key.export({ type: 'spki', format: 'der' }).toString('base64')}`;
+      const sign = async (body: string, selectors: string[], key = privateKey) =>
+        (
+          await dkimSign(body, {
+            signatureData: selectors.map((selector) => ({ signingDomain: 'signed.test', selector, privateKey: key.export({ type: 'pkcs8', format: 'pem' }) })),
+          } as Parameters<typeof dkimSign>[1])
+        ).signatures;
+      const keyQueries = () => dns.queries.filter((query) => query.includes('._domainkey.'));
+
+      it('verifies at most auth.maxSignatures signatures (5), looking up only their keys, and says how many it left', async () => {
+        const selectors = Array.from({ length: 30 }, (_, i) => `many${i}`);
+        for (const selector of selectors) dns.zones.set(`${selector}._domainkey.signed.test`, { txt: [txtOf(publicKey)] });
+        mx = await start();
+        const body = message('thirty signatures', 'x').replace('sender@remote.example', 'news@signed.test');
+        const before = keyQueries().length;
+        const reply = await attempt(mx.port, 'news@signed.test', ['alice@d1.example'], (await sign(body, selectors)) + body);
+        assert.equal(reply.code, 250, reply.text);
+        assert.equal(keyQueries().length - before, 5, 'five keys looked up, not thirty');
+        const headers = queuedEnvelope(mx.spoolDir, queuedId(reply.text)).addedHeaders!;
+        assert.equal(headers.match(/dkim=pass/g)?.length, 5);
+        assert.match(headers, /dkim=neutral \(too many signatures, 25 not verified\)/);
+        assert.match(headers, / dmarc=pass /);
+      });
+
+      it('verifies the signatures aligned with the From domain first, wherever they sit', async () => {
+        const others = Array.from({ length: 8 }, (_, i) => `other${i}`);
+        mx = await start();
+        const body = message('aligned last', 'y').replace('sender@remote.example', 'news@signed.test');
+        const foreign = (
+          await dkimSign(body, {
+            signatureData: others.map((selector) => ({ signingDomain: 'esp.test', selector, privateKey: privateKey.export({ type: 'pkcs8', format: 'pem' }) })),
+          } as Parameters<typeof dkimSign>[1])
+        ).signatures;
+        const reply = await attempt(mx.port, 'news@signed.test', ['alice@d1.example'], foreign + (await sign(body, ['sel'])) + body);
+        assert.equal(reply.code, 250, reply.text);
+        assert.match(queuedEnvelope(mx.spoolDir, queuedId(reply.text)).addedHeaders!, / dkim=pass header\.i=@signed\.test /);
+      });
+
+      it('refuses to verify with a key whose public exponent is not a small one (dkim=neutral, invalid public key)', async () => {
+        const big = generateKeyPairSync('rsa', { modulusLength: 2048, publicExponent: 0x7fffffff });
+        dns.zones.set('bigexp._domainkey.signed.test', { txt: [txtOf(big.publicKey)] });
+        mx = await start();
+        const body = message('big exponent', 'z').replace('sender@remote.example', 'news@signed.test');
+        const reply = await attempt(mx.port, 'news@signed.test', ['alice@d1.example'], (await sign(body, ['bigexp'], big.privateKey)) + body);
+        assert.deepEqual(pick(reply), [550, '5.7.26'], 'not verified: DMARC p=reject applies');
+        assert.deepEqual(mx.logs.find((line) => line.event === 'message_refused')?.dkim, ['neutral']);
+      });
+
+      it('looks up the keys of all its signatures at once: selectors that never answer cost one wait, and the result is temperror', async () => {
+        for (const selector of ['mute0', 'mute1', 'mute2']) dns.zones.set(`${selector}._domainkey.signed.test`, { silent: true });
+        mx = await start('auth: { dnsTimeout: 1 }');
+        const body = message('mute keys', 'w').replace('sender@remote.example', 'news@no-dmarc.test'); // no DMARC policy to apply
+        const reply = await attempt(mx.port, 'someone@spf-pass.test', ['alice@d1.example'], (await sign(body, ['mute0', 'mute1', 'mute2'])) + body);
+        assert.equal(reply.code, 250, reply.text);
+        const queued = mx.logs.find((line) => line.event === 'queued');
+        assert.deepEqual(queued?.dkim, ['temperror', 'temperror', 'temperror']);
+      });
     });
 
     it('refuses an unsigned message whose From domain publishes p=reject and whose SPF domain is not aligned (550 5.7.26)', async () => {

@@ -48,6 +48,9 @@ describe('spool: storage failures', () => {
     const mx = await startTestDaemon({ spoolDir: mountPoint, extra: 'limits: { messageSize: 300000 }' });
     try {
       const { client } = await SmtpClient.session(mx.port);
+      const roomChecked = async () => {
+        await (await fetch(`http://127.0.0.1:${mx.daemon.monitoringPort}/healthz`)).text();
+      };
       // MAIL checks for room (1.5 x limits.messageSize); the disk fills up after it, as other sessions' messages would fill it.
       const filler = join(mountPoint, 'filler');
       const sendAfterFilling = async (fillerBytes: number, body: string) => {
@@ -63,15 +66,15 @@ describe('spool: storage failures', () => {
       assert.deepEqual([full.code, full.enhanced], [452, '4.3.1']);
       assert.deepEqual(contents(mountPoint), { tmp: [], queue: [], corrupt: [] });
       rmSync(filler);
-      await new Promise((resolve) => setTimeout(resolve, 1100)); // the room check runs every second
+      await roomChecked(); // the room check runs every second; /healthz runs it now
       // A small message is written in one go at commit: that write is the one that fails.
       const small = await sendAfterFilling(1024 * 1024, message('no room left at all'));
       assert.deepEqual([small.code, small.enhanced], [452, '4.3.1']);
       assert.deepEqual(contents(mountPoint), { tmp: [], queue: [], corrupt: [] });
-      await new Promise((resolve) => setTimeout(resolve, 1100));
+      await roomChecked();
       assert.deepEqual([(await client.command('MAIL FROM:<s@remote.example>')).code], [452], 'no room: refused at MAIL');
       rmSync(filler);
-      await new Promise((resolve) => setTimeout(resolve, 1100));
+      await roomChecked();
       const ok = await client.sendMail('s@remote.example', ['alice@d1.example'], message('fits'));
       assert.equal(ok.code, 250);
       assert.deepEqual(contents(mountPoint).queue, [`${queuedId(ok.text)}.msg`]);

@@ -96,7 +96,7 @@ describe('storage: what /healthz says is what MAIL meets', () => {
       await waitFor(() => mx.logs.some((line) => line.event === 'spool_gone'), 3000);
       assert.deepEqual(pick(await client.command('MAIL FROM:<s@remote.example>')), [451, '4.3.0']);
       for (const sub of ['tmp', 'queue']) mkdirSync(join(mx.spoolDir, sub), { recursive: true }); // someone recreates it
-      await new Promise((resolve) => setTimeout(resolve, 1200));
+      await (await fetch(`http://127.0.0.1:${mx.daemon.monitoringPort}/healthz`)).text(); // the folder check, now
       assert.deepEqual(pick(await client.command('MAIL FROM:<s@remote.example>')), [451, '4.3.0']);
       const [status, reason] = await healthz(mx.daemon.monitoringPort);
       assert.equal(status, 503);

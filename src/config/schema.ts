@@ -271,8 +271,10 @@ const auth = z.strictObject({
   dmarc: z
     .strictObject({ reject: authAction.default('reject'), quarantine: authAction.default('tag'), none: authAction.default('tag') })
     .default(() => ({ reject: 'reject' as const, quarantine: 'tag' as const, none: 'tag' as const })),
-  /** Seconds for each DNS query of the checks. */
+  /** Seconds for each DNS query of the checks (a message's DKIM keys are looked up at once: one such wait for all). */
   dnsTimeout: seconds.default(5),
+  /** DKIM-Signature fields verified per message, From-aligned first (OpenDKIM's MaximumSignaturesToVerify); the rest: dkim=neutral, not verified. */
+  maxSignatures: positiveInt.default(5),
 });
 
 const rspamd = z.strictObject({

@@ -1,7 +1,8 @@
 import { isIP } from 'node:net';
 import type { Readable } from 'node:stream';
 import libmime from 'libmime';
-import { arc, dkimVerify, dmarc, spf, type ARCData, type DNSResolver, type SPFResult } from 'mailauth';
+import { arc, dmarc, spf, type ARCData, type DNSResolver, type SPFResult } from 'mailauth';
+import { verifyDkim } from './dkim.js';
 import { SmtpReply } from '../receive/replies.js';
 import { unmapped } from '../net/ip.js';
 
@@ -13,6 +14,8 @@ export interface AuthPolicy {
   spf: Partial<Record<string, AuthAction>>;
   /** Per DMARC policy of a message that fails DMARC: reject, quarantine, none. */
   dmarc: Partial<Record<string, AuthAction>>;
+  /** DKIM-Signature fields verified per message (screen/dkim.ts). */
+  maxSignatures: number;
 }
 
 export interface SpfCheck {
@@ -104,7 +107,7 @@ export class SenderAuth {
   async checkMessage(message: Readable | Buffer, sender: string, spfCheck: SpfCheck): Promise<ContentCheck> {
     const resolver = this.resolver;
     const spfChecked = spfCheck.checked;
-    const dkim = await dkimVerify(message, { resolver, sender });
+    const dkim = await verifyDkim(message, resolver, sender, { maxSignatures: this.policy.maxSignatures });
     const arcResult = await arc(dkim.arc as unknown as ARCData, { resolver });
     const spfResult = spfChecked.status.result;
     const dmarcResult = dkim.headerFrom
@@ -118,7 +121,10 @@ export class SenderAuth {
           resolver,
         })) || undefined
       : undefined;
-    const results = [...dkim.results.map((result) => result.info), spfChecked.info, arcResult.info, dmarcResult?.info].filter((info): info is string => !!info);
+    const unverified = dkim.skipped > 0 ? `dkim=neutral (too many signatures, ${dkim.skipped} not verified)` : undefined;
+    const results = [...dkim.results.map((result) => result.info), unverified, spfChecked.info, arcResult.info, dmarcResult?.info].filter(
+      (info): info is string => !!info,
+    );
     const headers = [spfChecked.header, `Authentication-Results: ${this.hostname};\r\n ${results.map((info) => libmime.foldLines(info, 160)).join(';\r\n ')}`];
     let reply = spfCheck.reply;
     if (!reply && dmarcResult && dmarcResult.status.result === 'fail') {
