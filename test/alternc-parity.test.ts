@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
-import { AlternCDatabase, TEST_MYSQL_URL } from './helpers/mysql.js';
+import { AlternCDatabase } from './helpers/mysql.js';
 import { startAlternCPrimary } from './helpers/postfix.js';
 import { SmtpClient } from './helpers/smtp-client.js';
 
@@ -60,14 +60,7 @@ describe('AlternC parity: the daemon accepts what the primary accepts (AlternC s
     await db.execute(
       "INSERT INTO {db}.membres (uid, login, mail, notes) VALUES (2000, 'admin', 'admin@elsewhere.test', ''), (2001, 'jdoe', 'jdoe@elsewhere.test', '')",
     );
-    const url = new URL(TEST_MYSQL_URL);
-    primary = await startAlternCPrimary({
-      host: url.hostname,
-      port: Number(url.port || 3306),
-      user: decodeURIComponent(url.username),
-      password: decodeURIComponent(url.password),
-      name: db.name,
-    });
+    primary = await startAlternCPrimary(new URL(db.url()));
     mx = await startTestDaemon({ sources: `  - { name: alternc, type: mysql, url: "${db.url()}" }` });
   });
 

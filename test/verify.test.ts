@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
-import { AlternCDatabase, TEST_MYSQL_URL } from './helpers/mysql.js';
+import { AlternCDatabase } from './helpers/mysql.js';
 import { startAlternCPrimary, startPostfixPrimary, type PostfixPrimary } from './helpers/postfix.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
 import { message, pick, SmtpClient, type Reply } from './helpers/smtp-client.js';
@@ -61,14 +61,7 @@ describe('recipient verification: no backscatter, and a callahead that never ham
       await db.address(d3, 'alice', { mailbox: true });
       await db.address(d3, 'root', { recipients: 'ops@outside.example\nalice@d3.example' });
       await db.address(d3, 'gone', { enabled: 0, recipients: 'gone@outside.example' });
-      const url = new URL(TEST_MYSQL_URL);
-      alternc = await startAlternCPrimary({
-        host: url.hostname,
-        port: Number(url.port || 3306),
-        user: decodeURIComponent(url.username),
-        password: decodeURIComponent(url.password),
-        name: db.name,
-      });
+      alternc = await startAlternCPrimary(new URL(db.url()));
     });
     after(async () => {
       await alternc?.remove();

@@ -94,19 +94,20 @@ export async function startPostfix(root: string, mainCf: string[], maps: Record<
 }
 
 /**
- * AlternC's primary: Postfix reading AlternC's database (its schema: test/fixtures/alternc-mail.sql)
+ * AlternC's primary: Postfix reading AlternC's database at `url` (its schema: test/fixtures/alternc-mail.sql)
  * through AlternC's own map files (etc/alternc/templates/postfix/mydomain.cf, myalias.cf,
  * mymail2mail.cf, myvirtual.cf, and main.cf's lines that use them), with proxy:mysql as
  * AlternC has them. Mail it accepts stays in its queue (no dovecot here): the tests read
  * its RCPT replies and its queue.
  */
-export async function startAlternCPrimary(database: {
-  host: string;
-  port: number;
-  user: string;
-  password: string;
-  name: string;
-}): Promise<PostfixInstance & { remove(): Promise<void> }> {
+export async function startAlternCPrimary(url: URL): Promise<PostfixInstance & { remove(): Promise<void> }> {
+  const database = {
+    host: url.hostname,
+    port: Number(url.port || 3306),
+    user: decodeURIComponent(url.username),
+    password: decodeURIComponent(url.password),
+    name: url.pathname.slice(1),
+  };
   if (!existsSync('/usr/lib/postfix/postfix-mysql.so')) throw new Error("needs Debian's postfix-mysql: apt-get install postfix-mysql (.ci/run installs it)");
   const root = mkdtempSync(join(tmpdir(), 'secondarymx-alternc-'));
   chmodSync(root, 0o755); // Postfix's daemons run as postfix
