@@ -1,6 +1,7 @@
 import { fstatSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { Writable } from 'node:stream';
+import { format } from 'node:util';
 import { pino, type DestinationStream, type Logger } from 'pino';
 
 /**
@@ -85,4 +86,18 @@ export function createCliLogger(level: string): Logger {
     },
   });
   return createLogger(level, human);
+}
+
+/**
+ * The daemon's stdout carries JSON lines only: what a library prints with console (mailauth
+ * logs "TOTAL n EXPECTING m" for a DKIM l= longer than the body, which any sender can
+ * cause) goes through the logger as a line of its own (event library_output).
+ */
+export function captureConsole(log: Logger): void {
+  const as =
+    (level: 'debug' | 'warn') =>
+    (...args: unknown[]) =>
+      log[level]({ event: 'library_output', text: format(...args) }, 'a library wrote to the console');
+  console.log = console.info = console.debug = as('debug');
+  console.warn = console.error = as('warn');
 }

@@ -6,6 +6,7 @@ import { rm, writeFile } from 'node:fs/promises';
 import { insecureSources, loadConfig, type LoadedConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { Metrics } from './control/metrics.js';
+import { captureConsole } from './log.js';
 import { MonitoringServer } from './control/monitoring.js';
 import { ControlServer, controlSocketPath } from './control/server.js';
 import type { StatusReport } from './control/status.js';
@@ -251,6 +252,7 @@ function warnIfSecretsExposed(file: string, config: Config, log: Logger): void {
  * the config and the TLS files (one that came while starting is applied once started).
  */
 export async function serve(loaded: LoadedConfig, log: Logger, signals: ServeSignals): Promise<void> {
+  captureConsole(log);
   const daemon = await startDaemon(loaded, log);
   const reload = () => {
     // A bad new config (or unreadable TLS files) is refused; the running one stays.

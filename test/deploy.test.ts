@@ -326,6 +326,23 @@ describe('deploy: terminal niceties', () => {
     }
   });
 
+  it('keeps stdout JSON lines only: what a library prints there (mailauth, on an l= longer than the body) becomes a log line', async () => {
+    const { dir, file } = writeTestConfig(baseConfig('log: { level: debug }'));
+    const daemon = await spawnDaemon(file); // every stdout line is JSON.parse'd: a stray one fails the test
+    try {
+      const signature = 'DKIM-Signature: v=1; a=rsa-sha256; d=signed.test; s=sel; c=relaxed/relaxed; l=999999; h=from; bh=AAAA; b=AAAA\r\n';
+      const { client } = await SmtpClient.session(daemon.port);
+      assert.equal((await client.sendMail('s@remote.example', ['alice@d1.example'], signature + message('l= longer than the body'))).code, 250);
+      await client.quit();
+      await waitFor(() => daemon.logs.some((line) => line.event === 'library_output'));
+      assert.match(String(daemon.logs.find((line) => line.event === 'library_output')?.text), /^TOTAL \d+ EXPECTING 999999$/);
+    } finally {
+      daemon.child.kill('SIGTERM');
+      await daemon.exited;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('flush on a terminal writes its warnings as sentences before its summary, never raw JSON', async function () {
     if (!hasScript) this.skip();
     const { dir, file } = writeTestConfig(baseConfig()); // the primary is a closed port
