@@ -72,6 +72,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
       sessions: () => server.openSessions, // read at scrape time, once everything runs
       spoolFree: () => watch.freeBytes,
     });
+    cleanups.push(() => metrics.close());
     const relay: Relay = new Relay(config, spool, log, true, metrics);
     await relay.load();
     // Reading a big spool leaves every envelope it parsed as garbage: collect it now, before

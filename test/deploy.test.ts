@@ -159,7 +159,11 @@ async function exportedMetrics(): Promise<Set<string>> {
     sessions: () => 0,
     spoolFree: () => Infinity,
   });
-  return new Set((await metrics.registry.getMetricsAsJSON()).map((metric) => metric.name));
+  try {
+    return new Set((await metrics.registry.getMetricsAsJSON()).map((metric) => metric.name));
+  } finally {
+    metrics.close();
+  }
 }
 
 const deployFile = (name: string) => readFileSync(fileURLToPath(new URL(`../deploy/${name}`, import.meta.url)), 'utf8');

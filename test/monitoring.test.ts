@@ -79,6 +79,29 @@ describe('monitoring: /metrics and /healthz on control.listen', () => {
     }
   });
 
+  it('shows how long the event loop was held: a 300 ms block is in the next scrape, and the one after starts afresh', async () => {
+    const mx = await startTestDaemon();
+    try {
+      await get(mx.daemon.monitoringPort, '/metrics'); // from here on
+      const until = Date.now() + 300;
+      while (Date.now() < until); // what one message's checks on the daemon's thread do to everybody else
+      await new Promise((resolve) => setTimeout(resolve, 60)); // the timer's next run notes it
+      const held = (await get(mx.daemon.monitoringPort, '/metrics')).body;
+      assert.ok(
+        sample(held, 'secondarymx_event_loop_delay_seconds{quantile="max"}')! >= 0.25, // the block, less up to one 50 ms interval
+        held
+          .split('\n')
+          .filter((l) => l.includes('event_loop'))
+          .join(' '),
+      );
+      await new Promise((resolve) => setTimeout(resolve, 120));
+      const next = sample((await get(mx.daemon.monitoringPort, '/metrics')).body, 'secondarymx_event_loop_delay_seconds{quantile="max"}')!;
+      assert.ok(next < sample(held, 'secondarymx_event_loop_delay_seconds{quantile="max"}')!, `${next}: the block is not counted twice`);
+    } finally {
+      await mx.stop();
+    }
+  });
+
   it('reports the spool gauges right on the first scrape: at start on a non-empty spool, and just after one more message', async () => {
     const spoolDir = mkdtempSync(join(tmpdir(), 'secondarymx-spool-'));
     await queueWaiting(

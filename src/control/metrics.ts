@@ -38,6 +38,8 @@ export interface MetricsSources {
 /** Prometheus metrics (prom-client), named by its conventions: secondarymx_*, _total, _seconds, _bytes. */
 export class Metrics {
   readonly registry = new Registry();
+  /** How late the event loop runs a 50 ms timer (what one message's checks on it cost everybody else). */
+  private readonly loopDelay = new LoopDelay(50);
   readonly accepted = new Counter({ name: 'secondarymx_messages_accepted_total', help: 'Messages queued (answered 250)', registers: [this.registry] });
   readonly refused = new Counter({
     name: 'secondarymx_refused_total',
@@ -175,5 +177,53 @@ export class Metrics {
         this.set(sources.sessions());
       },
     });
+    const loop = this.loopDelay;
+    new Gauge({
+      name: 'secondarymx_event_loop_delay_seconds',
+      help: 'How late the event loop ran a 50 ms timer since the last scrape (p50, p99, max): sessions and the relay waited that long',
+      labelNames: ['quantile'],
+      registers,
+      collect() {
+        const figures = loop.take();
+        if (figures) for (const [quantile, seconds] of Object.entries(figures)) this.set({ quantile }, seconds);
+      },
+    });
+  }
+
+  /** Stops sampling the event loop (the daemon stops). */
+  close(): void {
+    this.loopDelay.stop();
+  }
+}
+
+/**
+ * The event loop's delay: a timer every `intervalMs` notes how late it ran (a blocked loop
+ * makes it late by the whole block). node:perf_hooks' monitorEventLoopDelay missed a 300 ms
+ * block that followed a reset() and an await here, so this measures it directly.
+ */
+class LoopDelay {
+  private samples: number[] = [];
+  private last = performance.now();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(intervalMs: number) {
+    this.timer = setInterval(() => {
+      const now = performance.now();
+      if (this.samples.length < 10_000) this.samples.push(Math.max(0, now - this.last - intervalMs) / 1000);
+      this.last = now;
+    }, intervalMs).unref();
+  }
+
+  /** p50, p99 and max (seconds) since the last take; undefined when no sample came. */
+  take(): Record<'0.5' | '0.99' | 'max', number> | undefined {
+    if (this.samples.length === 0) return undefined;
+    const sorted = this.samples.sort((a, b) => a - b);
+    this.samples = [];
+    const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+    return { '0.5': at(0.5), '0.99': at(0.99), max: sorted[sorted.length - 1] };
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
   }
 }
