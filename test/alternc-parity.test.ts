@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
 import { AlternCDatabase } from './helpers/mysql.js';
 import { startAlternCPrimary } from './helpers/postfix.js';
-import { SmtpClient } from './helpers/smtp-client.js';
+import { rcptReplies } from './helpers/smtp-client.js';
 
 /**
  * The daemon's RCPT answer against AlternC's primary's own: Postfix on AlternC's schema
@@ -17,17 +17,8 @@ const DIFFERENCES: Record<string, string> = {
 };
 
 /** The RCPT reply code of each address, in one session to `port`. */
-async function rcptCodes(port: number, addresses: string[]): Promise<number[]> {
-  const { client } = await SmtpClient.session(port);
-  try {
-    assert.equal((await client.command('MAIL FROM:<sender@remote.example> SMTPUTF8')).code, 250);
-    const codes: number[] = [];
-    for (const address of addresses) codes.push((await client.command(`RCPT TO:<${address}>`)).code);
-    return codes;
-  } finally {
-    await client.quit();
-  }
-}
+const rcptCodes = async (port: number, addresses: string[]) =>
+  (await rcptReplies(port, 'sender@remote.example', addresses, 'SMTPUTF8')).map((reply) => reply.code);
 
 describe('AlternC parity: the daemon accepts what the primary accepts (AlternC schema, Postfix on its map files)', function () {
   this.timeout(60_000);

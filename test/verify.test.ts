@@ -3,22 +3,9 @@ import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
 import { AlternCDatabase } from './helpers/mysql.js';
 import { startAlternCPrimary, startPostfixPrimary, type PostfixPrimary } from './helpers/postfix.js';
 import { freePort, TestPrimary } from './helpers/primary.js';
-import { message, pick, SmtpClient, type Reply } from './helpers/smtp-client.js';
+import { message, pick, rcptReplies, SmtpClient, type Reply } from './helpers/smtp-client.js';
 import { queuedIds } from './helpers/spool-files.js';
 import { waitFor } from './helpers/wait.js';
-
-/** One session: MAIL, then each RCPT one by one; the RCPT replies. */
-async function rcpts(port: number, from: string, to: string[]): Promise<Reply[]> {
-  const { client } = await SmtpClient.session(port);
-  try {
-    await client.command(`MAIL FROM:<${from}>`);
-    const replies: Reply[] = [];
-    for (const address of to) replies.push(await client.command(`RCPT TO:<${address}>`));
-    return replies;
-  } finally {
-    await client.quit();
-  }
-}
 
 describe('recipient verification: no backscatter, and a callahead that never hammers the primary', () => {
   let mx: TestDaemon | undefined;
@@ -37,12 +24,12 @@ describe('recipient verification: no backscatter, and a callahead that never ham
 
     it('refuses the unknown while it is up, uses its cache while it is down, and defers the uncached then', async () => {
       mx = await startTestDaemon({ primaryPort: postfix.port, extra: 'relay: { probeInterval: 60 }' });
-      const up = await rcpts(mx.port, 's@remote.example', ['real@d3.example', 'nobody@d3.example']);
+      const up = await rcptReplies(mx.port, 's@remote.example', ['real@d3.example', 'nobody@d3.example']);
       assert.equal(up[0].code, 250, up[0].lines.join(' '));
       assert.deepEqual(pick(up[1]), [550, '5.1.1']);
       assert.match(up[1].text, /User unknown in virtual mailbox table/);
       await postfix.stop();
-      const down = await rcpts(mx.port, 's@remote.example', ['other@d3.example', 'real@d3.example', 'nobody@d3.example', 'new@d3.example']);
+      const down = await rcptReplies(mx.port, 's@remote.example', ['other@d3.example', 'real@d3.example', 'nobody@d3.example', 'new@d3.example']);
       assert.deepEqual(pick(down[0]), [450, '4.1.1'], 'uncached, the primary gone: nobody can tell');
       assert.equal(down[1].code, 250, 'the primary said yes once: kept for verify.positiveTtl');
       assert.deepEqual(pick(down[2]), [550, '5.1.1'], 'the primary said no: kept for verify.negativeTtl');
@@ -71,7 +58,7 @@ describe('recipient verification: no backscatter, and a callahead that never ham
     it('asks it while it is up, answers from what it said while it is down, defers the rest, and delivers there once it is back', async () => {
       // d3.example has no address list here (a domain-only entry, as an mxlist source gives).
       mx = await startTestDaemon({ primaryPort: alternc.port, extra: 'relay: { probeInterval: 0.2 }' });
-      const up = await rcpts(mx.port, 's@remote.example', ['alice@d3.example', 'root@d3.example', 'gone@d3.example', 'nobody@d3.example']);
+      const up = await rcptReplies(mx.port, 's@remote.example', ['alice@d3.example', 'root@d3.example', 'gone@d3.example', 'nobody@d3.example']);
       assert.deepEqual(
         up.map((reply) => reply.code),
         [250, 250, 550, 550],
@@ -126,7 +113,7 @@ describe('recipient verification: no backscatter, and a callahead that never ham
     it('defers every uncached address of a domain without a list (450 4.1.1): nothing accepted, no DSN', async () => {
       mx = await startTestDaemon({ primaryPort: primary.port, extra: `relay: { probeInterval: 0.2 }\n${dsnTo.replace('0 }', `${smarthost.port} }`)}` });
       for (let i = 0; i < 100; i++) {
-        const [reply] = await rcpts(mx.port, forged(i), [`victim${i}@d3.example`]);
+        const [reply] = await rcptReplies(mx.port, forged(i), [`victim${i}@d3.example`]);
         assert.deepEqual(pick(reply), [450, '4.1.1'], `message ${i}: ${reply.text}`);
       }
       assert.deepEqual(queuedIds(mx.spoolDir), []);
@@ -175,7 +162,7 @@ describe('recipient verification: no backscatter, and a callahead that never ham
         extra: 'verify: { concurrency: 2, maxPerSecond: 1000, perClientPerMinute: 1000 }\nlimits: { connectionsPerClient: 100 }',
       });
       const addresses = Array.from({ length: 50 }, (_, i) => `user${i}@d3.example`);
-      const sessions = await Promise.all(Array.from({ length: 10 }, () => rcpts(mx!.port, 's@remote.example', addresses)));
+      const sessions = await Promise.all(Array.from({ length: 10 }, () => rcptReplies(mx!.port, 's@remote.example', addresses)));
       assert.ok(sessions.flat().every((reply) => reply.code === 250));
       assert.ok(primary.peakConnections <= 2, `${primary.peakConnections} probe sessions at once`);
       assert.ok(primary.connections <= 4, `${primary.connections} probe sessions opened in all (reused, RSET between probes)`);
@@ -188,7 +175,7 @@ describe('recipient verification: no backscatter, and a callahead that never ham
         primaryPort: primary.port,
         extra: 'verify: { concurrency: 2, maxPerSecond: 5, perClientPerMinute: 1000 }\nlimits: { connectionsPerClient: 100 }',
       });
-      const sessions = await Promise.all(Array.from({ length: 8 }, (_, i) => rcpts(mx!.port, 's@remote.example', [`paced${i}@d3.example`])));
+      const sessions = await Promise.all(Array.from({ length: 8 }, (_, i) => rcptReplies(mx!.port, 's@remote.example', [`paced${i}@d3.example`])));
       assert.ok(sessions.flat().every((reply) => reply.code === 250));
       const times = primary.rcptTimes;
       assert.equal(times.length, 8);
@@ -199,7 +186,7 @@ describe('recipient verification: no backscatter, and a callahead that never ham
 
     it('past verify.perClientPerMinute, defers a client’s unknown addresses without a probe', async () => {
       mx = await startTestDaemon({ primaryPort: primary.port, extra: 'verify: { perClientPerMinute: 5 }' });
-      const replies = await rcpts(
+      const replies = await rcptReplies(
         mx.port,
         's@remote.example',
         Array.from({ length: 8 }, (_, i) => `dict${i}@d3.example`),

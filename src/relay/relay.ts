@@ -124,17 +124,21 @@ export class Relay extends EventEmitter {
     const recovered = this.spool.takeRecovered();
     const { envelopes, unreadable } = recovered ? { envelopes: recovered, unreadable: [] } : await this.spool.list();
     for (const { id, reason } of unreadable) this.log.error({ queueId: id, reason }, 'unreadable envelope, not delivered');
-    const now = this.clock();
     const unsettledNotices = new Set(envelopes.flatMap((envelope) => (envelope.notice ? [envelope.notice.id] : [])));
-    for (const envelope of envelopes) if (!unsettledNotices.has(envelope.id)) this.schedule.index(envelope, now, Date.now());
+    for (const envelope of envelopes) if (!unsettledNotices.has(envelope.id)) this.index(envelope);
     this.log.info({ messages: this.schedule.size }, 'relay: queue indexed');
     this.watchPrimaries();
   }
 
   /** A message the receiver just queued: due now. */
   add(envelope: Envelope): void {
-    this.schedule.index(envelope, this.clock(), Date.now());
+    this.index(envelope);
     this.kick();
+  }
+
+  /** (Re)indexes a message: its stored wall times read on the schedule's clock. */
+  private index(envelope: Envelope): void {
+    this.schedule.index(envelope, this.clock(), Date.now());
   }
 
   /** Fires the timers that are due, starts chores and workers, arms the next wake-up. */
@@ -229,7 +233,7 @@ export class Relay extends EventEmitter {
       });
       if (outcome.kind === 'busy') entry.blockedUntil = this.clock() + 1000;
       else if (outcome.kind === 'gone') this.schedule.delete(entry.id);
-      else this.schedule.index(outcome.value, this.clock(), Date.now()); // only once saved: a change that could not be saved is not taken for done
+      else this.index(outcome.value); // only once saved: a change that could not be saved is not taken for done
       for (const dsn of this.noticesOf.get(entry.id) ?? []) this.add(dsn); // its original is saved: the DSN may go
       this.noticesOf.delete(entry.id);
       if (this.full && outcome.kind === 'done' && outcome.value.recipients.length > 0) {
@@ -287,7 +291,7 @@ export class Relay extends EventEmitter {
       });
       if (outcome.kind === 'busy') entry.blockedUntil = this.clock() + 1000;
       if (outcome.kind !== 'done') return;
-      this.schedule.index(outcome.value, this.clock(), Date.now());
+      this.index(outcome.value);
       this.metrics?.relayHeld.inc();
       this.log.error(
         { event: 'message_held', queueId: entry.id, err: error },
@@ -304,6 +308,7 @@ export class Relay extends EventEmitter {
    * The spool cannot record an outcome. Attempting more would deliver messages again
    * and again (a 250 we cannot record) or hammer the primary (a 4xx we cannot back
    * off): everything stops, and a probe of the spool resumes delivery once it works.
+   * Except a full disk (below), where stopping is what would keep it full.
    */
   private storageFault(error: NodeJS.ErrnoException, entry: Scheduled): void {
     const { code, syscall, path } = error;
@@ -453,7 +458,7 @@ export class Relay extends EventEmitter {
 
   /** Reflects a message edited outside the relay (hold, release, delete). */
   refresh(id: string, envelope: Envelope | undefined): void {
-    if (envelope) this.schedule.index(envelope, this.clock(), Date.now());
+    if (envelope) this.index(envelope);
     else this.schedule.delete(id);
     this.kick();
   }

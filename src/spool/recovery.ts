@@ -1,10 +1,9 @@
-import { readFileSync } from 'node:fs';
 import { readdir, rename, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { CorruptEnvelopeError, parseEnvelope, type Envelope } from './envelope.js';
+import { CorruptEnvelopeError, type Envelope } from './envelope.js';
 import { QUEUE_ID } from './queue-id.js';
-import { readTrailerSync } from './trailer.js';
+import { readEnvelopeSync } from './trailer.js';
 
 export interface SpoolDirs {
   tmpDir: string;
@@ -52,7 +51,7 @@ export async function recoverSpool(dirs: SpoolDirs, log: Logger): Promise<Envelo
   for (const id of messageIds.sort()) {
     const updated = names.has(`${id}.env`);
     try {
-      recovered.push(updated ? parseEnvelope(readFileSync(join(queueDir, `${id}.env`), 'utf8'), id) : readTrailerSync(join(queueDir, `${id}.msg`), id));
+      recovered.push(readEnvelopeSync(queueDir, id, updated));
     } catch (error) {
       if (!(error instanceof CorruptEnvelopeError)) throw error;
       if (updated) await quarantine(`${id}.env`, error.message);

@@ -1,4 +1,4 @@
-import { createReadStream, readFileSync, statSync, type Stats } from 'node:fs';
+import { createReadStream, statSync, type Stats } from 'node:fs';
 import { Readable } from 'node:stream';
 import { mkdir, open, opendir, readdir, readFile, rename, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -9,7 +9,7 @@ import { MessageLocks, releaseDaemonLock, takeDaemonLock, unlinkIfAny } from './
 import { newQueueId } from './queue-id.js';
 import { recoverSpool } from './recovery.js';
 import { SpaceReserve } from './reserve.js';
-import { envelopeTrailer, readQueuedFile, readTrailer, readTrailerSync } from './trailer.js';
+import { envelopeTrailer, readEnvelopeSync, readQueuedFile, readTrailer } from './trailer.js';
 
 /*
  * Layout under the spool directory:
@@ -166,7 +166,7 @@ export class Spool {
       const id = name.slice(0, -'.msg'.length);
       try {
         yield {
-          envelope: this.hasLaterEnvelope(id) ? parseEnvelope(readFileSync(this.laterEnvelopePath(id), 'utf8'), id) : readTrailerSync(this.messagePath(id), id),
+          envelope: readEnvelopeSync(this.queueDir, id, this.hasLaterEnvelope(id)),
         };
       } catch (error) {
         // ENOENT: delivered and removed between readdir and read.

@@ -1,4 +1,5 @@
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
+import { join } from 'node:path';
 import { open, type FileHandle } from 'node:fs/promises';
 import { CorruptEnvelopeError, parseEnvelope, type Envelope } from './envelope.js';
 
@@ -116,4 +117,9 @@ function parseTrailer(trailer: Buffer, fileSize: number, id: string): Envelope {
     throw new CorruptEnvelopeError(`message file is ${fileSize} bytes, its envelope says ${envelope.size} + ${trailer.length}`);
   }
   return envelope;
+}
+
+/** A queued message's envelope, synchronously: its later state (<id>.env) when `updated`, else the one it was queued with. */
+export function readEnvelopeSync(queueDir: string, id: string, updated: boolean): Envelope {
+  return updated ? parseEnvelope(readFileSync(join(queueDir, `${id}.env`), 'utf8'), id) : readTrailerSync(join(queueDir, `${id}.msg`), id);
 }

@@ -176,6 +176,20 @@ export function message(subject: string, body = 'Hello.', extraHeaders: string[]
   ].join('\r\n');
 }
 
+/** One session: MAIL (with `mailParameters`, which must get 250), then each RCPT one by one; the RCPT replies. */
+export async function rcptReplies(port: number, from: string, to: string[], mailParameters = ''): Promise<Reply[]> {
+  const { client } = await SmtpClient.session(port);
+  try {
+    const mail = await client.command(`MAIL FROM:<${from}>${mailParameters ? ` ${mailParameters}` : ''}`);
+    assert.equal(mail.code, 250, mail.text);
+    const replies: Reply[] = [];
+    for (const address of to) replies.push(await client.command(`RCPT TO:<${address}>`));
+    return replies;
+  } finally {
+    await client.quit();
+  }
+}
+
 /**
  * One message, MAIL and the RCPTs pipelined (a thousand recipients are one write); resolves
  * with the first reply that is not a 250, else with the reply to DATA or to the final dot.
