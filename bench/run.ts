@@ -1,11 +1,12 @@
 /*
  * `npm run bench`: every benchmark on loopback against the built daemon; one line per
  * figure, and bench/last-run.json for comparison across commits.
- * BENCH_ONLY=inspect|accept|relay|sync|memory|verify runs one group.
+ * BENCH_ONLY=inspect|accept|relay|sync|memory|verify|hostile runs one group.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { acceptBenchmarks } from './accept.js';
 import { fileCreateCost, printingReport, removeLeftovers, type Figure } from './figures.js';
+import { hostileBenchmarks } from './hostile.js';
 import { inspectBenchmarks } from './inspect.js';
 import { memoryBenchmarks } from './memory.js';
 import { relayBenchmarks } from './relay.js';
@@ -19,6 +20,7 @@ const groups: Record<string, (report: (figure: Figure) => void) => Promise<void>
   sync: syncBenchmarks,
   memory: memoryBenchmarks,
   verify: verifyBenchmarks,
+  hostile: hostileBenchmarks,
 };
 
 /*
