@@ -3,6 +3,7 @@
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config({ ignores: ['dist/', 'node_modules/', 'bench/.tmp/', '.scratch/', 'eslint.config.js'] }, ...tseslint.configs.recommended, {
+  files: ['**/*.ts'],
   languageOptions: { parserOptions: { project: ['./tsconfig.json', './test/tsconfig.json'], tsconfigRootDir: import.meta.dirname } },
   rules: {
     '@typescript-eslint/no-floating-promises': ['error', { ignoreVoid: false }],

@@ -10,6 +10,9 @@
  * another's deletions. Next to the figures: the machine's limits, the disk's rate of
  * create+write+fsync+rename of 4 KB files at 1, 20 and 100 writers, and the rate and CPU
  * of the SMTP protocol alone (smtp-server discarding what it gets).
+ * BENCH_COMPARE=<another checkout>/dist/cli.js: that build (a before) and this one, in
+ * BENCH_ROUNDS interleaved rounds (2 by default: ours, before, ours, before), instead of
+ * the auth-off run.
  */
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
@@ -141,14 +144,20 @@ async function startBackupPostfix(root: string, primaryPort: number, queueRoot: 
 }
 
 /** This daemon at its defaults (connectionsPerClient lifted), its spool under `spoolRoot` (its config folder when undefined). */
-async function startOurs(primaryPort: number, spoolRoot: string | undefined, name = 'secondarymx', extra = ''): Promise<Mta & { daemon: RunningDaemon }> {
+async function startOurs(
+  primaryPort: number,
+  spoolRoot: string | undefined,
+  name = 'secondarymx',
+  extra = '',
+  cli?: string,
+): Promise<Mta & { daemon: RunningDaemon }> {
   const { dir, file } = writeTestConfig(
     baseConfig(`limits: { connectionsPerClient: 1000 }\n${extra}`)
       .replace(/^primary: .*$/m, `primary: { host: 127.0.0.1, port: ${primaryPort} }`)
       .replace(/^spool: .*$/m, `spool: ${join(spoolRoot ?? '.', 'spool')}`),
   );
   removeAfterRun(dir);
-  const daemon = await spawnDaemon(file);
+  const daemon = await spawnDaemon(file, cli ? { cli } : {});
   const queueDir = join(spoolRoot ?? dir, 'spool', 'queue');
   return {
     name,
@@ -276,8 +285,11 @@ async function main(): Promise<void> {
   const root = join(tmp, `postfix-${Date.now()}`);
   mkdirSync(root, { recursive: true });
   removeAfterRun(root);
-  // One for the limits, one per MTA.
-  const filesystems = ['limits', 'postfix', 'ours', 'ours-noauth'].map((name) => freshFilesystem(root, name));
+  const compare = process.env.BENCH_COMPARE;
+  const rounds = Number(process.env.BENCH_ROUNDS ?? (compare ? 2 : 1));
+  // One for the limits, one per MTA run.
+  const runs = compare ? Array.from({ length: rounds }, (_, i) => [`ours-${i}`, `before-${i}`]).flat() : ['ours', 'ours-noauth'];
+  const filesystems = ['limits', 'postfix', ...runs].map((name) => freshFilesystem(root, name));
   const shared = filesystems.some((mount) => mount === undefined);
   const limitsDir = filesystems[0] ?? tmp;
   print({ name: 'disk: file creation', value: fileCreateCost(limitsDir), unit: 'µs CPU/file', parameters: { filesystem: shared ? tmp : 'fresh ext4' } });
@@ -316,14 +328,27 @@ async function main(): Promise<void> {
 
   const primaryPort = await freePort(); // nothing listens until the drain
   const NO_AUTH = 'secondarymx, auth.enabled false';
-  const results: Record<string, Record<string, number>> = { Postfix: {}, secondarymx: {}, [NO_AUTH]: {} };
+  const BEFORE = `secondarymx before (${compare})`;
+  const ourNames = compare ? ['secondarymx', BEFORE] : ['secondarymx', NO_AUTH];
+  const results: Record<string, Record<string, number[]>> = Object.fromEntries(['Postfix', ...ourNames].map((name) => [name, {}]));
+  const record = (name: string, key: string, value: number) => (results[name][key] ??= []).push(value);
+  // Started one at a time, each once the one before is done: rounds of ours (and the before) in turn.
+  const starters: Array<() => Promise<Mta & { queueRoot: string }>> = [
+    async () => ({ ...(await startBackupPostfix(root, primaryPort, filesystems[1] ?? root)), queueRoot: filesystems[1] ?? root }),
+    ...runs.map((run, i) => async () => {
+      const fs = filesystems[2 + i];
+      const started = compare
+        ? await startOurs(primaryPort, fs, run.startsWith('ours') ? 'secondarymx' : BEFORE, '', run.startsWith('ours') ? undefined : compare)
+        : // what SPF, DKIM and DMARC on every message cost (Postfix's textbook setup checks none of them)
+          await startOurs(primaryPort, fs, run === 'ours' ? 'secondarymx' : NO_AUTH, run === 'ours' ? '' : 'auth: { enabled: false }');
+      return { ...started, queueRoot: fs ?? tmp };
+    }),
+  ];
   const mtas: Array<Mta & { queueRoot: string }> = [];
   try {
-    mtas.push({ ...(await startBackupPostfix(root, primaryPort, filesystems[1] ?? root)), queueRoot: filesystems[1] ?? root });
-    mtas.push({ ...(await startOurs(primaryPort, filesystems[2])), queueRoot: filesystems[2] ?? tmp });
-    // The third: what SPF, DKIM and DMARC on every message cost (Postfix's textbook setup checks none of them).
-    mtas.push({ ...(await startOurs(primaryPort, filesystems[3], NO_AUTH, 'auth: { enabled: false }')), queueRoot: filesystems[3] ?? tmp });
-    for (const [i, mta] of mtas.entries()) {
+    for (const [i, start] of starters.entries()) {
+      const mta = await start();
+      mtas.push(mta);
       if (shared && i > 0) await new Promise((resolve) => setTimeout(resolve, PAUSE_SECONDS * 1000));
       print({ name: `${mta.name}: disk file creation before its run`, value: fileCreateCost(mta.queueRoot), unit: 'µs CPU/file', parameters: {} });
       await load(mta.port, 10, true, 300); // warm-up (the JIT, Postfix's process pool), not measured
@@ -335,14 +360,18 @@ async function main(): Promise<void> {
         await waitFor(() => mta.queued() >= MESSAGES, 30_000).catch(() => undefined);
         const queued = mta.queued();
         if (queued !== MESSAGES) throw new Error(`${mta.name} ${workload.name}: ${queued} of ${MESSAGES} messages queued`);
-        results[mta.name][workload.name] = rate;
+        record(mta.name, workload.name, rate);
         print({
           name: `${mta.name} accept ${workload.name}`,
           value: rate,
           unit: 'messages/s',
           parameters: { sessions: workload.sessions, reuse: String(workload.reuse) },
         });
-        print({ name: `${mta.name} accept ${workload.name} CPU`, value: ((mta.cpu() - cpuBefore) * 1000) / MESSAGES, unit: 'ms CPU/message', parameters: {} });
+        const cpu = mta.cpu() - cpuBefore;
+        print({ name: `${mta.name} accept ${workload.name} CPU`, value: (cpu * 1000) / MESSAGES, unit: 'ms CPU/message', parameters: {} });
+        // Above 1: more than one core at work (its check threads beside the SMTP thread).
+        record(mta.name, `${workload.name} CPU/s`, cpu / (MESSAGES / rate));
+        print({ name: `${mta.name} accept ${workload.name} CPU per second`, value: cpu / (MESSAGES / rate), unit: 'CPU s/s', parameters: {} });
         // What the load itself takes of the two CPUs: the rest is all any MTA can use.
         print({ name: `${mta.name} accept ${workload.name}: smtp-source's CPU`, value: generatorCpu, unit: 'ms CPU/message', parameters: {} });
       }
@@ -362,7 +391,7 @@ async function main(): Promise<void> {
         const rate = (MESSAGES - before) / (Number(process.hrtime.bigint() - started) / 1e9);
         await flushing;
         if (sink.delivered() !== MESSAGES) throw new Error(`${mta.name}: smtp-sink got ${sink.delivered()} of ${MESSAGES}`);
-        results[mta.name].drain = rate;
+        record(mta.name, 'drain', rate);
         print({ name: `${mta.name} drain: from the flush command to the first delivery`, value: Number(started - asked) / 1e6, unit: 'ms', parameters: {} });
         print({ name: `${mta.name} drain to smtp-sink`, value: rate, unit: 'messages/s', parameters: {} });
         print({ name: `${mta.name} drain CPU`, value: ((mta.cpu() - cpuBefore) * 1000) / MESSAGES, unit: 'ms CPU/message', parameters: {} });
@@ -377,22 +406,36 @@ async function main(): Promise<void> {
     if (!process.env.BENCH_KEEP) removeLeftovers();
   }
   const goals: Record<string, number> = { A: 3, B: 5, drain: 3 };
-  for (const ours of ['secondarymx', NO_AUTH]) {
+  const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+  const range = (values: number[]) => ({ rounds: values.length, min: Math.min(...values).toFixed(1), max: Math.max(...values).toFixed(1) });
+  for (const ours of ourNames) {
     for (const key of ['A', 'B', 'drain']) {
-      const ratio = results[ours][key] / results.Postfix[key];
+      const ratio = median(results[ours][key]) / median(results.Postfix[key]);
       print({
         name: `ratio ${key === 'drain' ? 'drain' : `accept ${key}`} (${ours} / Postfix)`,
         value: ratio,
         unit: `x (goal ≥ ${goals[key]})`,
-        parameters: {},
+        parameters: range(results[ours][key]),
+      });
+    }
+    for (const key of ['A CPU/s', 'B CPU/s'])
+      print({ name: `${ours} accept ${key}, median`, value: median(results[ours][key]), unit: 'CPU s/s', parameters: range(results[ours][key]) });
+  }
+  if (compare) {
+    for (const key of ['A', 'B', 'drain']) {
+      print({
+        name: `ratio ${key} (secondarymx / before)`,
+        value: median(results.secondarymx[key]) / median(results[BEFORE][key]),
+        unit: 'x',
+        parameters: range(results.secondarymx[key]),
       });
     }
   }
-  print({ name: 'accept B / disk limit at 20 writers', value: (100 * results.secondarymx.B) / limits.disk20, unit: '% (goal ≥ 70)', parameters: {} });
+  print({ name: 'accept B / disk limit at 20 writers', value: (100 * median(results.secondarymx.B)) / limits.disk20, unit: '% (goal ≥ 70)', parameters: {} });
   for (const workload of WORKLOADS) {
     print({
       name: `accept ${workload.name} / protocol-alone rate`,
-      value: (100 * results.secondarymx[workload.name]) / protocol[workload.name].rate,
+      value: (100 * median(results.secondarymx[workload.name])) / protocol[workload.name].rate,
       unit: '%',
       parameters: {},
     });

@@ -94,10 +94,15 @@ export function createCliLogger(level: string): Logger {
  * cause) goes through the logger as a line of its own (event library_output).
  */
 export function captureConsole(log: Logger): void {
+  redirectConsole((level, text) => log[level]({ event: 'library_output', text }, 'a library wrote to the console'));
+}
+
+/** console.log/info/debug as debug, console.warn/error as warn, each call's text to `write` (a check thread's go to the daemon's log). */
+export function redirectConsole(write: (level: 'debug' | 'warn', text: string) => void): void {
   const as =
     (level: 'debug' | 'warn') =>
     (...args: unknown[]) =>
-      log[level]({ event: 'library_output', text: format(...args) }, 'a library wrote to the console');
+      write(level, format(...args));
   console.log = console.info = console.debug = as('debug');
   console.warn = console.error = as('warn');
 }

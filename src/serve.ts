@@ -71,6 +71,7 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
       sources: () => syncer.sourceStates(),
       sessions: () => server.openSessions, // read at scrape time, once everything runs
       spoolFree: () => watch.freeBytes,
+      checkThreads: () => screens.checkThreads(),
     });
     cleanups.push(() => metrics.close());
     const relay: Relay = new Relay(config, spool, log, true, metrics);
@@ -162,10 +163,13 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
     cleanups.push(() => control.close());
     const monitoring = new MonitoringServer(config.control.listen, metrics, async () => ({
       problem: await health(config.spool, directory, server, relay, watch),
-      degraded: syncer
-        .sourceStates()
-        .filter((source) => source.condition !== 'ok')
-        .map((source) => `source ${source.name} ${source.condition}: ${source.lastError ?? source.held ?? `no successful pull since ${source.lastSuccess}`}`),
+      degraded: [
+        ...syncer
+          .sourceStates()
+          .filter((source) => source.condition !== 'ok')
+          .map((source) => `source ${source.name} ${source.condition}: ${source.lastError ?? source.held ?? `no successful pull since ${source.lastSuccess}`}`),
+        ...loopHealth(metrics.loopHeldLastMinute()),
+      ],
     }));
     const monitoringAddress = await monitoring.listen();
     cleanups.push(() => monitoring.close());
@@ -210,6 +214,14 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
 }
 
 /** /healthz: serving, the spool writable, the directory loaded; else the first reason why not. */
+/** Past this, sessions and the relay wait on the event loop more than they run: /healthz says degraded. */
+const LOOP_HELD_DEGRADED_SECONDS = 30;
+
+function loopHealth(heldSeconds: number): string[] {
+  if (heldSeconds < LOOP_HELD_DEGRADED_SECONDS) return [];
+  return [`event loop held ${Math.round(heldSeconds)} s of the last 60 s: sessions and the relay are waiting (see secondarymx_event_loop_delay_seconds)`];
+}
+
 async function health(spoolRoot: string, directory: Directory, server: ReceiveServer, relay: Relay, watch: SpoolWatch): Promise<string | undefined> {
   if (server.isClosing) return 'shutting down';
   await watch.check(); // what MAIL would meet now, not a second ago

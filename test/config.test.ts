@@ -7,6 +7,7 @@ describe('config', () => {
   it('fills in the documented defaults and resolves paths against the config folder', () => {
     const config = parseConfig(baseConfig(), '/etc/secondarymx/secondarymx.yaml');
     assert.deepEqual(config.limits, {
+      checkTimeout: 30,
       messageSize: 100_000_000,
       recipients: 1000,
       headerSize: 262_144,
@@ -50,6 +51,7 @@ describe('config', () => {
       deferWhilePrimaryUp: 0,
     });
     assert.equal(config.auth.enabled, true);
+    assert.deepEqual([config.auth.maxSignatures, config.auth.threads], [5, 'auto']);
     assert.deepEqual(config.auth.spf, { fail: 'reject', softfail: 'tag', neutral: 'tag', none: 'tag', temperror: 'tag', permerror: 'tag' });
     assert.deepEqual(config.auth.dmarc, { reject: 'reject', quarantine: 'tag', none: 'tag' });
     assert.deepEqual(config.verify, {

@@ -158,6 +158,7 @@ async function exportedMetrics(): Promise<Set<string>> {
     sources: () => [],
     sessions: () => 0,
     spoolFree: () => Infinity,
+    checkThreads: () => undefined,
   });
   try {
     return new Set((await metrics.registry.getMetricsAsJSON()).map((metric) => metric.name));

@@ -229,6 +229,48 @@ describe('screen: with a real primary', () => {
         const queued = mx.logs.find((line) => line.event === 'queued');
         assert.deepEqual(queued?.dkim, ['temperror', 'temperror', 'temperror']);
       });
+
+      it('accepts a message whose checks pass limits.checkTimeout, tagged dkim=temperror and dmarc=temperror, not refused', async () => {
+        dns.zones.set('mute9._domainkey.signed.test', { silent: true });
+        mx = await start('auth: { dnsTimeout: 5 }\nlimits: { checkTimeout: 1 }');
+        // signed.test publishes p=reject: a finished check would refuse this message (its signature cannot be verified).
+        const body = message('deadline', 'v').replace('sender@remote.example', 'news@signed.test');
+        const reply = await attempt(mx.port, 'news@signed.test', ['alice@d1.example'], (await sign(body, ['mute9'])) + body);
+        assert.equal(reply.code, 250, reply.text);
+        const queued = mx.logs.find((line) => line.event === 'queued');
+        assert.deepEqual([queued?.dkim, queued?.dmarc, queued?.authUnfinished], [['temperror'], 'temperror', 'checks unfinished after 1 s']);
+        const headers = queuedEnvelope(mx.spoolDir, queuedId(reply.text)).addedHeaders!;
+        assert.match(headers, /^Authentication-Results: mx2\.test\.example;\r\n dkim=temperror \(checks unfinished after 1 s\);\r\n spf=/m);
+        assert.match(headers, /;\r\n dmarc=temperror \(checks unfinished after 1 s\)\r\n$/);
+        assert.match(await metric(mx, 'secondarymx_screen_decisions_total'), /screen="dmarc",decision="unavailable"} 1/);
+      });
+
+      it("answers other clients while a message's checks run (in a check thread, not on the SMTP thread)", async () => {
+        // 8,000 signatures: mailauth's header parsing holds its thread for seconds; on the SMTP thread, nobody was answered meanwhile.
+        const selectors = Array.from({ length: 8000 }, (_, i) => `busy${i}`);
+        mx = await start('limits: { headerSize: 8000000, checkTimeout: 120 }');
+        const body = message('many', 'u').replace('sender@remote.example', 'news@no-dmarc.test');
+        const signature = await sign(body, ['template']);
+        const fields = selectors.map((selector) => signature.replace('s=template;', `s=${selector};`)).join('');
+        const { client: hostile } = await SmtpClient.session(mx.port);
+        const { client: other } = await SmtpClient.session(mx.port);
+        try {
+          for (const line of ['MAIL FROM:<news@no-dmarc.test>', 'RCPT TO:<alice@d1.example>']) assert.equal((await hostile.command(line)).code, 250);
+          assert.equal((await hostile.command('DATA')).code, 354);
+          let hostileAnswered = false;
+          hostile.write(`${fields}${body}.\r\n`);
+          const final = hostile.reply(120_000).then((reply) => ((hostileAnswered = true), reply)); // seconds on a loaded machine
+          const busy = async () => /state="busy"} 1$/m.test(await metric(mx!, 'secondarymx_check_threads'));
+          await waitFor(busy, 20_000); // the message is in, and a check thread is held by it
+          assert.equal((await other.command('NOOP')).code, 250);
+          assert.ok(await busy(), 'the NOOP was answered while the check thread was held');
+          assert.equal(hostileAnswered, false);
+          assert.equal((await final).code, 250);
+        } finally {
+          hostile.destroy();
+          await other.quit();
+        }
+      });
     });
 
     it('refuses an unsigned message whose From domain publishes p=reject and whose SPF domain is not aligned (550 5.7.26)', async () => {

@@ -162,7 +162,13 @@ const limits = z.strictObject({
   junkCommands: positiveInt.default(100),
   /** Error replies in one session before 421 and disconnect (Postfix's smtpd_hard_error_limit). */
   errorsPerSession: positiveInt.default(20),
-  /** Seconds one DATA phase may take in total (slow-drip senders are cut off). */
+  /**
+   * Seconds all of a message's content checks (DKIM, ARC, DMARC, then rspamd) may take
+   * together before its reply; past it the message is accepted tagged dkim=temperror and
+   * dmarc=temperror (rspamd: as rspamd.onFailure says), never refused for our slowness.
+   */
+  checkTimeout: seconds.default(30),
+  /** Seconds a client may take to send one DATA, up to its final dot (slow-drip senders are cut off); our checks after it have checkTimeout. */
   dataTimeout: seconds.default(600),
   /** Seconds one session may last in total. */
   sessionTimeout: seconds.default(1800),
@@ -275,6 +281,8 @@ const auth = z.strictObject({
   dnsTimeout: seconds.default(5),
   /** DKIM-Signature fields verified per message, From-aligned first (OpenDKIM's MaximumSignaturesToVerify); the rest: dkim=neutral, not verified. */
   maxSignatures: positiveInt.default(5),
+  /** Threads for DKIM, ARC and DMARC (body hashes, RSA, header parsing), off the SMTP thread; auto: one per core. */
+  threads: z.union([z.literal('auto'), positiveInt]).default('auto'),
 });
 
 const rspamd = z.strictObject({

@@ -1,4 +1,4 @@
-import { Counter, Gauge, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 
 /** Why a recipient or a message was refused, from the enhanced status code of the reply. */
 const REASONS: Record<string, string> = {
@@ -33,6 +33,8 @@ export interface MetricsSources {
   sessions(): number;
   /** Bytes free for the spool (Infinity when unknown). */
   spoolFree(): number;
+  /** The check threads: answering, and busy (a long check holds them); none while auth is off. */
+  checkThreads(): { answering: number; busy: number } | undefined;
 }
 
 /** Prometheus metrics (prom-client), named by its conventions: secondarymx_*, _total, _seconds, _bytes. */
@@ -91,6 +93,11 @@ export class Metrics {
   readonly undeliverableHeld = new Counter({
     name: 'secondarymx_undeliverable_held_total',
     help: 'Notices (DSNs) that could not be delivered either, held with the reason instead of dropped (see "queue list")',
+    registers: [this.registry],
+  });
+  readonly contentChecks = new Gauge({
+    name: 'secondarymx_content_checks_running',
+    help: 'Messages whose content checks (DKIM, ARC, DMARC, rspamd) are running now, before their reply',
     registers: [this.registry],
   });
   readonly spoolFault = new Gauge({
@@ -177,6 +184,19 @@ export class Metrics {
         this.set(sources.sessions());
       },
     });
+    new Gauge({
+      name: 'secondarymx_check_threads',
+      help: 'Check threads (auth.threads): answering, or busy (a long check holds them; new checks go to the others)',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        const states = sources.checkThreads();
+        this.reset();
+        if (states) for (const [state, count] of Object.entries(states)) this.set({ state }, count);
+      },
+    });
+    // process_cpu_seconds_total, heap, GC, and prom-client's event-loop lag (nodejs_eventloop_lag_*: sampled by a histogram).
+    collectDefaultMetrics({ register: this.registry });
     const loop = this.loopDelay;
     new Gauge({
       name: 'secondarymx_event_loop_delay_seconds',
@@ -190,6 +210,11 @@ export class Metrics {
     });
   }
 
+  /** Seconds the event loop was held (late) in the last minute: what /healthz reports when it stays high. */
+  loopHeldLastMinute(): number {
+    return this.loopDelay.heldWithin(60_000, performance.now());
+  }
+
   /** Stops sampling the event loop (the daemon stops). */
   close(): void {
     this.loopDelay.stop();
@@ -201,17 +226,32 @@ export class Metrics {
  * makes it late by the whole block). node:perf_hooks' monitorEventLoopDelay missed a 300 ms
  * block that followed a reset() and an await here, so this measures it directly.
  */
-class LoopDelay {
+export class LoopDelay {
   private samples: number[] = [];
+  /** [time, delay] in ms, the last minute or so: how long the loop was held lately. */
+  private recent: Array<[number, number]> = [];
   private last = performance.now();
-  private readonly timer: NodeJS.Timeout;
+  private readonly timer: NodeJS.Timeout | undefined;
 
-  constructor(intervalMs: number) {
-    this.timer = setInterval(() => {
-      const now = performance.now();
-      if (this.samples.length < 10_000) this.samples.push(Math.max(0, now - this.last - intervalMs) / 1000);
-      this.last = now;
-    }, intervalMs).unref();
+  constructor(private readonly intervalMs: number) {
+    if (intervalMs > 0) this.timer = setInterval(() => this.record(performance.now()), intervalMs).unref();
+  }
+
+  /** A tick of the timer at `now` (performance.now()): it ran this much later than asked. */
+  record(now: number): void {
+    const delay = Math.max(0, now - this.last - this.intervalMs);
+    this.last = now;
+    if (this.samples.length < 10_000) this.samples.push(delay / 1000);
+    if (delay > 0) this.recent.push([now, delay]);
+    while (this.recent.length > 0 && this.recent[0][0] < now - 120_000) this.recent.shift();
+  }
+
+  /** Milliseconds of the last `windowMs` the loop was held, as seconds (a block that began before the window counts only its part within). */
+  heldWithin(windowMs: number, now: number): number {
+    const since = now - windowMs;
+    let held = 0;
+    for (const [at, delay] of this.recent) held += Math.max(0, at - Math.max(since, at - delay));
+    return held / 1000;
   }
 
   /** p50, p99 and max (seconds) since the last take; undefined when no sample came. */

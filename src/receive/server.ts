@@ -5,6 +5,7 @@ import type { SMTPServerDataStream, SMTPServerOptions, SMTPServerSession } from 
 import { parseListenAddress, type Config } from '../config/schema.js';
 import type { Directory } from '../directory/directory.js';
 import { deliveredSize, type Envelope } from '../spool/envelope.js';
+import { ownBuffer } from '../spool/message-source.js';
 import type { IncomingMessage, Spool } from '../spool/spool.js';
 import type { SpaceReservations, SpoolCondition } from '../spool/watch.js';
 import { clientKey } from './client-key.js';
@@ -220,6 +221,8 @@ export class ReceiveServer {
         const admitted = this.sessions.get(session.id);
         if (admitted) admitted.inData = true;
         const slow = setTimeout(() => this.cut(session, '4.4.2 DATA took too long, closing connection'), config.limits.dataTimeout * 1000);
+        // The client's time: what we take after its final dot (the checks) has limits.checkTimeout.
+        stream.once('end', () => clearTimeout(slow));
         this.receive(stream, session)
           .finally(() => clearTimeout(slow))
           .then(
@@ -499,12 +502,20 @@ export class ReceiveServer {
     let headers = '';
     let noBounce: Envelope['noBounce'];
     let senderSpf: string | undefined;
+    // One deadline for all of them: past it, what is unfinished tags the message (and rspamd.onFailure applies).
+    const deadline = Date.now() + config.limits.checkTimeout * 1000;
     if (screens.auth) {
       const spf = admitted?.spf ?? (await screens.auth.checkSpf(sender, session.remoteAddress, helo));
-      const checked = await screens.auth.checkMessage(inspector.unsignedHeader ?? (await message.readBack()), sender, spf);
-      const decision = screenDecision(checked.reply, checked.dmarc === 'pass');
+      const source = inspector.unsignedHeader ? { bytes: ownBuffer([inspector.unsignedHeader], inspector.unsignedHeader.length) } : await message.contents();
+      const checked = await screens.auth.checkMessage(source, sender, spf, deadline - Date.now());
+      const decision = checked.unfinished ? 'unavailable' : screenDecision(checked.reply, checked.dmarc === 'pass');
       metrics?.screened.inc({ screen: 'dmarc', decision });
-      Object.assign(report, { spf: checked.spf, dkim: checked.dkim, dmarc: checked.dmarc });
+      Object.assign(report, {
+        spf: checked.spf,
+        dkim: checked.dkim,
+        dmarc: checked.dmarc,
+        ...(checked.unfinished ? { authUnfinished: checked.unfinished } : {}),
+      });
       if (checked.reply) return { refusal: checked.reply, reason: refusalReason(checked.reply.enhancedCode), report };
       headers += checked.headers;
       if (checked.spf === 'fail') noBounce = 'spf-fail';
@@ -514,7 +525,9 @@ export class ReceiveServer {
     if (rspamd) {
       const envelope = { ip: session.remoteAddress, helo, sender, recipients, queueId: message.id, hostname: config.hostname };
       try {
-        const verdict = await rspamdCheck(rspamd, envelope, await message.readBack());
+        const left = (deadline - Date.now()) / 1000;
+        if (left <= 0) throw new RspamdUnavailable('timeout', `no time left within limits.checkTimeout (${config.limits.checkTimeout} s)`);
+        const verdict = await rspamdCheck({ ...rspamd, timeout: Math.min(rspamd.timeout, left) }, envelope, await message.readBack());
         const decision = screenDecision(verdict.reply, !verdict.spam);
         metrics?.screened.inc({ screen: 'rspamd', decision });
         Object.assign(report, { rspamd: verdict.action, score: verdict.score });
@@ -595,16 +608,20 @@ export class ReceiveServer {
     inspector.finish();
     if (inspector.problem) await dropMessage();
     let screened: ContentVerdict = {};
-    if (message)
-      screened = await this.checkContent(message, inspector, session, recipients).catch(async (error: unknown): Promise<ContentVerdict> => {
-        if ((error as NodeJS.ErrnoException).syscall) {
-          await dropMessage(error); // reading the temp file back: the spool's fault
-          return {};
-        }
-        await dropMessage();
-        log.error({ event: 'content_check_failed', err: error, client: session.remoteAddress }, 'the content checks failed: message not queued');
-        return { refusal: new SmtpReply(451, '4.3.0', 'Local error in processing, try again later'), reason: 'internal' };
-      });
+    if (message) {
+      this.options.metrics?.contentChecks.inc();
+      screened = await this.checkContent(message, inspector, session, recipients)
+        .catch(async (error: unknown): Promise<ContentVerdict> => {
+          if ((error as NodeJS.ErrnoException).syscall) {
+            await dropMessage(error); // reading the temp file back: the spool's fault
+            return {};
+          }
+          await dropMessage();
+          log.error({ event: 'content_check_failed', err: error, client: session.remoteAddress }, 'the content checks failed: message not queued');
+          return { refusal: new SmtpReply(451, '4.3.0', 'Local error in processing, try again later'), reason: 'internal' };
+        })
+        .finally(() => this.options.metrics?.contentChecks.dec());
+    }
     if (screened.refusal) await dropMessage();
     if (storageError) log.error({ event: 'spool_write_failed', err: storageError, client: session.remoteAddress }, 'spool: cannot write the message');
     const refusal = inspector.problem ?? screened.refusal ?? (message ? undefined : STORAGE_FAILURE());

@@ -1,8 +1,10 @@
 import { isIP } from 'node:net';
-import type { Readable } from 'node:stream';
 import libmime from 'libmime';
-import { arc, dmarc, spf, type ARCData, type DNSResolver, type SPFResult } from 'mailauth';
-import { verifyDkim } from './dkim.js';
+import { spf, type DNSResolver, type SPFResult } from 'mailauth';
+import { PastDeadline, ThreadLost, type ThreadPool } from '../threads/pool.js';
+import type { MessageSource } from '../spool/message-source.js';
+import type { CheckTask } from './check-thread.js';
+import { resultHeaders, type MessageCheckResult } from './message-checks.js';
 import { SmtpReply } from '../receive/replies.js';
 import { unmapped } from '../net/ip.js';
 
@@ -34,6 +36,8 @@ export interface ContentCheck {
   dkim: string[];
   dmarc: string | undefined;
   reply?: SmtpReply;
+  /** Why the checks have no result (past the deadline, the check thread lost): the message is tagged temperror. */
+  unfinished?: string;
 }
 
 /** RFC 7372 codes: X.7.23 SPF validation failed, X.7.24 SPF validation error, X.7.26 multiple authentication checks failed (DMARC). */
@@ -78,14 +82,17 @@ function commentsEscaped(checked: SPFResult): SPFResult {
 
 /**
  * Sender authentication with mailauth: SPF when MAIL FROM comes in (a forged sender is
- * refused before any data), DKIM, ARC and DMARC once the message is in, with the
- * Authentication-Results header for the primary to trust.
+ * refused before any data), DKIM, ARC and DMARC once the message is in (in a check
+ * thread), with the Authentication-Results header for the primary to trust.
  */
 export class SenderAuth {
   constructor(
     private readonly policy: AuthPolicy,
     private readonly hostname: string,
+    /** SPF's, on this thread. */
     private readonly resolver: DNSResolver,
+    private readonly threads: ThreadPool<CheckTask, MessageCheckResult>,
+    private readonly dns: CheckTask['dns'],
   ) {}
 
   async checkSpf(sender: string, ip: string, helo: string): Promise<SpfCheck> {
@@ -100,44 +107,38 @@ export class SenderAuth {
   }
 
   /**
-   * DKIM, ARC and DMARC on the message, with the SPF result of its MAIL FROM: what
-   * mailauth's authenticate() does, without evaluating SPF a second time. `message` may be
-   * the header block alone when the message carries no signature: there is no body to hash.
+   * DKIM, ARC and DMARC on the message (in a check thread: message-checks.ts), with the SPF
+   * result of its MAIL FROM. Within `deadlineMs`, or not at all: past it, or if the thread
+   * is lost, the message is tagged dkim=temperror and dmarc=temperror, never refused
+   * (legitimate mail is not turned away for our own limits; the primary sees the tag).
    */
-  async checkMessage(message: Readable | Buffer, sender: string, spfCheck: SpfCheck): Promise<ContentCheck> {
-    const resolver = this.resolver;
-    const spfChecked = spfCheck.checked;
-    const dkim = await verifyDkim(message, resolver, sender, { maxSignatures: this.policy.maxSignatures });
-    const arcResult = await arc(dkim.arc as unknown as ARCData, { resolver });
-    const spfResult = spfChecked.status.result;
-    const dmarcResult = dkim.headerFrom
-      ? (await dmarc({
-          headerFrom: dkim.headerFrom,
-          spfDomains: spfResult === 'pass' && spfChecked.domain ? [spfChecked.domain] : [],
-          dkimDomains: dkim.results
-            .filter((result) => result.status.result === 'pass')
-            .map((result) => ({ id: result.id, domain: result.signingDomain, aligned: result.status.aligned, underSized: result.status.underSized })),
-          arcResult,
-          resolver,
-        })) || undefined
-      : undefined;
-    const unverified = dkim.skipped > 0 ? `dkim=neutral (too many signatures, ${dkim.skipped} not verified)` : undefined;
-    const results = [...dkim.results.map((result) => result.info), unverified, spfChecked.info, arcResult.info, dmarcResult?.info].filter(
-      (info): info is string => !!info,
-    );
-    const headers = [spfChecked.header, `Authentication-Results: ${this.hostname};\r\n ${results.map((info) => libmime.foldLines(info, 160)).join(';\r\n ')}`];
+  async checkMessage(source: MessageSource, sender: string, spfCheck: SpfCheck, deadlineMs: number): Promise<ContentCheck> {
+    const spf = spfCheck.checked;
+    const task: CheckTask = { request: { sender, spf, hostname: this.hostname, maxSignatures: this.policy.maxSignatures }, source, dns: this.dns };
+    let checked;
+    try {
+      checked = await this.threads.run(task, deadlineMs);
+    } catch (error) {
+      if (!(error instanceof PastDeadline) && !(error instanceof ThreadLost)) throw error;
+      const unfinished =
+        error instanceof PastDeadline ? `checks unfinished after ${Math.round(deadlineMs / 100) / 10} s` : `check thread lost: ${error.message}`;
+      const results = [`dkim=temperror (${commentText(unfinished)})`, spf.info, `dmarc=temperror (${commentText(unfinished)})`];
+      return {
+        headers: resultHeaders(spf, this.hostname, results),
+        spf: spf.status.result,
+        dkim: ['temperror'],
+        dmarc: 'temperror',
+        reply: spfCheck.reply,
+        unfinished,
+      };
+    }
     let reply = spfCheck.reply;
-    if (!reply && dmarcResult && dmarcResult.status.result === 'fail') {
+    const dmarcResult = checked.dmarc;
+    if (!reply && dmarcResult?.result === 'fail') {
       const action = this.policy.dmarc[dmarcResult.policy];
       if (action === 'reject') reply = new SmtpReply(550, '5.7.26', `DMARC policy of ${dmarcResult.domain} rejects this unauthenticated message`);
       if (action === 'defer') reply = new SmtpReply(451, '4.7.26', `DMARC check of ${dmarcResult.domain} failed, try again later`);
     }
-    return {
-      headers: `${headers.join('\r\n')}\r\n`.replace(/\r?\n/g, '\r\n'),
-      spf: spfResult,
-      dkim: dkim.results.map((result) => result.status.result),
-      dmarc: dmarcResult?.status.result,
-      reply,
-    };
+    return { headers: checked.headers, spf: spf.status.result, dkim: checked.dkim, dmarc: dmarcResult?.result, reply };
   }
 }

@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import { DirectorySync, writeFileSynced } from '../fs/durable.js';
 import { parseEnvelope, type Envelope } from './envelope.js';
 import { MessageLocks, releaseDaemonLock, takeDaemonLock, unlinkIfAny } from './locks.js';
+import { ownBuffer, readSource, type MessageSource } from './message-source.js';
 import { newQueueId } from './queue-id.js';
 import { recoverSpool } from './recovery.js';
 import { SpaceReserve } from './reserve.js';
@@ -337,12 +338,16 @@ export class IncomingMessage {
     }
   }
 
-  /** The bytes written so far (for the content checks before the 250), from memory or from the temp file. */
-  async readBack(): Promise<Readable> {
+  /** The bytes written so far (for the content checks before the 250): from memory (a copy of their own) or in the temp file. */
+  async contents(): Promise<MessageSource> {
     // Most messages are still all in memory (under WRITE_BATCH): no write, open, read and close to read them back.
-    if (this.unwrittenBytes === this.bytes) return Readable.from([Buffer.concat(this.unwritten, this.unwrittenBytes)]);
+    if (this.unwrittenBytes === this.bytes) return { bytes: ownBuffer(this.unwritten, this.unwrittenBytes) };
     await this.flush();
-    return createReadStream(this.spool.tempPath(this.id), { start: 0, end: Math.max(0, this.bytes - 1) });
+    return { path: this.spool.tempPath(this.id), size: this.bytes };
+  }
+
+  async readBack(): Promise<Readable> {
+    return readSource(await this.contents());
   }
 
   /** Appends the envelope, fsyncs, then queues the file: the caller may acknowledge once this resolves. */

@@ -41,9 +41,12 @@ export interface RunningDaemon {
  * Spawns `secondarymx serve` (after `prefix`, e.g. unshare); resolves once it listens (port 0 in the config picks one) and its first sync is done.
  * BENCH_PROFILE=<dir> runs it under --cpu-prof, writing a .cpuprofile there when it exits.
  */
-export async function spawnDaemon(configFile: string, options: { prefix?: string[]; onSpawn?: (child: ChildProcess) => void } = {}): Promise<RunningDaemon> {
+export async function spawnDaemon(
+  configFile: string,
+  options: { prefix?: string[]; onSpawn?: (child: ChildProcess) => void; /** another build's dist/cli.js (a bench's before) */ cli?: string } = {},
+): Promise<RunningDaemon> {
   const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [];
-  const command = [...(options.prefix ?? []), process.execPath, ...NODE_FLAGS, ...profile, CLI, 'serve', '--config', configFile];
+  const command = [...(options.prefix ?? []), process.execPath, ...NODE_FLAGS, ...profile, options.cli ?? CLI, 'serve', '--config', configFile];
   const child = spawn(command[0], command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   options.onSpawn?.(child);
   const logs: Array<Record<string, unknown>> = [];
