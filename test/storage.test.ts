@@ -88,6 +88,27 @@ describe('storage: what /healthz says is what MAIL meets', () => {
     }
   });
 
+  it('promises a transaction without SIZE= at most 10 MB at MAIL: with a 20 MB limit, a 62 MB spool takes four such senders at once, not two', async function () {
+    if (!isRoot) this.skip();
+    const mountPoint = mkdtempSync(join(tmpdir(), 'secondarymx-undeclared-'));
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=62m,mode=0700', 'tmpfs', mountPoint]);
+    const mx = await startTestDaemon({ spoolDir: mountPoint, extra: 'limits: { messageSize: 20000000 }' });
+    try {
+      const sessions = await Promise.all(Array.from({ length: 6 }, () => SmtpClient.session(mx.port)));
+      // The guard keeps 30 MB (1.5 x the limit): 62 MB less 10 MB promised to each, four times, leaves 22.
+      const mail = [];
+      for (const { client } of sessions) mail.push(pick(await client.command('MAIL FROM:<s@remote.example>')));
+      assert.deepEqual(mail, [...Array(4).fill([250, '2.1.0']), [452, '4.3.1'], [452, '4.3.1']]);
+      const declared = await SmtpClient.session(mx.port);
+      assert.deepEqual(pick(await declared.client.command('MAIL FROM:<s@remote.example> SIZE=1000')), [452, '4.3.1'], 'no room left for anyone');
+      for (const { client } of [...sessions, declared]) await client.quit();
+    } finally {
+      await mx.stop();
+      execFileSync('umount', [mountPoint]);
+      rmSync(mountPoint, { recursive: true, force: true });
+    }
+  });
+
   it('refuses mail (451 4.3.0), stops delivery and says so when the spool folder is deleted under it, even once a new one is made', async () => {
     const mx = await startTestDaemon();
     try {

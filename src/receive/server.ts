@@ -91,6 +91,9 @@ function screenDecision(reply: SmtpReply | undefined, passed: boolean): 'reject'
   return passed ? 'pass' : 'tag';
 }
 
+/** Bytes a transaction without SIZE= is promised at MAIL (beside what it writes past that). */
+const UNDECLARED_PROMISE = 10_000_000;
+
 const STORAGE_FAILURE = () => new SmtpReply(452, '4.3.1', 'Insufficient system storage, try again later');
 
 /**
@@ -360,10 +363,15 @@ export class ReceiveServer {
     return this.refuse(checked.reply, 'spf');
   }
 
-  /** Room in the spool for this transaction: what it declared (SIZE), else the size limit, promised until its DATA ends. */
+  /**
+   * Room in the spool for this transaction, promised until its DATA ends: what it declared
+   * (SIZE), else the size limit up to UNDECLARED_PROMISE (what it writes past that still
+   * counts as it arrives). The full 100 MB limit for each of 100 senders without SIZE asked
+   * 10 GB free, and a 4 GB spool refused smtp-source's 100 sessions.
+   */
   private roomFor(session: SMTPServerSession, declaredSize: number | undefined): SmtpReply | null {
     const space = this.options.space;
-    if (!space || space.reserve(session.id, Math.min(declaredSize ?? Infinity, this.messageSize))) return null;
+    if (!space || space.reserve(session.id, Math.min(declaredSize ?? UNDECLARED_PROMISE, this.messageSize))) return null;
     this.options.log.info({ event: 'spool_no_room', client: session.remoteAddress }, 'MAIL deferred: the spool has no room for another message now');
     return STORAGE_FAILURE();
   }
