@@ -245,6 +245,16 @@ describe('screen: with a real primary', () => {
         assert.match(await metric(mx, 'secondarymx_screen_decisions_total'), /screen="dmarc",decision="unavailable"} 1/);
       });
 
+      it('holds an unsigned message (checked on the SMTP thread: its header only) to the same deadline', async () => {
+        dns.zones.set('_dmarc.mute-dmarc.test', { silent: true });
+        mx = await start('auth: { dnsTimeout: 5 }\nlimits: { checkTimeout: 1 }');
+        const body = message('unsigned, deadline', 't').replace('sender@remote.example', 'news@mute-dmarc.test');
+        const reply = await attempt(mx.port, 'someone@spf-pass.test', ['alice@d1.example'], body);
+        assert.equal(reply.code, 250, reply.text);
+        const queued = mx.logs.find((line) => line.event === 'queued');
+        assert.deepEqual([queued?.dmarc, queued?.authUnfinished], ['temperror', 'checks unfinished after 1 s']);
+      });
+
       it("answers other clients while a message's checks run (in a check thread, not on the SMTP thread)", async () => {
         // 8,000 signatures: mailauth's header parsing holds its thread for seconds; on the SMTP thread, nobody was answered meanwhile.
         const selectors = Array.from({ length: 8000 }, (_, i) => `busy${i}`);

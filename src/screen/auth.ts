@@ -2,9 +2,9 @@ import { isIP } from 'node:net';
 import libmime from 'libmime';
 import { spf, type DNSResolver, type SPFResult } from 'mailauth';
 import { PastDeadline, ThreadLost, type ThreadPool } from '../threads/pool.js';
-import type { MessageSource } from '../spool/message-source.js';
+import { readSource, type MessageSource } from '../spool/message-source.js';
 import type { CheckTask } from './check-thread.js';
-import { resultHeaders, type MessageCheckResult } from './message-checks.js';
+import { checkMessage as checkContent, resultHeaders, type MessageCheckResult } from './message-checks.js';
 import { SmtpReply } from '../receive/replies.js';
 import { unmapped } from '../net/ip.js';
 
@@ -38,6 +38,16 @@ export interface ContentCheck {
   reply?: SmtpReply;
   /** Why the checks have no result (past the deadline, the check thread lost): the message is tagged temperror. */
   unfinished?: string;
+}
+
+/** Header blocks without signatures up to this size are checked on the SMTP thread (DMARC's header parsing only). */
+const INLINE_HEADER_BYTES = 16 * 1024;
+
+/** `work`, or PastDeadline after `ms`. */
+function withDeadline<T>(work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new PastDeadline(`not done within ${Math.round(ms)} ms`)), ms)));
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
 }
 
 /** RFC 7372 codes: X.7.23 SPF validation failed, X.7.24 SPF validation error, X.7.26 multiple authentication checks failed (DMARC). */
@@ -86,6 +96,11 @@ function commentsEscaped(checked: SPFResult): SPFResult {
  * thread), with the Authentication-Results header for the primary to trust.
  */
 export class SenderAuth {
+  /** Whether `header` (a whole header block) carries no DKIM or ARC signature: nothing to hash or verify with RSA. */
+  private unsigned(header: Uint8Array): boolean {
+    return !/^(?:dkim-signature|arc-)/im.test(Buffer.from(header.buffer, header.byteOffset, header.byteLength).toString('latin1'));
+  }
+
   constructor(
     private readonly policy: AuthPolicy,
     private readonly hostname: string,
@@ -114,10 +129,15 @@ export class SenderAuth {
    */
   async checkMessage(source: MessageSource, sender: string, spfCheck: SpfCheck, deadlineMs: number): Promise<ContentCheck> {
     const spf = spfCheck.checked;
-    const task: CheckTask = { request: { sender, spf, hostname: this.hostname, maxSignatures: this.policy.maxSignatures }, source, dns: this.dns };
+    const request = { sender, spf, hostname: this.hostname, maxSignatures: this.policy.maxSignatures };
     let checked;
     try {
-      checked = await this.threads.run(task, deadlineMs);
+      // A small header block without signatures costs less to read here than to send to a
+      // thread and back (bench:postfix's accept B lost 16 % to that round trip).
+      checked =
+        'bytes' in source && source.bytes.length <= INLINE_HEADER_BYTES && this.unsigned(source.bytes)
+          ? await withDeadline(checkContent(readSource(source), request, this.resolver), deadlineMs)
+          : await this.threads.run({ request, source, dns: this.dns }, deadlineMs);
     } catch (error) {
       if (!(error instanceof PastDeadline) && !(error instanceof ThreadLost)) throw error;
       const unfinished =

@@ -8,7 +8,10 @@ import { TestDnsServer } from '../helpers/dns-server.js';
 
 const FIXTURE = new URL('../fixtures/faulty-check-thread.mjs', import.meta.url);
 const POLICY = { spf: { fail: 'reject' as const }, dmarc: { reject: 'reject' as const }, maxSignatures: 5 };
-const MESSAGE = Buffer.from('From: <news@reject.test>\r\nTo: <alice@d1.example>\r\nSubject: lost\r\n\r\nbody\r\n');
+// Signed (with a signature that does not verify): a signed message is checked in a thread.
+const MESSAGE = Buffer.from(
+  'DKIM-Signature: v=1; a=rsa-sha256; d=reject.test; s=none; h=from; bh=AAAA; b=AAAA\r\nFrom: <news@reject.test>\r\nTo: <alice@d1.example>\r\nSubject: lost\r\n\r\nbody\r\n',
+);
 
 describe('a check thread lost (crash, hang): the message is tagged temperror, never refused, and the next one is checked', () => {
   const dns = new TestDnsServer();
