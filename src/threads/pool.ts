@@ -64,6 +64,8 @@ export interface PoolOptions {
 
 const HEARTBEAT_MS = 200;
 const STALL_MS = 10_000;
+/** How long a new thread may take to start beating. */
+const STARTUP_MS = 30_000;
 
 export class ThreadPool<Task, Result> {
   private slots: Slot[] = [];
@@ -210,7 +212,9 @@ export class ThreadPool<Task, Result> {
     this.lastWatch = now;
     if (held) return;
     for (const slot of this.slots) {
-      if (slot.lost === undefined && now - slot.lastBeat > this.stallMs) this.stop(slot, `stopped answering for ${Math.round((now - slot.lastBeat) / 1000)} s`);
+      // A thread still loading its modules (seconds on a loaded machine) is not stuck yet.
+      const limit = slot.started ? this.stallMs : Math.max(this.stallMs, STARTUP_MS);
+      if (slot.lost === undefined && now - slot.lastBeat > limit) this.stop(slot, `stopped answering for ${Math.round((now - slot.lastBeat) / 1000)} s`);
     }
   }
 }

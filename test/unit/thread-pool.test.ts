@@ -38,6 +38,7 @@ describe('thread pool (threads/pool.ts) with real threads', () => {
 
   it('terminates a thread that stops answering: its tasks fail with ThreadLost, a new thread takes the next ones', async () => {
     start(1, 500);
+    await pool.run({ do: 'echo', value: 'started' }, 20_000); // a thread still starting is given longer
     const spinning = pool.run({ do: 'spin' }, 60_000);
     const waiting = pool.run({ do: 'wait' }, 60_000); // on the same thread: lost with it
     await assert.rejects(spinning, (error: Error) => error instanceof ThreadLost && /stopped answering/.test(error.message));
