@@ -213,7 +213,6 @@ export async function startDaemon({ file, config }: LoadedConfig, log: Logger): 
   }
 }
 
-/** /healthz: serving, the spool writable, the directory loaded; else the first reason why not. */
 /** Past this, sessions and the relay wait on the event loop more than they run: /healthz says degraded. */
 const LOOP_HELD_DEGRADED_SECONDS = 30;
 
@@ -222,6 +221,7 @@ function loopHealth(heldSeconds: number): string[] {
   return [`event loop held ${Math.round(heldSeconds)} s of the last 60 s: sessions and the relay are waiting (see secondarymx_event_loop_delay_seconds)`];
 }
 
+/** /healthz: serving, the spool writable, the directory loaded; else the first reason why not. */
 async function health(spoolRoot: string, directory: Directory, server: ReceiveServer, relay: Relay, watch: SpoolWatch): Promise<string | undefined> {
   if (server.isClosing) return 'shutting down';
   await watch.check(); // what MAIL would meet now, not a second ago

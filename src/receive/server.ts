@@ -514,8 +514,9 @@ export class ReceiveServer {
     const deadline = Date.now() + config.limits.checkTimeout * 1000;
     if (screens.auth) {
       const spf = admitted?.spf ?? (await screens.auth.checkSpf(sender, session.remoteAddress, helo));
-      const source = inspector.unsignedHeader ? { bytes: ownBuffer([inspector.unsignedHeader], inspector.unsignedHeader.length) } : await message.contents();
-      const checked = await screens.auth.checkMessage(source, sender, spf, deadline - Date.now());
+      const header = inspector.unsignedHeader;
+      const source = header ? { bytes: ownBuffer([header], header.length) } : await message.contents();
+      const checked = await screens.auth.checkMessage(source, sender, spf, deadline - Date.now(), header !== undefined);
       const decision = checked.unfinished ? 'unavailable' : screenDecision(checked.reply, checked.dmarc === 'pass');
       metrics?.screened.inc({ screen: 'dmarc', decision });
       Object.assign(report, {

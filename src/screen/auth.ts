@@ -96,11 +96,6 @@ function commentsEscaped(checked: SPFResult): SPFResult {
  * thread), with the Authentication-Results header for the primary to trust.
  */
 export class SenderAuth {
-  /** Whether `header` (a whole header block) carries no DKIM or ARC signature: nothing to hash or verify with RSA. */
-  private unsigned(header: Uint8Array): boolean {
-    return !/^(?:dkim-signature|arc-)/im.test(Buffer.from(header.buffer, header.byteOffset, header.byteLength).toString('latin1'));
-  }
-
   constructor(
     private readonly policy: AuthPolicy,
     private readonly hostname: string,
@@ -126,8 +121,10 @@ export class SenderAuth {
    * result of its MAIL FROM. Within `deadlineMs`, or not at all: past it, or if the thread
    * is lost, the message is tagged dkim=temperror and dmarc=temperror, never refused
    * (legitimate mail is not turned away for our own limits; the primary sees the tag).
+   * `source` is the header block alone when `unsignedHeader` (the inspector found no
+   * signature in it: there is no body to hash); its bytes are moved to the thread.
    */
-  async checkMessage(source: MessageSource, sender: string, spfCheck: SpfCheck, deadlineMs: number): Promise<ContentCheck> {
+  async checkMessage(source: MessageSource, sender: string, spfCheck: SpfCheck, deadlineMs: number, unsignedHeader = false): Promise<ContentCheck> {
     const spf = spfCheck.checked;
     const request = { sender, spf, hostname: this.hostname, maxSignatures: this.policy.maxSignatures };
     let checked;
@@ -135,9 +132,9 @@ export class SenderAuth {
       // A small header block without signatures costs less to read here than to send to a
       // thread and back (bench:postfix's accept B lost 16 % to that round trip).
       checked =
-        'bytes' in source && source.bytes.length <= INLINE_HEADER_BYTES && this.unsigned(source.bytes)
+        unsignedHeader && 'bytes' in source && source.bytes.length <= INLINE_HEADER_BYTES
           ? await withDeadline(checkContent(readSource(source), request, this.resolver), deadlineMs)
-          : await this.threads.run({ request, source, dns: this.dns }, deadlineMs);
+          : await this.threads.run({ request, source, dns: this.dns }, deadlineMs, 'bytes' in source ? [source.bytes.buffer] : undefined); // moved, not copied
     } catch (error) {
       if (!(error instanceof PastDeadline) && !(error instanceof ThreadLost)) throw error;
       const unfinished =

@@ -2,7 +2,7 @@ import { createReadStream } from 'node:fs';
 import { Readable } from 'node:stream';
 
 /** A message being received, for a reader before its 250: its bytes (still all in memory, in a buffer of their own), or the temp file holding them. */
-export type MessageSource = { bytes: Uint8Array } | { path: string; size: number };
+export type MessageSource = { bytes: Uint8Array<ArrayBuffer> } | { path: string; size: number };
 
 export function readSource(source: MessageSource): Readable {
   if ('path' in source) return createReadStream(source.path, { start: 0, end: Math.max(0, source.size - 1) });
@@ -10,7 +10,7 @@ export function readSource(source: MessageSource): Readable {
 }
 
 /** `chunks` copied into one buffer of its own (not a slice of Node's shared pool): it can be moved to a thread. */
-export function ownBuffer(chunks: readonly Uint8Array[], length: number): Uint8Array {
+export function ownBuffer(chunks: readonly Uint8Array[], length: number): Uint8Array<ArrayBuffer> {
   const bytes = new Uint8Array(length);
   let offset = 0;
   for (const chunk of chunks) {
