@@ -2,7 +2,7 @@ import { isIP } from 'node:net';
 import libmime from 'libmime';
 import { spf, type DNSResolver, type SPFResult } from 'mailauth';
 import { PastDeadline, ThreadLost, type ThreadPool } from '../threads/pool.js';
-import { readSource, type MessageSource } from '../spool/message-source.js';
+import { sourceInput, type MessageSource } from '../spool/message-source.js';
 import type { CheckTask } from './check-thread.js';
 import { checkMessage as checkContent, resultHeaders, type MessageCheckResult } from './message-checks.js';
 import { SmtpReply } from '../receive/replies.js';
@@ -133,7 +133,7 @@ export class SenderAuth {
       // thread and back (bench:postfix's accept B lost 16 % to that round trip).
       checked =
         unsignedHeader && 'bytes' in source && source.bytes.length <= INLINE_HEADER_BYTES
-          ? await withDeadline(checkContent(readSource(source), request, this.resolver), deadlineMs)
+          ? await withDeadline(checkContent(sourceInput(source), request, this.resolver), deadlineMs)
           : await this.threads.run({ request, source, dns: this.dns }, deadlineMs, 'bytes' in source ? [source.bytes.buffer] : undefined); // moved, not copied
     } catch (error) {
       if (!(error instanceof PastDeadline) && !(error instanceof ThreadLost)) throw error;

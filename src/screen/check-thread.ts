@@ -1,5 +1,5 @@
 import type { DNSResolver } from 'mailauth';
-import { readSource, type MessageSource } from '../spool/message-source.js';
+import { sourceInput, type MessageSource } from '../spool/message-source.js';
 import { serveTasks } from '../threads/pool.js';
 import { checkMessage, type MessageCheckRequest, type MessageCheckResult } from './message-checks.js';
 import { cachingResolve, screenResolver } from './resolver.js';
@@ -19,9 +19,10 @@ function resolverFor(dns: CheckTask['dns']): DNSResolver {
   return resolver.resolve;
 }
 
-/** A check thread (threads/pool.ts): a cancelled check (past its deadline) stops reading its message. */
+/** A check thread (threads/pool.ts): a cancelled check (past its deadline) stops reading its temp file. */
 serveTasks<CheckTask, MessageCheckResult>(async ({ request, source, dns }, signal) => {
-  const message = readSource(source);
-  signal.addEventListener('abort', () => message.destroy(new Error('cancelled: past the deadline')), { once: true });
+  const message = sourceInput(source);
+  // A file being read stops; bytes in memory (64 KB at most) are done soon enough.
+  if (!Buffer.isBuffer(message)) signal.addEventListener('abort', () => message.destroy(new Error('cancelled: past the deadline')), { once: true });
   return checkMessage(message, request, resolverFor(dns));
 });

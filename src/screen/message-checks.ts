@@ -27,7 +27,7 @@ export interface MessageCheckResult {
  * the CPU-heavy part of the content checks (body hashes, RSA, header parsing): it runs in
  * a check thread (check-thread.ts).
  */
-export async function checkMessage(message: Readable, request: MessageCheckRequest, resolver: DNSResolver): Promise<MessageCheckResult> {
+export async function checkMessage(message: Readable | Buffer, request: MessageCheckRequest, resolver: DNSResolver): Promise<MessageCheckResult> {
   const { spf, sender, hostname, maxSignatures } = request;
   const dkim = await verifyDkim(message, resolver, sender, { maxSignatures });
   const arcResult = await arc(dkim.arc as unknown as ARCData, { resolver });

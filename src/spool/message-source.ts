@@ -5,8 +5,16 @@ import { Readable } from 'node:stream';
 export type MessageSource = { bytes: Uint8Array<ArrayBuffer> } | { path: string; size: number };
 
 export function readSource(source: MessageSource): Readable {
-  if ('path' in source) return createReadStream(source.path, { start: 0, end: Math.max(0, source.size - 1) });
-  return Readable.from([Buffer.from(source.bytes.buffer, source.bytes.byteOffset, source.bytes.byteLength)]);
+  return 'path' in source ? createReadStream(source.path, { start: 0, end: Math.max(0, source.size - 1) }) : Readable.from([bytesOf(source)]);
+}
+
+/** The bytes themselves, or the temp file as a stream (mailauth reads either; a Buffer costs no stream per message). */
+export function sourceInput(source: MessageSource): Buffer | Readable {
+  return 'path' in source ? readSource(source) : bytesOf(source);
+}
+
+function bytesOf(source: { bytes: Uint8Array }): Buffer {
+  return Buffer.from(source.bytes.buffer, source.bytes.byteOffset, source.bytes.byteLength);
 }
 
 /** `chunks` copied into one buffer of its own (not a slice of Node's shared pool): it can be moved to a thread. */
