@@ -102,6 +102,22 @@ describe('monitoring: /metrics and /healthz on control.listen', () => {
     }
   });
 
+  it("reports the CPU the daemon used (all its threads), its resident memory and its heap, under prom-client's names", async () => {
+    const mx = await startTestDaemon();
+    try {
+      const first = (await get(mx.daemon.monitoringPort, '/metrics')).body;
+      const until = Date.now() + 200;
+      while (Date.now() < until); // 200 ms of CPU on this thread
+      const second = (await get(mx.daemon.monitoringPort, '/metrics')).body;
+      assert.ok(sample(second, 'process_cpu_seconds_total')! - sample(first, 'process_cpu_seconds_total')! >= 0.19, second);
+      assert.ok(sample(second, 'process_resident_memory_bytes')! > 10_000_000);
+      assert.ok(sample(second, 'nodejs_heap_size_used_bytes')! > 1_000_000);
+      assert.doesNotMatch(second, /^nodejs_gc_duration_seconds/m, 'no GC observer: it cost 8-10 % of the accept rate');
+    } finally {
+      await mx.stop();
+    }
+  });
+
   it('reports the spool gauges right on the first scrape: at start on a non-empty spool, and just after one more message', async () => {
     const spoolDir = mkdtempSync(join(tmpdir(), 'secondarymx-spool-'));
     await queueWaiting(
