@@ -256,6 +256,7 @@ describe('relay: the spool cannot record outcomes', () => {
 
       await primary.stop();
       rmSync(join(mountPoint, 'filler'));
+      await (await fetch(`http://127.0.0.1:${mx.daemon.monitoringPort}/healthz`)).text(); // the free-space look, now (not within the next second)
       await queueWhileDown(mx, 10, 'ok@d2.example');
       await mx.stop();
       fillUp();
