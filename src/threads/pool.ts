@@ -69,6 +69,8 @@ const STARTUP_MS = 30_000;
 
 export class ThreadPool<Task, Result> {
   private slots: Slot[] = [];
+  /** Threads it may run: started as tasks need them (a daemon that checks nothing in a thread starts none). */
+  private limit: number;
   private nextId = 1;
   private closed = false;
   /** Threads in a row that died before their first beat (a script that cannot load): replaced a second later, not in a loop. */
@@ -84,12 +86,12 @@ export class ThreadPool<Task, Result> {
   ) {
     this.heartbeatMs = options.heartbeatMs ?? HEARTBEAT_MS;
     this.stallMs = options.stallMs ?? STALL_MS;
-    this.resize(options.threads);
+    this.limit = options.threads;
     this.watchdog = setInterval(() => this.watch(), Math.max(50, this.stallMs / 4)).unref();
   }
 
   get size(): number {
-    return this.slots.length;
+    return this.limit;
   }
 
   /** Threads answering, and busy ones (their heartbeat late: a long task holds them); new tasks go to the answering ones. */
@@ -121,7 +123,7 @@ export class ThreadPool<Task, Result> {
 
   /** Grows or shrinks the pool (a reload): a thread taken out finishes its tasks first. */
   resize(threads: number): void {
-    while (this.slots.length < threads) this.slots.push(this.spawn());
+    this.limit = threads;
     for (const slot of this.slots.splice(threads)) this.retireWhenIdle(slot);
   }
 
@@ -133,8 +135,16 @@ export class ThreadPool<Task, Result> {
     await Promise.all(slots.map((slot) => this.terminate(slot, 'closed: the daemon stops')));
   }
 
-  /** A thread that answers (recent heartbeat) before one busy with a heavy task, then the least loaded. */
+  /**
+   * A new thread while every thread has work and the limit allows; else one that answers
+   * (recent heartbeat) before one busy with a heavy task, then the least loaded.
+   */
   private pick(): Slot {
+    if (this.slots.length < this.limit && this.slots.every((slot) => slot.outstanding.size > 0)) {
+      const slot = this.spawn();
+      this.slots.push(slot);
+      return slot;
+    }
     const now = performance.now();
     const late = (slot: Slot) => (this.late(slot, now) ? 1 : 0);
     return this.slots.reduce((best, slot) =>
